@@ -1,0 +1,553 @@
+//! The declarative catalog file (`--config FILE`, YAML).
+//!
+//! ```yaml
+//! apis:
+//!   - id: petstore                # [A-Za-z0-9_.-]{1,64}
+//!     name: Pet Store             # optional
+//!     stages:
+//!       - name: prod
+//!         methods:                # method settings, by pattern
+//!           /pets/GET: {}
+//!           /pets/{petId}/GET: { throttle: { rate_limit: 100, burst_limit: 200 } }
+//!           /health/GET: { api_key_required: false }
+//! usage_plans:
+//!   - id: basic                   # optional; defaults to the name, lower-cased, with '-' for other characters
+//!     name: Basic
+//!     throttle: { rate_limit: 1, burst_limit: 5 }
+//!     quota: { limit: 8, period: DAY, offset: 0 }
+//!     api_stages:
+//!       - stage: petstore/prod
+//!         throttle: { /pets/{petId}/GET: { rate_limit: 1, burst_limit: 1 } }
+//! api_keys:
+//!   - name: demo
+//!     value: tgdemo0123456789abcdefghijklmnopqrstuvw   # or value_sha256: <64 hex digits>
+//!     usage_plans: [basic]
+//! ```
+//!
+//! Every error names the file, the line and the field. Values are hashed as
+//! soon as they are read and never kept.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use super::{CatalogData, PlanKey};
+use crate::model::{
+    validate_id, validate_key_value, Api, ApiKey, KeyHash, MethodPattern, MethodSetting, PlanStage,
+    Quota, Stage, StageRef, Throttle, UsagePlan,
+};
+
+/// An error in a catalog file, with its place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileError {
+    /// The file as given.
+    pub file: String,
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    /// 1-based column, when known.
+    pub column: Option<usize>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for FileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.line, self.column) {
+            (Some(l), Some(c)) => write!(f, "{}:{l}:{c}: {}", self.file, self.message),
+            (Some(l), None) => write!(f, "{}:{l}: {}", self.file, self.message),
+            _ => write!(f, "{}: {}", self.file, self.message),
+        }
+    }
+}
+
+impl std::error::Error for FileError {}
+
+/// A string checked as an identifier while the file is read.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+struct Id(String);
+
+impl<'de> Deserialize<'de> for Id {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        validate_id("id", &s).map_err(|e| serde::de::Error::custom(e.message))?;
+        Ok(Id(s))
+    }
+}
+
+/// A method pattern checked while the file is read.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Method(String);
+
+impl<'de> Deserialize<'de> for Method {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let p = MethodPattern::parse(&s).map_err(|e| serde::de::Error::custom(e.0))?;
+        Ok(Method(p.as_str().to_string()))
+    }
+}
+
+/// A throttle checked while the file is read.
+#[derive(Debug, Clone, Copy)]
+struct VThrottle(Throttle);
+
+impl<'de> Deserialize<'de> for VThrottle {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let t = Throttle::deserialize(d)?;
+        t.validate()
+            .map_err(|e| serde::de::Error::custom(format!("throttle {}", e)))?;
+        Ok(VThrottle(t))
+    }
+}
+
+/// A quota checked while the file is read.
+#[derive(Debug, Clone, Copy)]
+struct VQuota(Quota);
+
+impl<'de> Deserialize<'de> for VQuota {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let q = Quota::deserialize(d)?;
+        q.validate()
+            .map_err(|e| serde::de::Error::custom(format!("quota {}", e)))?;
+        Ok(VQuota(q))
+    }
+}
+
+/// A stage reference checked while the file is read.
+#[derive(Debug, Clone)]
+struct VStage(StageRef);
+
+impl<'de> Deserialize<'de> for VStage {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Ok(VStage(
+            StageRef::parse(&s).map_err(|e| serde::de::Error::custom(e.message))?,
+        ))
+    }
+}
+
+/// A key value, hashed while the file is read.
+#[derive(Debug, Clone, Copy)]
+struct VHash(KeyHash);
+
+impl<'de> Deserialize<'de> for VHash {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        validate_key_value("value", &s).map_err(|e| serde::de::Error::custom(e.to_string()))?;
+        Ok(VHash(KeyHash::of(&s)))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRoot {
+    #[serde(default)]
+    apis: Vec<FileApi>,
+    #[serde(default)]
+    usage_plans: Vec<FilePlan>,
+    #[serde(default)]
+    api_keys: Vec<FileKey>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileApi {
+    id: Id,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    stages: Vec<FileStage>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileStage {
+    name: Id,
+    #[serde(default)]
+    methods: BTreeMap<Method, FileMethod>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileMethod {
+    #[serde(default)]
+    throttle: Option<VThrottle>,
+    #[serde(default = "yes")]
+    api_key_required: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilePlan {
+    #[serde(default)]
+    id: Option<Id>,
+    name: String,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    throttle: Option<VThrottle>,
+    #[serde(default)]
+    quota: Option<VQuota>,
+    #[serde(default)]
+    api_stages: Vec<FilePlanStage>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilePlanStage {
+    stage: VStage,
+    #[serde(default)]
+    throttle: BTreeMap<Method, VThrottle>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileKey {
+    #[serde(default)]
+    id: Option<Id>,
+    name: String,
+    #[serde(default)]
+    value: Option<VHash>,
+    #[serde(default)]
+    value_sha256: Option<String>,
+    #[serde(default)]
+    description: String,
+    #[serde(default = "yes")]
+    enabled: bool,
+    #[serde(default)]
+    customer_id: String,
+    #[serde(default)]
+    expires_at: Option<String>,
+    #[serde(default)]
+    usage_plans: Vec<String>,
+}
+
+/// The id a plan gets from its name when the file gives none.
+pub fn id_from_name(name: &str) -> String {
+    let s: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '.' {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .take(64)
+        .collect();
+    if s.is_empty() {
+        "plan".into()
+    } else {
+        s
+    }
+}
+
+/// The id a key gets when the file gives none: derived from the value's hash
+/// (so it is stable across restarts) without revealing it.
+pub fn key_id_from_hash(hash: &KeyHash) -> String {
+    use sha2::{Digest, Sha256};
+    let d = Sha256::new()
+        .chain_update(b"tollgate key id\0")
+        .chain_update(hash.0)
+        .finalize();
+    hex::encode(&d[..5])
+}
+
+/// Reads and checks a catalog file. `now_ms` stamps creation times.
+pub fn load(path: &Path, now_ms: u64) -> Result<CatalogData, FileError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| FileError {
+        file: file.clone(),
+        line: None,
+        column: None,
+        message: format!("cannot read: {e}"),
+    })?;
+    parse(&file, &text, now_ms)
+}
+
+/// Parses and checks catalog text; `file` names it in errors.
+pub fn parse(file: &str, text: &str, now_ms: u64) -> Result<CatalogData, FileError> {
+    let root: FileRoot = serde_yaml::from_str(text).map_err(|e| {
+        let loc = e.location();
+        let mut msg = e.to_string();
+        // serde_yaml appends " at line L column C"; the place is shown in front.
+        if let Some(i) = msg.find(" at line ") {
+            msg.truncate(i);
+        }
+        FileError {
+            file: file.to_string(),
+            line: loc.as_ref().map(|l| l.line()),
+            column: loc.as_ref().map(|l| l.column()),
+            message: msg,
+        }
+    })?;
+    let err = |needle: &str, message: String| FileError {
+        file: file.to_string(),
+        line: line_of(text, needle),
+        column: None,
+        message,
+    };
+
+    let mut data = CatalogData::default();
+    let mut stage_names = HashSet::new();
+    for a in root.apis {
+        if data.apis.iter().any(|x: &Api| x.id == a.id.0) {
+            return Err(err(
+                &a.id.0,
+                format!("apis: API id {:?} is used twice", a.id.0),
+            ));
+        }
+        for s in a.stages {
+            let stage = StageRef {
+                api_id: a.id.0.clone(),
+                stage: s.name.0,
+            };
+            if !stage_names.insert(stage.clone()) {
+                return Err(err(
+                    &stage.stage,
+                    format!("apis: stage {stage} is listed twice"),
+                ));
+            }
+            let methods = s
+                .methods
+                .into_iter()
+                .map(|(m, fm)| {
+                    (
+                        m.0,
+                        MethodSetting {
+                            throttle: fm.throttle.map(|t| t.0),
+                            api_key_required: fm.api_key_required,
+                        },
+                    )
+                })
+                .collect();
+            data.stages.push(Stage { stage, methods });
+        }
+        data.apis.push(Api {
+            name: a.name.unwrap_or_else(|| a.id.0.clone()),
+            id: a.id.0,
+        });
+    }
+
+    for p in root.usage_plans {
+        let id = p.id.map(|i| i.0).unwrap_or_else(|| id_from_name(&p.name));
+        let plan = UsagePlan {
+            id: id.clone(),
+            name: p.name.clone(),
+            description: p.description,
+            throttle: p.throttle.map(|t| t.0),
+            quota: p.quota.map(|q| q.0),
+            api_stages: p
+                .api_stages
+                .into_iter()
+                .map(|s| PlanStage {
+                    stage: s.stage.0,
+                    throttle: s.throttle.into_iter().map(|(m, t)| (m.0, t.0)).collect(),
+                })
+                .collect(),
+            created_at_ms: now_ms,
+        };
+        plan.validate()
+            .map_err(|e| err(&p.name, format!("usage_plans: plan {:?}: {e}", p.name)))?;
+        for s in &plan.api_stages {
+            if !stage_names.contains(&s.stage) {
+                return Err(err(
+                    &s.stage.to_string(),
+                    format!(
+                        "usage_plans: plan {:?}: stage {} is not defined under apis",
+                        plan.name, s.stage
+                    ),
+                ));
+            }
+        }
+        if data.plans.iter().any(|x: &UsagePlan| x.id == plan.id) {
+            return Err(err(
+                &p.name,
+                format!("usage_plans: plan id {:?} is used twice", plan.id),
+            ));
+        }
+        data.plans.push(plan);
+    }
+
+    for k in root.api_keys {
+        if k.name.is_empty() || k.name.len() > 1024 {
+            return Err(err(
+                "api_keys",
+                "api_keys: name must be 1 to 1024 characters".into(),
+            ));
+        }
+        let hash = match (k.value, k.value_sha256.as_deref()) {
+            (Some(v), None) => v.0,
+            (None, Some(h)) => KeyHash::from_hex(h).ok_or_else(|| {
+                err(
+                    h,
+                    format!(
+                        "api_keys: key {:?}: value_sha256 must be 64 hex digits",
+                        k.name
+                    ),
+                )
+            })?,
+            _ => {
+                return Err(err(
+                    &k.name,
+                    format!(
+                        "api_keys: key {:?}: give exactly one of value and value_sha256",
+                        k.name
+                    ),
+                ))
+            }
+        };
+        let expires_at_ms = match &k.expires_at {
+            None => None,
+            Some(s) => Some(
+                humantime::parse_rfc3339(s)
+                    .map_err(|e| err(s, format!("api_keys: key {:?}: expires_at {s:?}: {e}; write e.g. 2027-01-31T00:00:00Z", k.name)))?
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as u64)
+                    .unwrap_or(0),
+            ),
+        };
+        let id = k.id.map(|i| i.0).unwrap_or_else(|| key_id_from_hash(&hash));
+        if data.keys.iter().any(|x: &ApiKey| x.value_hash == hash) {
+            return Err(err(
+                &k.name,
+                format!(
+                    "api_keys: key {:?} has the same value as another key",
+                    k.name
+                ),
+            ));
+        }
+        if data.keys.iter().any(|x: &ApiKey| x.id == id) {
+            return Err(err(
+                &k.name,
+                format!("api_keys: key id {id:?} is used twice"),
+            ));
+        }
+        for plan in &k.usage_plans {
+            let Some(p) = data.plans.iter().find(|p| &p.id == plan || &p.name == plan) else {
+                return Err(err(
+                    plan,
+                    format!(
+                        "api_keys: key {:?}: usage plan {plan:?} is not defined under usage_plans",
+                        k.name
+                    ),
+                ));
+            };
+            data.plan_keys.push(PlanKey {
+                plan_id: p.id.clone(),
+                key_id: id.clone(),
+            });
+        }
+        data.keys.push(ApiKey {
+            id,
+            name: k.name,
+            description: k.description,
+            enabled: k.enabled,
+            customer_id: k.customer_id,
+            value_hash: hash,
+            value_hint: String::new(),
+            created_at_ms: now_ms,
+            updated_at_ms: now_ms,
+            expires_at_ms,
+        });
+    }
+    // The one-plan-per-stage rule and the other cross-checks.
+    super::Catalog::compile(data.clone()).map_err(|e| {
+        let needle = e
+            .message
+            .split('"')
+            .nth(1)
+            .unwrap_or("api_keys")
+            .to_string();
+        err(&needle, e.to_string())
+    })?;
+    Ok(data)
+}
+
+/// The first line (1-based) containing `needle`.
+fn line_of(text: &str, needle: &str) -> Option<usize> {
+    if needle.is_empty() {
+        return None;
+    }
+    text.lines().position(|l| l.contains(needle)).map(|i| i + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+apis:
+  - id: petstore
+    stages:
+      - name: prod
+        methods:
+          /pets/GET: {}
+          /pets/{petId}/GET: {}
+usage_plans:
+  - name: Basic
+    throttle: { rate_limit: 1, burst_limit: 5 }
+    quota: { limit: 8, period: DAY }
+    api_stages:
+      - stage: petstore/prod
+api_keys:
+  - name: demo
+    value: tgdemo0123456789abcdefghijklmnopqrstuvw
+    usage_plans: [Basic]
+"#;
+
+    #[test]
+    fn parses_the_quickstart_shape() {
+        let d = parse("q.yaml", GOOD, 1).unwrap();
+        assert_eq!(d.plans[0].id, "basic");
+        assert_eq!(
+            d.plan_keys,
+            vec![PlanKey {
+                plan_id: "basic".into(),
+                key_id: d.keys[0].id.clone()
+            }]
+        );
+        assert_eq!(
+            d.keys[0].value_hash,
+            KeyHash::of("tgdemo0123456789abcdefghijklmnopqrstuvw")
+        );
+    }
+
+    #[test]
+    fn errors_name_file_line_and_field() {
+        let bad = GOOD.replace("rate_limit: 1,", "rate_limit: -1,");
+        let e = parse("q.yaml", &bad, 1).unwrap_err();
+        assert_eq!(e.line, Some(11), "{e}");
+        assert!(e.to_string().starts_with("q.yaml:11:"), "{e}");
+        assert!(e.message.contains("rate_limit"), "{e}");
+
+        let bad = GOOD.replace("usage_plans: [Basic]", "usage_plans: [Gold]");
+        let e = parse("q.yaml", &bad, 1).unwrap_err();
+        assert_eq!(e.line, Some(19), "{e}");
+        assert!(e.message.contains("\"Gold\""), "{e}");
+
+        let bad = GOOD.replace("/pets/GET: {}", "pets/GET: {}");
+        let e = parse("q.yaml", &bad, 1).unwrap_err();
+        assert_eq!(e.line, Some(7), "{e}");
+
+        let e = parse("q.yaml", "apis: [\n  - id: x\n  bad", 1).unwrap_err();
+        assert!(e.line.is_some(), "{e}");
+    }
+
+    #[test]
+    fn one_plan_per_stage_per_key() {
+        let two = GOOD
+            .replace(
+                "api_keys:",
+                "  - name: Gold\n    api_stages:\n      - stage: petstore/prod\napi_keys:",
+            )
+            .replace("usage_plans: [Basic]", "usage_plans: [Basic, Gold]");
+        let e = parse("q.yaml", &two, 1).unwrap_err();
+        assert!(e.message.contains("one plan per stage"), "{e}");
+    }
+}

@@ -1,0 +1,104 @@
+//! `tollgate authorize`: one Authorize call, printed for a person or as JSON.
+//! Exits 0 for any answer (allowed or denied); non-zero only when the call
+//! itself fails.
+
+use std::process::ExitCode;
+
+use clap::Args;
+use serde_json::json;
+
+use crate::api::pb;
+
+/// Arguments of `tollgate authorize`.
+#[derive(Debug, Args)]
+pub struct AuthorizeArgs {
+    /// The server, e.g. http://127.0.0.1:50051.
+    #[arg(
+        long,
+        env = "TOLLGATE_SERVER",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub server: String,
+    /// The API key value (omit to ask as a caller without a key).
+    #[arg(long)]
+    pub key: Option<String>,
+    /// The stage, API/STAGE.
+    #[arg(long)]
+    pub stage: String,
+    /// Resource path and HTTP method, e.g. /pets/GET.
+    #[arg(long)]
+    pub method: String,
+    /// Units to consume.
+    #[arg(long)]
+    pub cost: Option<u64>,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs the call.
+pub async fn run(args: AuthorizeArgs) -> ExitCode {
+    let channel = match super::connect(&args.server).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut client = pb::authorizer_client::AuthorizerClient::new(channel);
+    let req = pb::AuthorizeRequest {
+        api_key: args.key,
+        stage: args.stage,
+        method: args.method,
+        cost: args.cost,
+    };
+    let r = match client.authorize(req).await {
+        Ok(r) => r.into_inner(),
+        Err(s) => {
+            eprintln!("error: {}: {}", s.code(), s.message());
+            return ExitCode::from(2);
+        }
+    };
+    let reason = r.reason().as_str_name();
+    let rl = r.rate_limit.as_ref();
+    if args.json {
+        let v = json!({
+            "allowed": r.allowed,
+            "reason": reason,
+            "http_status": r.http_status,
+            "message": r.message,
+            "key_id": (!r.key_id.is_empty()).then_some(&r.key_id),
+            "plan_id": (!r.plan_id.is_empty()).then_some(&r.plan_id),
+            "limit_kind": rl.map(|l| l.kind().as_str_name()),
+            "limit": rl.map(|l| l.limit),
+            "remaining": rl.map(|l| l.remaining),
+            "reset_ms": rl.map(|l| l.reset_ms),
+            "window_secs": rl.map(|l| l.window_secs),
+            "retry_after_ms": r.retry_after_ms,
+        });
+        println!("{v}");
+    } else {
+        let verdict = if r.allowed { "ALLOWED" } else { "DENIED" };
+        print!("{verdict} {} {} ({reason})", r.http_status, r.message);
+        if !r.key_id.is_empty() {
+            print!("  key {}", r.key_id);
+        }
+        if !r.plan_id.is_empty() {
+            print!("  plan {}", r.plan_id);
+        }
+        println!();
+        if let Some(l) = rl {
+            println!(
+                "  {}: limit {}, remaining {}, resets in {:.1}s",
+                l.kind().as_str_name(),
+                l.limit,
+                l.remaining,
+                l.reset_ms as f64 / 1000.0
+            );
+        }
+        if let Some(ms) = r.retry_after_ms {
+            println!("  retry after {:.1}s", ms as f64 / 1000.0);
+        }
+    }
+    ExitCode::SUCCESS
+}

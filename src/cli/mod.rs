@@ -1,0 +1,94 @@
+//! The `tollgate` command line: `serve` runs the server; the other
+//! subcommands are clients of a running server.
+
+pub mod authorize;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Settings;
+
+/// tollgate: API keys, usage plans, throttles and quotas, enforced exactly
+/// across replicas.
+#[derive(Debug, Parser)]
+#[command(name = "tollgate", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (memory store by default; Redis with --redis-url).
+    Serve(Settings),
+    /// Ask a server whether a key may call a method of a stage now.
+    Authorize(authorize::AuthorizeArgs),
+}
+
+/// Runs the parsed command line and returns the process exit code.
+pub fn main(cli: Cli) -> ExitCode {
+    crate::telemetry::init();
+    let threads = match &cli.command {
+        Command::Serve(s) => s.worker_threads,
+        _ => 1,
+    };
+    let rt = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        if threads > 1 {
+            b.worker_threads(threads);
+        }
+        b.enable_all().build()
+    };
+    let rt = match rt {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        match cli.command {
+            Command::Serve(settings) => serve(settings).await,
+            Command::Authorize(args) => authorize::run(args).await,
+        }
+    })
+}
+
+async fn serve(settings: Settings) -> ExitCode {
+    let listener = match tokio::net::TcpListener::bind(settings.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: cannot listen on {}: {e}", settings.listen);
+            return ExitCode::FAILURE;
+        }
+    };
+    match crate::server::run(listener, settings, crate::server::shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Connects a gRPC channel to `server` (`http://host:port`), with a clear
+/// error when the address is malformed or nothing listens there.
+pub async fn connect(server: &str) -> Result<tonic::transport::Channel, String> {
+    let endpoint = tonic::transport::Endpoint::from_shared(server.to_string())
+        .map_err(|e| {
+            format!("invalid --server {server:?}: {e}; write it like http://127.0.0.1:50051")
+        })?
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .timeout(std::time::Duration::from_secs(30));
+    endpoint
+        .connect()
+        .await
+        .map_err(|e| format!("cannot connect to {server}: {e}"))
+}

@@ -1,0 +1,116 @@
+//! Server settings: one struct, every field with its flag, environment
+//! variable and default (`tollgate serve --help` prints the same).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+use crate::model::{Invalid, Throttle};
+
+/// What the native Authorize RPC answers when the store cannot decide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum OnStoreError {
+    /// gRPC UNAVAILABLE: the caller decides (the default).
+    #[default]
+    Unavailable,
+    /// Allow the request (fail open), reason OK, with no limit numbers.
+    Allow,
+    /// Deny the request (fail closed) as THROTTLED, HTTP 429.
+    Deny,
+}
+
+/// Everything `tollgate serve` can be told.
+#[derive(Debug, Clone, Args)]
+pub struct Settings {
+    /// The catalog file (YAML) to load at start: APIs, stages, usage plans, keys.
+    /// Without it the catalog starts empty.
+    #[arg(long, env = "TOLLGATE_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Address of the gRPC server (Authorizer, Envoy ext_authz and RLS, health,
+    /// reflection).
+    #[arg(long, env = "TOLLGATE_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+
+    /// Redis URL (redis://host:port/db, rediss:// for TLS). Without it, limits
+    /// live in this process only (the embedded memory store).
+    #[arg(long, env = "TOLLGATE_REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// Prefix of every Redis key tollgate writes.
+    #[arg(long, env = "TOLLGATE_REDIS_PREFIX", default_value = "tg:")]
+    pub redis_prefix: String,
+
+    /// Deadline of one decision's round trip to the store, in milliseconds.
+    #[arg(long, env = "TOLLGATE_STORE_TIMEOUT_MS", default_value_t = 250)]
+    pub store_timeout_ms: u64,
+
+    /// Most decisions sent to Redis in one script call.
+    #[arg(long, env = "TOLLGATE_REDIS_MAX_BATCH", default_value_t = 64)]
+    pub redis_max_batch: usize,
+
+    /// Most script calls in flight to Redis at once.
+    #[arg(long, env = "TOLLGATE_REDIS_MAX_IN_FLIGHT", default_value_t = 4)]
+    pub redis_max_in_flight: usize,
+
+    /// Account throttle: steady requests per second for all traffic together
+    /// (off unless given, with --account-burst).
+    #[arg(long, env = "TOLLGATE_ACCOUNT_RATE", requires = "account_burst")]
+    pub account_rate: Option<f64>,
+
+    /// Account throttle: burst capacity.
+    #[arg(long, env = "TOLLGATE_ACCOUNT_BURST", requires = "account_rate")]
+    pub account_burst: Option<u32>,
+
+    /// What the native Authorize RPC answers when the store cannot decide
+    /// (Envoy's ext_authz and RLS always get UNAVAILABLE, so that Envoy's own
+    /// failure_mode_allow decides).
+    #[arg(long, env = "TOLLGATE_ON_STORE_ERROR", value_enum, default_value_t = OnStoreError::Unavailable)]
+    pub on_store_error: OnStoreError,
+
+    /// Tokio worker threads; 1 runs everything on one thread (the least CPU
+    /// per request on small machines), 0 uses one per CPU.
+    #[arg(long, env = "TOLLGATE_WORKER_THREADS", default_value_t = 0)]
+    pub worker_threads: usize,
+}
+
+impl Settings {
+    /// Settings with every default and the given listen address (tests).
+    pub fn for_listen(listen: SocketAddr) -> Self {
+        Self {
+            config: None,
+            listen,
+            redis_url: None,
+            redis_prefix: "tg:".into(),
+            store_timeout_ms: 250,
+            redis_max_batch: 64,
+            redis_max_in_flight: 4,
+            account_rate: None,
+            account_burst: None,
+            on_store_error: OnStoreError::Unavailable,
+            worker_threads: 0,
+        }
+    }
+
+    /// The store deadline.
+    pub fn store_timeout(&self) -> Duration {
+        Duration::from_millis(self.store_timeout_ms.max(1))
+    }
+
+    /// The account throttle, checked.
+    pub fn account_throttle(&self) -> Result<Option<Throttle>, Invalid> {
+        match (self.account_rate, self.account_burst) {
+            (Some(rate_limit), Some(burst_limit)) => {
+                let t = Throttle {
+                    rate_limit,
+                    burst_limit,
+                };
+                t.validate().map_err(|e| e.within("account"))?;
+                Ok(Some(t))
+            }
+            _ => Ok(None),
+        }
+    }
+}

@@ -1,0 +1,40 @@
+//! # tollgate
+//!
+//! A distributed API-key and usage-plan service: gateways and sidecars ask
+//! it, over gRPC, "may this API key call this method of this stage now?",
+//! and it answers by running one atomic Lua script in Redis, so that any
+//! number of stateless replicas enforce one plan's limits exactly as one
+//! server would. The behaviour follows Amazon API Gateway's usage plans and
+//! API keys (docs/semantics.md).
+//!
+//! # Layout
+//!
+//! One request, end to end:
+//!
+//! ```text
+//! api/        the wire: validate, call the limiter, map errors to Status
+//!   limiter/  key -> plan -> stage -> method from the catalog snapshot (no I/O);
+//!             the limits that apply (semantics step 6)
+//!     store/  ONE atomic check-and-consume: memory.rs, or redis/ (one Lua call)
+//!   api/      the decision in the caller's protocol
+//! ```
+//!
+//! - [`model`]: the things and their validation; [`model::method`] matching.
+//! - [`catalog`]: records, the compiled snapshot, the YAML file.
+//! - [`limiter`]: the decision.
+//! - [`store`]: limit storage ([`store::LimitStore`]), with `keys.rs`
+//!   naming every key and `redis/scripts/*.lua`.
+//! - [`calendar`]: UTC quota periods.
+//! - [`api`]: gRPC services; [`server`]: wiring, `run(listener, settings, shutdown)`.
+//! - [`config`]: the settings struct; [`cli`]: the command line; [`telemetry`]: logs.
+
+pub mod api;
+pub mod calendar;
+pub mod catalog;
+pub mod cli;
+pub mod config;
+pub mod limiter;
+pub mod model;
+pub mod server;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,365 @@
+//! The decision: from "key K calls method M of stage S with cost C" to an
+//! answer, exactly as docs/semantics.md ("Authorize") says.
+//!
+//! The limiter resolves the stage, the method's settings, the key and its
+//! plan from the catalog snapshot (no I/O), builds the list of limits that
+//! apply, in the order of step 6 (a plan per-method throttle, b plan
+//! throttle, c plan quota, d stage method throttle, e account throttle), and
+//! hands them to the store for one atomic check-and-consume.
+
+use crate::catalog::CatalogHandle;
+use crate::model::{method::parse_request_method, Invalid, KeyHash, Throttle, KEY_VALUE_MAX};
+use crate::store::{keys::Keys, Check, Limit, LimitStore, Rule, StoreError, Verdict, MAX_COST};
+
+/// Why a request was allowed or denied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// Allowed.
+    Ok,
+    /// The stage does not exist (404).
+    UnknownStage,
+    /// Key missing, unknown, disabled or expired (403).
+    InvalidApiKey,
+    /// None of the key's plans contains the stage (403).
+    NotSubscribed,
+    /// A throttle is exhausted (429).
+    Throttled,
+    /// The quota of the period is used up (429).
+    QuotaExceeded,
+}
+
+impl Reason {
+    /// The HTTP status API Gateway answers with.
+    pub fn http_status(self) -> u16 {
+        match self {
+            Reason::Ok => 200,
+            Reason::UnknownStage => 404,
+            Reason::InvalidApiKey | Reason::NotSubscribed => 403,
+            Reason::Throttled | Reason::QuotaExceeded => 429,
+        }
+    }
+
+    /// The message of API Gateway's body.
+    pub fn message(self) -> &'static str {
+        match self {
+            Reason::Ok => "OK",
+            Reason::UnknownStage => "Not Found",
+            Reason::InvalidApiKey | Reason::NotSubscribed => "Forbidden",
+            Reason::Throttled => "Too Many Requests",
+            Reason::QuotaExceeded => "Limit Exceeded",
+        }
+    }
+
+    /// The name used on the wire and in JSON (`THROTTLED`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Ok => "OK",
+            Reason::UnknownStage => "UNKNOWN_STAGE",
+            Reason::InvalidApiKey => "INVALID_API_KEY",
+            Reason::NotSubscribed => "NOT_SUBSCRIBED",
+            Reason::Throttled => "THROTTLED",
+            Reason::QuotaExceeded => "QUOTA_EXCEEDED",
+        }
+    }
+}
+
+/// The five kinds of limit (SEMANTICS.md step 6, a–e).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LimitKind {
+    /// a. the plan's throttle of one method, per key.
+    PlanMethodThrottle,
+    /// b. the plan's throttle, per key, over all its stages.
+    PlanThrottle,
+    /// c. the plan's quota, per key, over all its stages.
+    PlanQuota,
+    /// d. the stage's method throttle, all callers together.
+    StageMethodThrottle,
+    /// e. the account throttle, all traffic.
+    AccountThrottle,
+}
+
+/// The numbers of the limit an answer describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateInfo {
+    /// Which limit.
+    pub kind: LimitKind,
+    /// Its capacity.
+    pub limit: u64,
+    /// Units left.
+    pub remaining: u64,
+    /// Milliseconds until whole again.
+    pub reset_ms: u64,
+    /// The policy window, seconds.
+    pub window_secs: u64,
+}
+
+/// An answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// Whether the request may go on.
+    pub allowed: bool,
+    /// Why.
+    pub reason: Reason,
+    /// The key's id, when the key is known.
+    pub key_id: Option<String>,
+    /// The plan that applied.
+    pub plan_id: Option<String>,
+    /// The tightest applied limit (the failing one on a denial).
+    pub rate: Option<RateInfo>,
+    /// On a 429 that can pass later: ms until it could.
+    pub retry_after_ms: Option<u64>,
+}
+
+impl Decision {
+    fn deny(reason: Reason) -> Self {
+        Self {
+            allowed: false,
+            reason,
+            key_id: None,
+            plan_id: None,
+            rate: None,
+            retry_after_ms: None,
+        }
+    }
+}
+
+/// One question, as the wire protocols deliver it (not yet validated).
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    /// The key value presented, if any.
+    pub api_key: Option<&'a str>,
+    /// `API/STAGE`.
+    pub stage: &'a str,
+    /// `/path/VERB`.
+    pub method: &'a str,
+    /// Units to consume.
+    pub cost: u64,
+}
+
+/// Why a question could not be answered.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthorizeError {
+    /// Bad input (INVALID_ARGUMENT).
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+    /// The store could not decide (UNAVAILABLE or INTERNAL).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Checks the shape of a request. A key must be 1–128 characters of
+/// `[A-Za-z0-9]`: anything else cannot be a key and is bad input; a
+/// well-formed value that matches no key is an ordinary 403.
+pub fn validate(req: &Request<'_>) -> Result<(), Invalid> {
+    if let Some(k) = req.api_key {
+        if k.is_empty() {
+            return Err(Invalid::new(
+                "api_key",
+                "is empty; leave it unset when the client presented no key",
+            ));
+        }
+        if k.len() > KEY_VALUE_MAX {
+            return Err(Invalid::new(
+                "api_key",
+                format!("is longer than {KEY_VALUE_MAX} characters"),
+            ));
+        }
+        if !k.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(Invalid::new(
+                "api_key",
+                "may contain only letters A-Z, a-z and digits 0-9",
+            ));
+        }
+    }
+    if req.stage.is_empty() {
+        return Err(Invalid::new(
+            "stage",
+            "is empty; give the stage as API/STAGE, like \"petstore/prod\"",
+        ));
+    }
+    if req.stage.len() > 129 || !req.stage.contains('/') {
+        let shown: String = req.stage.chars().take(64).collect();
+        return Err(Invalid::new(
+            "stage",
+            format!("{shown:?} must be written API/STAGE, like \"petstore/prod\""),
+        ));
+    }
+    parse_request_method(req.method).map_err(|e| Invalid::new("method", e.0))?;
+    if req.cost == 0 || req.cost > MAX_COST {
+        return Err(Invalid::new(
+            "cost",
+            format!("must be 1 to {MAX_COST}, got {}", req.cost),
+        ));
+    }
+    Ok(())
+}
+
+/// Decides requests against a catalog and a store.
+pub struct Limiter<S> {
+    catalog: CatalogHandle,
+    store: S,
+    keys: Keys,
+    account: Option<Throttle>,
+}
+
+impl<S: LimitStore> Limiter<S> {
+    /// A limiter; `account` is the server-wide throttle, if any.
+    pub fn new(catalog: CatalogHandle, store: S, keys: Keys, account: Option<Throttle>) -> Self {
+        Self {
+            catalog,
+            store,
+            keys,
+            account,
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// The catalog.
+    pub fn catalog(&self) -> &CatalogHandle {
+        &self.catalog
+    }
+
+    /// Answers one request (SEMANTICS.md "Authorize", steps 1–7).
+    pub async fn authorize(&self, req: Request<'_>) -> Result<Decision, AuthorizeError> {
+        validate(&req)?;
+        let (check, kinds, mut decision) = {
+            let catalog = self.catalog.load();
+            // 1. the stage
+            let Some(stage) = catalog.stage(req.stage) else {
+                return Ok(Decision::deny(Reason::UnknownStage));
+            };
+            // 2. the method's settings (most specific match)
+            let (pattern, setting) = match stage.methods.lookup(req.method) {
+                Some((p, s)) => (p.as_str(), *s),
+                None => ("*/*", Default::default()),
+            };
+            let mut limits = Vec::with_capacity(5);
+            let mut kinds = Vec::with_capacity(5);
+            let mut decision = Decision::deny(Reason::Ok);
+            let mut usage_key = None;
+            // 3. methods that need no key: only stage and account throttles
+            if setting.api_key_required {
+                // 4. the key
+                let entry = req
+                    .api_key
+                    .and_then(|v| catalog.key_by_hash(&KeyHash::of(v)));
+                let now = crate::model::now_ms();
+                let Some(entry) = entry
+                    .filter(|e| e.key.usable_at(now) && e.valid_until_ms.is_none_or(|t| now < t))
+                else {
+                    return Ok(Decision::deny(Reason::InvalidApiKey));
+                };
+                let key_id = entry.key.id.as_str();
+                decision.key_id = Some(key_id.to_string());
+                // 5. the key's plan for this stage
+                let Some(sp) = entry.plans_by_stage.get(req.stage) else {
+                    decision.reason = Reason::NotSubscribed;
+                    return Ok(decision);
+                };
+                let plan = &sp.plan;
+                decision.plan_id = Some(plan.id.clone());
+                // 6 a. the plan's per-method throttle
+                if let Some((p, t)) = sp.method_throttles.lookup(req.method) {
+                    limits.push(Limit {
+                        key: self.keys.plan_method_bucket(
+                            key_id,
+                            &plan.id,
+                            &stage.stage,
+                            p.as_str(),
+                        ),
+                        rule: Rule::Bucket(*t),
+                    });
+                    kinds.push(LimitKind::PlanMethodThrottle);
+                }
+                // b. the plan's throttle
+                if let Some(t) = plan.throttle {
+                    limits.push(Limit {
+                        key: self.keys.plan_bucket(key_id, &plan.id),
+                        rule: Rule::Bucket(t),
+                    });
+                    kinds.push(LimitKind::PlanThrottle);
+                }
+                // c. the plan's quota
+                if let Some(q) = plan.quota {
+                    limits.push(Limit {
+                        key: self.keys.quota_base(key_id, &plan.id),
+                        rule: Rule::Quota {
+                            quota: q,
+                            created_at_ms: plan.created_at_ms,
+                        },
+                    });
+                    kinds.push(LimitKind::PlanQuota);
+                }
+                usage_key = Some(self.keys.usage_base(key_id, &plan.id));
+            }
+            // d. the stage's method throttle
+            if let Some(t) = setting.throttle {
+                limits.push(Limit {
+                    key: self.keys.stage_bucket(&stage.stage, pattern),
+                    rule: Rule::Bucket(t),
+                });
+                kinds.push(LimitKind::StageMethodThrottle);
+            }
+            // e. the account throttle
+            if let Some(t) = self.account {
+                limits.push(Limit {
+                    key: self.keys.account_bucket(),
+                    rule: Rule::Bucket(t),
+                });
+                kinds.push(LimitKind::AccountThrottle);
+            }
+            (
+                Check {
+                    limits,
+                    cost: req.cost,
+                    usage_key,
+                },
+                kinds,
+                decision,
+            )
+        };
+        let windows: Vec<u64> = check.limits.iter().map(|l| window_secs(&l.rule)).collect();
+        let verdict = if check.limits.is_empty() && check.usage_key.is_none() {
+            Verdict::UNLIMITED
+        } else {
+            self.store.check(check).await?
+        };
+        decision.allowed = verdict.allowed;
+        decision.rate = verdict.index.map(|i| RateInfo {
+            kind: kinds[i],
+            limit: verdict.limit,
+            remaining: verdict.remaining,
+            reset_ms: verdict.reset_ms,
+            window_secs: windows[i],
+        });
+        decision.reason = if verdict.allowed {
+            Reason::Ok
+        } else if matches!(decision.rate.map(|r| r.kind), Some(LimitKind::PlanQuota)) {
+            Reason::QuotaExceeded
+        } else {
+            Reason::Throttled
+        };
+        decision.retry_after_ms = if verdict.allowed {
+            None
+        } else {
+            verdict.retry_after_ms
+        };
+        Ok(decision)
+    }
+}
+
+/// The policy window of a limit, in seconds: burst / rate for a bucket, the
+/// length of the current period for a quota.
+fn window_secs(rule: &Rule) -> u64 {
+    match rule {
+        Rule::Bucket(t) => t.window_secs(),
+        Rule::Quota { quota, .. } => {
+            let (s, e) = crate::calendar::period_bounds_ms(quota.period, crate::model::now_ms());
+            (e - s) / 1000
+        }
+    }
+}

@@ -1,0 +1,548 @@
+//! The things tollgate knows about (docs/semantics.md, "Things and their
+//! names"): APIs, stages and their method settings, usage plans, API keys, and
+//! the limits they carry, with the validation rules each must pass.
+//!
+//! These types are plain data. The catalog (`crate::catalog`) holds them and
+//! compiles them for fast lookup; the limiter (`crate::limiter`) turns them
+//! into the limits of one decision.
+
+pub mod method;
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+pub use method::{MethodPattern, MethodTable};
+
+/// A validation failure: the field it concerns and what is wrong, in words a
+/// person can act on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct Invalid {
+    /// The field, e.g. `throttle.rate_limit` or `api_key`.
+    pub field: String,
+    /// What is wrong and what would be right.
+    pub message: String,
+}
+
+impl Invalid {
+    /// Builds a validation failure for `field`.
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    /// Prefixes the field with its parent, e.g. `throttle` + `rate_limit`.
+    pub fn within(mut self, parent: &str) -> Self {
+        self.field = if self.field.is_empty() {
+            parent.to_string()
+        } else {
+            format!("{parent}.{}", self.field)
+        };
+        self
+    }
+}
+
+/// A token bucket: capacity `burst_limit`, refilled at `rate_limit` tokens per
+/// second.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Throttle {
+    /// Steady rate, requests per second (may be fractional).
+    pub rate_limit: f64,
+    /// Bucket capacity: how many requests may arrive at once.
+    pub burst_limit: u32,
+}
+
+impl Throttle {
+    /// Checks the rate is finite and not negative, and that a zero rate comes
+    /// with a zero burst (a bucket that never refills is a quota: use one).
+    pub fn validate(&self) -> Result<(), Invalid> {
+        if !self.rate_limit.is_finite() || self.rate_limit < 0.0 {
+            return Err(Invalid::new(
+                "rate_limit",
+                format!("must be a finite number >= 0, got {}", self.rate_limit),
+            ));
+        }
+        if self.rate_limit > 1e9 {
+            return Err(Invalid::new(
+                "rate_limit",
+                "must be at most 1e9 requests per second",
+            ));
+        }
+        if self.rate_limit == 0.0 && self.burst_limit != 0 {
+            return Err(Invalid::new(
+                "rate_limit",
+                "is 0 with a burst_limit above 0: such a bucket never refills; use a quota, or set both to 0 to block all requests",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Length of the policy window in seconds (burst / rate, at least 1).
+    pub fn window_secs(&self) -> u64 {
+        if self.rate_limit <= 0.0 {
+            return 1;
+        }
+        ((self.burst_limit as f64 / self.rate_limit).ceil() as u64).max(1)
+    }
+}
+
+/// The period of a quota, aligned in UTC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Period {
+    /// 00:00 UTC to 00:00 UTC.
+    Day,
+    /// Monday 00:00 UTC to the next Monday.
+    Week,
+    /// The 1st, 00:00 UTC, to the 1st of the next month.
+    Month,
+}
+
+impl Period {
+    /// The one-letter code used in Redis keys and scripts.
+    pub fn code(self) -> &'static str {
+        match self {
+            Period::Day => "D",
+            Period::Week => "W",
+            Period::Month => "M",
+        }
+    }
+}
+
+impl fmt::Display for Period {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Period::Day => "DAY",
+            Period::Week => "WEEK",
+            Period::Month => "MONTH",
+        })
+    }
+}
+
+impl std::str::FromStr for Period {
+    type Err = Invalid;
+    fn from_str(s: &str) -> Result<Self, Invalid> {
+        match s.to_ascii_uppercase().as_str() {
+            "DAY" => Ok(Period::Day),
+            "WEEK" => Ok(Period::Week),
+            "MONTH" => Ok(Period::Month),
+            _ => Err(Invalid::new(
+                "period",
+                format!("must be DAY, WEEK or MONTH, got {s:?}"),
+            )),
+        }
+    }
+}
+
+/// A quota: at most `limit` requests per period per key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Quota {
+    /// Requests allowed per period.
+    pub limit: u64,
+    /// The period.
+    pub period: Period,
+    /// Requests subtracted from the limit in the period in which the plan was
+    /// created (API Gateway's `offset`).
+    #[serde(default)]
+    pub offset: u64,
+}
+
+impl Quota {
+    /// Checks the limit is positive and the offset below it.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        if self.limit == 0 {
+            return Err(Invalid::new("limit", "must be at least 1"));
+        }
+        if self.limit > i64::MAX as u64 / 2 {
+            return Err(Invalid::new("limit", "is too large"));
+        }
+        if self.offset >= self.limit {
+            return Err(Invalid::new(
+                "offset",
+                format!(
+                    "must be below the limit ({}), got {}",
+                    self.limit, self.offset
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Validates an identifier (API id, stage name, plan id, key id).
+pub fn validate_id(field: &str, s: &str) -> Result<(), Invalid> {
+    if s.is_empty() || s.len() > 64 {
+        return Err(Invalid::new(
+            field,
+            format!("must be 1 to 64 characters, got {}", s.len()),
+        ));
+    }
+    if !s
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+    {
+        return Err(Invalid::new(
+            field,
+            format!("{s:?} may contain only letters, digits, '_', '-' and '.'"),
+        ));
+    }
+    Ok(())
+}
+
+/// A stage of an API, written `API/STAGE`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct StageRef {
+    /// The API's id.
+    pub api_id: String,
+    /// The stage's name.
+    pub stage: String,
+}
+
+impl StageRef {
+    /// Parses `API/STAGE`.
+    pub fn parse(s: &str) -> Result<Self, Invalid> {
+        let Some((api, stage)) = s.split_once('/') else {
+            return Err(Invalid::new(
+                "stage",
+                format!("{s:?} must be written API/STAGE, like \"petstore/prod\""),
+            ));
+        };
+        validate_id("stage", api)
+            .map_err(|e| Invalid::new("stage", format!("API id {}", e.message)))?;
+        validate_id("stage", stage)
+            .map_err(|e| Invalid::new("stage", format!("stage name {}", e.message)))?;
+        Ok(Self {
+            api_id: api.to_string(),
+            stage: stage.to_string(),
+        })
+    }
+}
+
+impl fmt::Display for StageRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.api_id, self.stage)
+    }
+}
+
+/// An API: the unit that a usage plan's stages belong to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Api {
+    /// Chosen by the operator, e.g. `petstore`.
+    pub id: String,
+    /// A readable name.
+    pub name: String,
+}
+
+/// What a stage says about one method (or `*/*`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct MethodSetting {
+    /// Throttle for all callers of this method together.
+    pub throttle: Option<Throttle>,
+    /// Whether callers must present an API key (usage plans apply only then).
+    pub api_key_required: bool,
+}
+
+impl Default for MethodSetting {
+    fn default() -> Self {
+        Self {
+            throttle: None,
+            api_key_required: true,
+        }
+    }
+}
+
+/// A deployed stage of an API, with its method settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stage {
+    /// Which stage.
+    pub stage: StageRef,
+    /// Settings by method pattern (`/pets/GET`, `/pets/{petId}/GET`, `*/*`).
+    pub methods: BTreeMap<String, MethodSetting>,
+}
+
+/// One stage of a usage plan, with optional per-method throttles.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlanStage {
+    /// The stage.
+    pub stage: StageRef,
+    /// Per-key throttles of single methods, by method pattern.
+    pub throttle: BTreeMap<String, Throttle>,
+}
+
+/// A usage plan: who may call which stages, how fast and how much.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UsagePlan {
+    /// Identifier.
+    pub id: String,
+    /// Readable name.
+    pub name: String,
+    /// Free text.
+    pub description: String,
+    /// Per-key throttle over all stages of the plan; `None` = unlimited.
+    pub throttle: Option<Throttle>,
+    /// Per-key quota over all stages of the plan; `None` = unlimited.
+    pub quota: Option<Quota>,
+    /// The stages the plan grants.
+    pub api_stages: Vec<PlanStage>,
+    /// Creation time, ms since the Unix epoch (the quota offset applies in
+    /// the period containing it).
+    pub created_at_ms: u64,
+}
+
+impl UsagePlan {
+    /// Validates the plan's own fields (not references to other things).
+    pub fn validate(&self) -> Result<(), Invalid> {
+        validate_id("id", &self.id)?;
+        if self.name.is_empty() || self.name.len() > 1024 {
+            return Err(Invalid::new("name", "must be 1 to 1024 characters"));
+        }
+        if let Some(t) = &self.throttle {
+            t.validate().map_err(|e| e.within("throttle"))?;
+        }
+        if let Some(q) = &self.quota {
+            q.validate().map_err(|e| e.within("quota"))?;
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, s) in self.api_stages.iter().enumerate() {
+            if !seen.insert(&s.stage) {
+                return Err(Invalid::new(
+                    format!("api_stages[{i}]"),
+                    format!("stage {} is listed twice", s.stage),
+                ));
+            }
+            for (m, t) in &s.throttle {
+                MethodPattern::parse(m)
+                    .map_err(|e| Invalid::new(format!("api_stages[{i}].throttle"), e.0))?;
+                t.validate()
+                    .map_err(|e| e.within(&format!("api_stages[{i}].throttle[{m}]")))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The SHA-256 of an API key value: the only form in which values are kept.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeyHash(pub [u8; 32]);
+
+impl KeyHash {
+    /// Hashes a key value.
+    pub fn of(value: &str) -> Self {
+        Self(Sha256::digest(value.as_bytes()).into())
+    }
+
+    /// Lower-case hex.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// Parses lower- or upper-case hex.
+    pub fn from_hex(s: &str) -> Option<Self> {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(s, &mut out).ok()?;
+        Some(Self(out))
+    }
+}
+
+impl fmt::Debug for KeyHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyHash({}…)", &self.to_hex()[..12])
+    }
+}
+
+/// Minimum length of an API key value at creation (the seed's rule).
+pub const KEY_VALUE_MIN: usize = 30;
+/// Maximum length of an API key value.
+pub const KEY_VALUE_MAX: usize = 128;
+
+/// Validates a key value for creation or import: 30–128 of `[A-Za-z0-9]`.
+/// The message never repeats the value.
+pub fn validate_key_value(field: &str, v: &str) -> Result<(), Invalid> {
+    if v.len() < KEY_VALUE_MIN || v.len() > KEY_VALUE_MAX {
+        return Err(Invalid::new(
+            field,
+            format!(
+                "must be {KEY_VALUE_MIN} to {KEY_VALUE_MAX} characters, got {}",
+                v.chars().count()
+            ),
+        ));
+    }
+    if !v.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err(Invalid::new(
+            field,
+            "may contain only letters A-Z, a-z and digits 0-9",
+        ));
+    }
+    Ok(())
+}
+
+/// Generates a 40-character key value from a CSPRNG.
+pub fn generate_key_value() -> String {
+    use rand::distr::{Alphanumeric, SampleString};
+    // ThreadRng is a CSPRNG (ChaCha12) seeded from the operating system.
+    Alphanumeric.sample_string(&mut rand::rng(), 40)
+}
+
+/// Generates a random 10-character identifier (lower-case letters and digits).
+pub fn generate_id() -> String {
+    use rand::Rng;
+    const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    (0..10)
+        .map(|_| CHARS[rng.random_range(0..CHARS.len())] as char)
+        .collect()
+}
+
+/// An API key. The value itself is never kept: only its hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiKey {
+    /// Identifier (not secret).
+    pub id: String,
+    /// Readable name, 1–1024 characters.
+    pub name: String,
+    /// Free text.
+    pub description: String,
+    /// Disabled keys are refused like unknown ones.
+    pub enabled: bool,
+    /// The operator's customer reference (AWS Marketplace's customerId).
+    pub customer_id: String,
+    /// SHA-256 of the value.
+    #[serde(with = "key_hash_hex")]
+    pub value_hash: KeyHash,
+    /// The first 4 characters of the value, to help a person tell keys apart.
+    pub value_hint: String,
+    /// Creation time, ms since the Unix epoch.
+    pub created_at_ms: u64,
+    /// Last change, ms since the Unix epoch.
+    pub updated_at_ms: u64,
+    /// After this instant (ms since the Unix epoch) the key is refused.
+    pub expires_at_ms: Option<u64>,
+}
+
+impl ApiKey {
+    /// Whether the key may be used at `now_ms`.
+    pub fn usable_at(&self, now_ms: u64) -> bool {
+        self.enabled && self.expires_at_ms.is_none_or(|t| now_ms < t)
+    }
+}
+
+/// The non-secret hint shown for a key value.
+pub fn value_hint(value: &str) -> String {
+    value.chars().take(4).collect()
+}
+
+mod key_hash_hex {
+    use super::KeyHash;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(h: &KeyHash, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&h.to_hex())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<KeyHash, D::Error> {
+        let s = String::deserialize(d)?;
+        KeyHash::from_hex(&s)
+            .ok_or_else(|| serde::de::Error::custom("value_hash must be 64 hex digits"))
+    }
+}
+
+/// Milliseconds since the Unix epoch, from the system clock.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn throttle_validation() {
+        assert!(Throttle {
+            rate_limit: -1.0,
+            burst_limit: 1
+        }
+        .validate()
+        .is_err());
+        assert!(Throttle {
+            rate_limit: f64::NAN,
+            burst_limit: 1
+        }
+        .validate()
+        .is_err());
+        assert!(Throttle {
+            rate_limit: 0.0,
+            burst_limit: 3
+        }
+        .validate()
+        .is_err());
+        assert!(Throttle {
+            rate_limit: 0.0,
+            burst_limit: 0
+        }
+        .validate()
+        .is_ok());
+        assert!(Throttle {
+            rate_limit: 0.5,
+            burst_limit: 3
+        }
+        .validate()
+        .is_ok());
+    }
+
+    #[test]
+    fn quota_validation() {
+        assert!(Quota {
+            limit: 0,
+            period: Period::Day,
+            offset: 0
+        }
+        .validate()
+        .is_err());
+        assert!(Quota {
+            limit: 10,
+            period: Period::Day,
+            offset: 10
+        }
+        .validate()
+        .is_err());
+        assert!(Quota {
+            limit: 10,
+            period: Period::Day,
+            offset: 9
+        }
+        .validate()
+        .is_ok());
+    }
+
+    #[test]
+    fn key_values() {
+        assert!(validate_key_value("value", "short").is_err());
+        assert!(validate_key_value("value", &"a".repeat(129)).is_err());
+        assert!(validate_key_value("value", &format!("{}!", "a".repeat(30))).is_err());
+        let v = generate_key_value();
+        assert_eq!(v.len(), 40);
+        assert!(validate_key_value("value", &v).is_ok());
+        assert_ne!(generate_key_value(), v);
+    }
+
+    #[test]
+    fn stage_refs() {
+        assert_eq!(
+            StageRef::parse("petstore/prod").unwrap().to_string(),
+            "petstore/prod"
+        );
+        assert!(StageRef::parse("prod").is_err());
+        assert!(StageRef::parse("a/b/c").is_err());
+        assert!(StageRef::parse("/prod").is_err());
+    }
+}

@@ -1,0 +1,145 @@
+//! Wires the services together and runs them on one listener:
+//! `run(listener, settings, shutdown)`.
+//!
+//! On the one port: `tollgate.v1.Authorizer`, `grpc.health.v1.Health`
+//! (overall status and per service: SERVING while the store can answer,
+//! NOT_SERVING while it cannot) and gRPC reflection.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::api::authorizer::AuthorizerService;
+use crate::api::pb;
+use crate::catalog::{file, Catalog, CatalogData, CatalogHandle};
+use crate::config::Settings;
+use crate::limiter::Limiter;
+use crate::store::keys::Keys;
+use crate::store::memory::MemoryStore;
+use crate::store::redis::{redact_url, RedisSettings, RedisStore};
+use crate::store::{LimitStore, Store};
+
+/// Errors that stop the server from starting.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Builds the store the settings ask for.
+pub fn open_store(settings: &Settings) -> Result<Store, BoxError> {
+    Ok(match &settings.redis_url {
+        None => Store::Memory(Arc::new(MemoryStore::new())),
+        Some(url) => {
+            let mut rs = RedisSettings::new(url);
+            rs.timeout = settings.store_timeout();
+            rs.max_batch = settings.redis_max_batch.max(1);
+            rs.max_in_flight = settings.redis_max_in_flight.max(1);
+            Store::Redis(Arc::new(RedisStore::open(rs)?))
+        }
+    })
+}
+
+/// Loads the catalog file, if any.
+pub fn load_catalog(settings: &Settings) -> Result<Catalog, BoxError> {
+    let data = match &settings.config {
+        Some(path) => file::load(path, crate::model::now_ms())?,
+        None => {
+            tracing::warn!(
+                "no --config given: the catalog is empty and every request gets UNKNOWN_STAGE"
+            );
+            CatalogData::default()
+        }
+    };
+    Ok(Catalog::compile(data)?)
+}
+
+/// Runs the server on `listener` until `shutdown` completes, then drains
+/// in-flight calls and returns.
+pub async fn run(
+    listener: TcpListener,
+    settings: Settings,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), BoxError> {
+    let catalog = load_catalog(&settings)?;
+    let store = open_store(&settings)?;
+    let account = settings.account_throttle()?;
+    let keys = Keys::new(&settings.redis_prefix);
+    let limiter = Arc::new(Limiter::new(
+        CatalogHandle::new(catalog),
+        store.clone(),
+        keys,
+        account,
+    ));
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    tokio::spawn(watch_health(health, store.clone()));
+
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+
+    let addr = listener.local_addr()?;
+    match &settings.redis_url {
+        Some(url) => {
+            tracing::info!(%addr, store = "redis", redis = %redact_url(url), "tollgate listening")
+        }
+        None => tracing::info!(%addr, store = "memory", "tollgate listening"),
+    }
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(pb::authorizer_server::AuthorizerServer::new(
+            AuthorizerService::new(limiter.clone(), settings.on_store_error),
+        ))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await?;
+    tracing::info!("tollgate stopped");
+    Ok(())
+}
+
+/// Keeps the health service in step with the store: SERVING while it can
+/// answer, NOT_SERVING while it cannot.
+async fn watch_health(health: tonic_health::server::HealthReporter, store: Store) {
+    let mut last = None;
+    loop {
+        let ready = store.is_ready();
+        if last != Some(ready) {
+            let status = if ready {
+                tonic_health::ServingStatus::Serving
+            } else {
+                tonic_health::ServingStatus::NotServing
+            };
+            health.set_service_status("", status).await;
+            health
+                .set_service_status("tollgate.v1.Authorizer", status)
+                .await;
+            last = Some(ready);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown signal received; draining");
+}

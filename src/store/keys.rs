@@ -1,0 +1,92 @@
+//! Every storage key tollgate writes, built in one place.
+//!
+//! Both stores use the same names (the memory store as map keys), so that
+//! what the docs say about Redis keys holds for both. Each key carries a
+//! Redis Cluster hash tag (`{...}`): everything that one key's plan limits
+//! and usage touch shares the tag `{k:KEY_ID}` and so one slot, which lets
+//! a single script check SEMANTICS.md step 6 a–c and count usage on a
+//! cluster too. Stage and account buckets have tags of their own.
+//!
+//! | key | type | what |
+//! |---|---|---|
+//! | `P{k:KEY}:tbm:PLAN:API/STAGE:METHOD` | string (TAT, µs) | plan per-method throttle of one key |
+//! | `P{k:KEY}:tb:PLAN` | string (TAT, µs) | plan throttle of one key |
+//! | `P{k:KEY}:q:PLAN:YYYYMMDD` | string (count) | quota used in the period starting that day |
+//! | `P{k:KEY}:u:PLAN:YYYYMMDD` | hash `n` used, `q` quota used after the day's last call | daily usage, kept 92 days |
+//! | `P{s:API/STAGE}:tb:METHOD` | string (TAT, µs) | stage method throttle, all callers |
+//! | `P{acct}:tb` | string (TAT, µs) | account throttle |
+//!
+//! `P` is the configurable prefix (default `tg:`).
+
+use crate::calendar::Date;
+use crate::model::StageRef;
+
+/// Builds keys under one prefix.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Default for Keys {
+    fn default() -> Self {
+        Self::new("tg:")
+    }
+}
+
+impl Keys {
+    /// Keys under `prefix` (e.g. `tg:`).
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.to_string(),
+        }
+    }
+
+    /// The prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Plan per-method throttle of one key.
+    pub fn plan_method_bucket(
+        &self,
+        key_id: &str,
+        plan_id: &str,
+        stage: &StageRef,
+        method: &str,
+    ) -> String {
+        format!(
+            "{}{{k:{key_id}}}:tbm:{plan_id}:{stage}:{method}",
+            self.prefix
+        )
+    }
+
+    /// Plan throttle of one key.
+    pub fn plan_bucket(&self, key_id: &str, plan_id: &str) -> String {
+        format!("{}{{k:{key_id}}}:tb:{plan_id}", self.prefix)
+    }
+
+    /// Quota base of one key in one plan (the store appends `:YYYYMMDD`).
+    pub fn quota_base(&self, key_id: &str, plan_id: &str) -> String {
+        format!("{}{{k:{key_id}}}:q:{plan_id}", self.prefix)
+    }
+
+    /// Daily usage base of one key in one plan (the store appends `:YYYYMMDD`).
+    pub fn usage_base(&self, key_id: &str, plan_id: &str) -> String {
+        format!("{}{{k:{key_id}}}:u:{plan_id}", self.prefix)
+    }
+
+    /// Stage method throttle.
+    pub fn stage_bucket(&self, stage: &StageRef, method: &str) -> String {
+        format!("{}{{s:{stage}}}:tb:{method}", self.prefix)
+    }
+
+    /// Account throttle.
+    pub fn account_bucket(&self) -> String {
+        format!("{}{{acct}}:tb", self.prefix)
+    }
+}
+
+/// Appends a date to a base key, as the stores do: `BASE:YYYYMMDD`.
+pub fn dated(base: &str, date: Date) -> String {
+    format!("{base}:{}", date.compact())
+}

@@ -1,0 +1,337 @@
+//! The embedded store: limits kept in this process, with exactly the
+//! semantics of the Redis script (`redis/scripts/decide.lua`), so that
+//! `tollgate serve` works with nothing else installed.
+//!
+//! One mutex guards the whole state; a decision holds it for a few hundred
+//! nanoseconds and never across an await. Expired entries are swept every
+//! few thousand decisions, so memory stays bounded by the live limits.
+//! Time comes from a [`Clock`], which tests can control.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use super::{gcra_params, keys::dated, Check, LimitStore, Rule, StoreError, Verdict};
+use crate::calendar::{period_bounds_ms, Date, DAY_MS};
+
+/// A source of the current time, in microseconds since the Unix epoch.
+pub trait Clock: Send + Sync + 'static {
+    /// Now, µs since the epoch.
+    fn now_us(&self) -> u64;
+}
+
+/// The system clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_us(&self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(0)
+    }
+}
+
+/// A clock that moves only when told to (tests).
+#[derive(Debug, Default)]
+pub struct ManualClock(AtomicU64);
+
+impl ManualClock {
+    /// A clock showing `us` µs since the epoch.
+    pub fn new(us: u64) -> Self {
+        Self(AtomicU64::new(us))
+    }
+    /// Moves the clock forward.
+    pub fn advance(&self, d: std::time::Duration) {
+        self.0.fetch_add(d.as_micros() as u64, Ordering::SeqCst);
+    }
+    /// Sets the clock.
+    pub fn set_us(&self, us: u64) {
+        self.0.store(us, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_us(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+impl<C: Clock> Clock for Arc<C> {
+    fn now_us(&self) -> u64 {
+        (**self).now_us()
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Value {
+    /// GCRA theoretical arrival time, µs.
+    Tat(f64),
+    /// A counter (quota used).
+    Count(i64),
+    /// Daily usage: used, and quota used after the day's last call.
+    Usage { n: i64, q: Option<i64> },
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    value: Value,
+    /// Expiry instant, µs since the epoch.
+    expires_us: u64,
+}
+
+#[derive(Default)]
+struct State {
+    map: HashMap<String, Entry>,
+    ops: u64,
+}
+
+impl State {
+    fn get(&self, key: &str, now_us: u64) -> Option<Value> {
+        self.map
+            .get(key)
+            .filter(|e| e.expires_us > now_us)
+            .map(|e| e.value)
+    }
+
+    fn sweep(&mut self, now_us: u64) {
+        self.map.retain(|_, e| e.expires_us > now_us);
+    }
+}
+
+/// Limits kept in this process.
+pub struct MemoryStore {
+    state: Mutex<State>,
+    clock: Box<dyn Clock>,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+enum Write {
+    Tat {
+        key: String,
+        tat: f64,
+        expires_us: u64,
+    },
+    Count {
+        key: String,
+        expires_us: u64,
+    },
+}
+
+impl MemoryStore {
+    /// A store on the system clock.
+    pub fn new() -> Self {
+        Self::with_clock(SystemClock)
+    }
+
+    /// A store on the given clock.
+    pub fn with_clock(clock: impl Clock) -> Self {
+        Self {
+            state: Mutex::new(State::default()),
+            clock: Box::new(clock),
+        }
+    }
+
+    /// The current time of this store's clock, µs since the epoch.
+    pub fn now_us(&self) -> u64 {
+        self.clock.now_us()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave a half-applied decision
+        // (writes are applied after all checks), so a poisoned lock is usable.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Number of live entries (tests).
+    pub fn len(&self) -> usize {
+        let now = self.now_us();
+        self.lock()
+            .map
+            .values()
+            .filter(|e| e.expires_us > now)
+            .count()
+    }
+
+    /// True when nothing is stored.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Decides one check at the clock's current time (the same steps as
+    /// `decide.lua`).
+    pub fn decide(&self, check: &Check) -> Verdict {
+        let now_us = self.clock.now_us();
+        let now_ms = now_us / 1000;
+        let nowf = now_us as f64;
+        let today = Date::of_ms(now_ms);
+        let cost = check.cost;
+        let mut st = self.lock();
+        st.ops += 1;
+        if st.ops % 4096 == 0 {
+            st.sweep(now_us);
+        }
+
+        let mut best: Option<usize> = None;
+        let (mut best_limit, mut best_rem, mut best_reset) = (0u64, 0u64, 0u64);
+        let mut writes = Vec::with_capacity(check.limits.len());
+        let mut quota_used = None;
+        for (i, limit) in check.limits.iter().enumerate() {
+            match &limit.rule {
+                Rule::Bucket(t) => {
+                    let (interval, tolerance) = gcra_params(t);
+                    let burst = t.burst_limit as u64;
+                    let tat = match st.get(&limit.key, now_us) {
+                        Some(Value::Tat(t)) => t.max(nowf),
+                        _ => nowf,
+                    };
+                    let new_tat = tat + cost as f64 * interval;
+                    if cost > burst || new_tat - nowf > tolerance + 1.0 {
+                        let rem = ((nowf + tolerance - tat) / interval + 1e-9)
+                            .floor()
+                            .max(0.0) as u64;
+                        let retry = (cost <= burst).then(|| ceil_ms(new_tat - tolerance - nowf));
+                        return Verdict {
+                            allowed: false,
+                            index: Some(i),
+                            limit: burst,
+                            remaining: rem,
+                            reset_ms: ceil_ms(tat - nowf),
+                            retry_after_ms: retry,
+                        };
+                    }
+                    let rem = ((nowf + tolerance - new_tat) / interval + 1e-9)
+                        .floor()
+                        .max(0.0) as u64;
+                    let reset = ceil_ms(new_tat - nowf);
+                    writes.push(Write::Tat {
+                        key: limit.key.clone(),
+                        tat: new_tat.round(),
+                        expires_us: now_us + (reset + 1) * 1000,
+                    });
+                    if best.is_none() || rem < best_rem {
+                        (best, best_limit, best_rem, best_reset) = (Some(i), burst, rem, reset);
+                    }
+                }
+                Rule::Quota {
+                    quota,
+                    created_at_ms,
+                } => {
+                    let (start, end) = period_bounds_ms(quota.period, now_ms);
+                    let eff = if *created_at_ms >= start {
+                        quota.limit - quota.offset
+                    } else {
+                        quota.limit
+                    } as i64;
+                    let key = dated(&limit.key, Date::of_ms(start));
+                    let used = match st.get(&key, now_us) {
+                        Some(Value::Count(c)) => c,
+                        _ => 0,
+                    };
+                    let reset = end - now_ms;
+                    if used + cost as i64 > eff {
+                        return Verdict {
+                            allowed: false,
+                            index: Some(i),
+                            limit: eff.max(0) as u64,
+                            remaining: (eff - used).max(0) as u64,
+                            reset_ms: reset,
+                            retry_after_ms: Some(reset),
+                        };
+                    }
+                    let rem = (eff - used - cost as i64) as u64;
+                    quota_used = Some(used + cost as i64);
+                    writes.push(Write::Count {
+                        key,
+                        expires_us: end * 1000,
+                    });
+                    if best.is_none() || rem < best_rem {
+                        (best, best_limit, best_rem, best_reset) =
+                            (Some(i), eff as u64, rem, reset);
+                    }
+                }
+            }
+        }
+
+        for w in writes {
+            match w {
+                Write::Tat {
+                    key,
+                    tat,
+                    expires_us,
+                } => {
+                    st.map.insert(
+                        key,
+                        Entry {
+                            value: Value::Tat(tat),
+                            expires_us,
+                        },
+                    );
+                }
+                Write::Count { key, expires_us } => {
+                    let c = match st.get(&key, now_us) {
+                        Some(Value::Count(c)) => c,
+                        _ => 0,
+                    };
+                    st.map.insert(
+                        key,
+                        Entry {
+                            value: Value::Count(c + cost as i64),
+                            expires_us,
+                        },
+                    );
+                }
+            }
+        }
+        if let Some(base) = &check.usage_key {
+            let key = dated(base, today);
+            let (n, q) = match st.get(&key, now_us) {
+                Some(Value::Usage { n, q }) => (n, q),
+                _ => (0, None),
+            };
+            let expires_us = ((now_ms / DAY_MS + 1) * DAY_MS + 92 * DAY_MS) * 1000;
+            st.map.insert(
+                key,
+                Entry {
+                    value: Value::Usage {
+                        n: n + cost as i64,
+                        q: quota_used.or(q),
+                    },
+                    expires_us,
+                },
+            );
+        }
+        Verdict {
+            allowed: true,
+            index: best,
+            limit: best_limit,
+            remaining: best_rem,
+            reset_ms: best_reset,
+            retry_after_ms: None,
+        }
+    }
+}
+
+fn ceil_ms(us: f64) -> u64 {
+    if us <= 0.0 {
+        0
+    } else {
+        (us / 1000.0).ceil() as u64
+    }
+}
+
+impl LimitStore for MemoryStore {
+    async fn check(&self, check: Check) -> Result<Verdict, StoreError> {
+        Ok(self.decide(&check))
+    }
+
+    fn is_ready(&self) -> bool {
+        true
+    }
+}

@@ -1,0 +1,170 @@
+//! Limit storage: the one atomic step of every decision.
+//!
+//! A [`Check`] lists the limits that apply to one request (built by
+//! `crate::limiter`), the cost, and where to count usage. A store checks all of
+//! them and consumes `cost` from each only if all pass, in one atomic step,
+//! and answers with a [`Verdict`].
+//!
+//! Two backends implement [`LimitStore`] with the same behaviour, proven by
+//! the conformance suite (`tests/conformance.rs`):
+//! - [`memory::MemoryStore`]: the embedded default, one process.
+//! - [`redis::RedisStore`]: shared by any number of replicas; one Lua script
+//!   call per decision (or per batch of concurrent decisions).
+//!
+//! The algorithms: a token bucket is kept as GCRA's one number per bucket, the
+//! theoretical arrival time (TAT), which behaves exactly as a bucket of
+//! capacity `burst` refilled at `rate` per second, full at first use. A quota
+//! is a counter per period (calendar periods in UTC, `crate::calendar`).
+
+pub mod keys;
+pub mod memory;
+pub mod redis;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::model::{Quota, Throttle};
+
+/// What one limit is.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Rule {
+    /// A token bucket.
+    Bucket(Throttle),
+    /// A quota per period; `created_at_ms` is the plan's creation time (the
+    /// offset applies in the period containing it).
+    Quota {
+        /// The quota.
+        quota: Quota,
+        /// The plan's creation time, ms since the epoch.
+        created_at_ms: u64,
+    },
+}
+
+/// One limit of a check: its storage key and its rule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limit {
+    /// The storage key (`keys.rs`); for a quota, the base to which the
+    /// period's start date is appended.
+    pub key: String,
+    /// The rule.
+    pub rule: Rule,
+}
+
+/// Everything one decision needs from the store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Check {
+    /// The limits, in the order in which they are checked; the first failing
+    /// one is the reason of a denial.
+    pub limits: Vec<Limit>,
+    /// Units to take from each limit.
+    pub cost: u64,
+    /// Where to count the request's usage for today (a base key to which the
+    /// date is appended), when it has a key and plan.
+    pub usage_key: Option<String>,
+}
+
+/// A store's answer to a [`Check`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verdict {
+    /// Whether every limit passed (and was consumed).
+    pub allowed: bool,
+    /// The limit the numbers describe (index into `Check::limits`): the
+    /// failing one on a denial, the one with the least remaining on an allow;
+    /// `None` when the check had no limits.
+    pub index: Option<usize>,
+    /// Its capacity (burst, or the quota limit in force this period).
+    pub limit: u64,
+    /// Units left after this decision.
+    pub remaining: u64,
+    /// Milliseconds until it is whole again.
+    pub reset_ms: u64,
+    /// On a denial: ms until the same request could pass; `None` when it
+    /// never can (cost above burst), and on an allow.
+    pub retry_after_ms: Option<u64>,
+}
+
+impl Verdict {
+    /// The verdict of a check with no limits: allowed.
+    pub const UNLIMITED: Verdict = Verdict {
+        allowed: true,
+        index: None,
+        limit: 0,
+        remaining: 0,
+        reset_ms: 0,
+        retry_after_ms: None,
+    };
+}
+
+/// Why a store could not answer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The store cannot be reached or did not answer in time; retrying later
+    /// may work. Maps to gRPC UNAVAILABLE.
+    #[error("limit store unavailable: {0}")]
+    Unavailable(String),
+    /// The store answered with something unexpected (a bug, or a key of the
+    /// wrong type). Maps to gRPC INTERNAL.
+    #[error("limit store error: {0}")]
+    Internal(String),
+}
+
+impl StoreError {
+    /// Whether retrying later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+}
+
+/// The storage of limits: check-and-consume, atomically.
+pub trait LimitStore: Send + Sync + 'static {
+    /// Checks every limit of `check` and consumes `check.cost` from each only
+    /// if all pass, in one atomic step.
+    fn check(&self, check: Check) -> impl Future<Output = Result<Verdict, StoreError>> + Send;
+
+    /// Whether the store can currently answer (reported by gRPC health).
+    fn is_ready(&self) -> bool;
+}
+
+/// The store chosen at start: memory or Redis.
+#[derive(Clone)]
+pub enum Store {
+    /// Embedded, one process.
+    Memory(Arc<memory::MemoryStore>),
+    /// Shared, in Redis.
+    Redis(Arc<redis::RedisStore>),
+}
+
+impl LimitStore for Store {
+    async fn check(&self, check: Check) -> Result<Verdict, StoreError> {
+        match self {
+            Store::Memory(m) => m.check(check).await,
+            Store::Redis(r) => r.check(check).await,
+        }
+    }
+
+    fn is_ready(&self) -> bool {
+        match self {
+            Store::Memory(m) => m.is_ready(),
+            Store::Redis(r) => r.is_ready(),
+        }
+    }
+}
+
+/// The largest accepted cost of one request.
+pub const MAX_COST: u64 = 1_000_000;
+
+/// GCRA parameters of a throttle in microseconds: (emission interval,
+/// tolerance). A zero rate (only valid with a zero burst) gets an interval so
+/// large that nothing refills.
+pub(crate) fn gcra_params(t: &Throttle) -> (f64, f64) {
+    let interval = if t.rate_limit > 0.0 {
+        1e6 / t.rate_limit
+    } else {
+        1e18
+    };
+    (interval, interval * t.burst_limit as f64)
+}
+
+/// The store deadline used when none is configured.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(250);

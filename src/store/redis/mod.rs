@@ -1,0 +1,303 @@
+//! The shared store: limits in Redis, decided by one Lua script call.
+//!
+//! # Hot path
+//! `ARCHITECTURE.md` ("Hot path budget") measured that a pool checkout per
+//! call is the slowest way to talk to Redis and that deciding many pending
+//! requests in ONE script call is the fastest. So decisions go through a
+//! batcher task: callers send their [`Check`] over a channel; the batcher
+//! takes whatever is pending (up to `max_batch`), runs `decide.lua` once for
+//! all of them on a multiplexed [`ConnectionManager`], and answers each
+//! caller. At most `max_in_flight` batches run at once; while they do, new
+//! requests queue up and form the next batch, so batching grows with load and
+//! adds no wait when idle. Each request in a batch is still all-or-nothing.
+//!
+//! # Failures
+//! - NOSCRIPT (after a Redis restart or `SCRIPT FLUSH`): `Script::invoke_async`
+//!   sends EVALSHA, and on NOSCRIPT loads the script and sends it again. That
+//!   is safe: a NOSCRIPT reply means nothing ran. (A script inside a pipeline
+//!   would not be retried this way; we never pipeline scripts.)
+//! - Every batch has a deadline (`timeout`); past it, or when Redis cannot be
+//!   reached, the callers get [`StoreError::Unavailable`] (gRPC UNAVAILABLE).
+//!   The connection manager reconnects by itself; a probe task PINGs Redis
+//!   every second so that health reports NOT_SERVING while Redis is away and
+//!   SERVING again when it is back.
+//! - Redis unreachable at start is not fatal: the store starts, unready.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use super::{gcra_params, Check, LimitStore, Rule, StoreError, Verdict};
+
+/// The decision script (see its header for KEYS and ARGV).
+static DECIDE: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(include_str!("scripts/decide.lua")));
+
+/// How the Redis store behaves.
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    /// `redis://[user:pass@]host:port[/db]` or `rediss://…`.
+    pub url: String,
+    /// Deadline of one decision's round trip to Redis.
+    pub timeout: Duration,
+    /// Most requests decided by one script call.
+    pub max_batch: usize,
+    /// Most script calls in flight at once.
+    pub max_in_flight: usize,
+}
+
+impl RedisSettings {
+    /// Defaults for `url`.
+    pub fn new(url: &str) -> Self {
+        Self {
+            url: url.to_string(),
+            timeout: super::DEFAULT_TIMEOUT,
+            max_batch: 64,
+            max_in_flight: 4,
+        }
+    }
+}
+
+struct Job {
+    check: Check,
+    reply: oneshot::Sender<Result<Verdict, StoreError>>,
+}
+
+/// Limits in Redis, shared by every replica that points at it.
+pub struct RedisStore {
+    jobs: mpsc::Sender<Job>,
+    ready: Arc<AtomicBool>,
+    conn: ConnectionManager,
+}
+
+/// Classifies a Redis error: connection trouble and timeouts are transient
+/// (UNAVAILABLE); anything else the server said is internal.
+pub fn classify(e: redis::RedisError) -> StoreError {
+    if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() {
+        StoreError::Unavailable(e.to_string())
+    } else if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading)
+        || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::TryAgain)
+        || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ClusterDown)
+        || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::MasterDown)
+    {
+        StoreError::Unavailable(e.to_string())
+    } else {
+        StoreError::Internal(e.to_string())
+    }
+}
+
+/// Replaces a password in a Redis URL with `***`, for logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.find(':') {
+                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
+                None => format!("{}***{}", &url[..s + 3], &url[at..]),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+impl RedisStore {
+    /// Opens the store. Fails only when the URL is malformed; an unreachable
+    /// Redis leaves the store unready until it can be reached.
+    pub fn open(settings: RedisSettings) -> Result<Self, StoreError> {
+        let client = redis::Client::open(settings.url.as_str()).map_err(|e| {
+            StoreError::Internal(format!(
+                "invalid Redis URL {}: {e}",
+                redact_url(&settings.url)
+            ))
+        })?;
+        let config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(settings.timeout))
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_secs(1));
+        let conn = ConnectionManager::new_lazy_with_config(client, config).map_err(|e| {
+            StoreError::Internal(format!("cannot set up the Redis connection: {e}"))
+        })?;
+        let ready = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = mpsc::channel(settings.max_batch * settings.max_in_flight * 16);
+        tokio::spawn(batcher(rx, conn.clone(), settings.clone(), ready.clone()));
+        tokio::spawn(probe(conn.clone(), ready.clone(), settings.url.clone()));
+        Ok(Self {
+            jobs: tx,
+            ready,
+            conn,
+        })
+    }
+
+    /// A connection to the same Redis (shares the multiplexed connection).
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+}
+
+impl LimitStore for RedisStore {
+    async fn check(&self, check: Check) -> Result<Verdict, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.jobs
+            .try_send(Job { check, reply })
+            .map_err(|_| StoreError::Unavailable("too many decisions waiting for Redis".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Unavailable("the Redis batcher stopped".into()))?
+    }
+
+    fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+}
+
+/// PINGs Redis every second and records whether it answered.
+async fn probe(mut conn: ConnectionManager, ready: Arc<AtomicBool>, url: String) {
+    let mut was: Option<bool> = None;
+    loop {
+        let ok = tokio::time::timeout(
+            Duration::from_secs(1),
+            redis::cmd("PING").query_async::<String>(&mut conn),
+        )
+        .await
+        .map(|r| r.is_ok())
+        .unwrap_or(false);
+        ready.store(ok, Ordering::Relaxed);
+        if was != Some(ok) {
+            if ok {
+                tracing::info!(redis = %redact_url(&url), "Redis is reachable");
+            } else {
+                tracing::warn!(redis = %redact_url(&url), "Redis is not reachable; decisions answer UNAVAILABLE until it is");
+            }
+            was = Some(ok);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+async fn batcher(
+    mut rx: mpsc::Receiver<Job>,
+    conn: ConnectionManager,
+    s: RedisSettings,
+    ready: Arc<AtomicBool>,
+) {
+    let slots = Arc::new(Semaphore::new(s.max_in_flight));
+    while let Some(first) = rx.recv().await {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let mut batch = Vec::with_capacity(8);
+        batch.push(first);
+        while batch.len() < s.max_batch {
+            match rx.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        let mut conn = conn.clone();
+        let timeout = s.timeout;
+        let ready = ready.clone();
+        tokio::spawn(async move {
+            let result = match tokio::time::timeout(timeout, run_batch(&mut conn, &batch)).await {
+                Ok(r) => r,
+                Err(_) => Err(StoreError::Unavailable(format!(
+                    "Redis did not answer within {timeout:?}"
+                ))),
+            };
+            drop(permit);
+            match result {
+                Ok(verdicts) => {
+                    for (job, v) in batch.into_iter().zip(verdicts) {
+                        let _ = job.reply.send(Ok(v));
+                    }
+                }
+                Err(e) => {
+                    if e.is_transient() {
+                        ready.store(false, Ordering::Relaxed);
+                    }
+                    for job in batch {
+                        let _ = job.reply.send(Err(e.clone()));
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Runs `decide.lua` once for all jobs of a batch.
+async fn run_batch(
+    conn: &mut ConnectionManager,
+    batch: &[Job],
+) -> Result<Vec<Verdict>, StoreError> {
+    let mut inv = DECIDE.prepare_invoke();
+    inv.arg(batch.len());
+    for job in batch {
+        let c = &job.check;
+        inv.arg(c.cost)
+            .arg(c.limits.len())
+            .arg(if c.usage_key.is_some() { "1" } else { "0" });
+        for l in &c.limits {
+            inv.key(&l.key);
+            match &l.rule {
+                Rule::Bucket(t) => {
+                    let (interval, tolerance) = gcra_params(t);
+                    inv.arg("B")
+                        .arg(interval)
+                        .arg(tolerance)
+                        .arg(t.burst_limit)
+                        .arg(0);
+                }
+                Rule::Quota {
+                    quota,
+                    created_at_ms,
+                } => {
+                    inv.arg("Q")
+                        .arg(quota.limit)
+                        .arg(quota.offset)
+                        .arg(*created_at_ms)
+                        .arg(quota.period.code());
+                }
+            }
+        }
+        if let Some(u) = &c.usage_key {
+            inv.key(u);
+        }
+    }
+    let out: Vec<i64> = inv.invoke_async(conn).await.map_err(classify)?;
+    if out.len() != batch.len() * 6 {
+        return Err(StoreError::Internal(format!(
+            "decide.lua returned {} values for {} requests",
+            out.len(),
+            batch.len()
+        )));
+    }
+    Ok(out
+        .chunks_exact(6)
+        .map(|r| Verdict {
+            allowed: r[0] == 1,
+            index: (r[1] > 0).then(|| r[1] as usize - 1),
+            limit: r[2].max(0) as u64,
+            remaining: r[3].max(0) as u64,
+            reset_ms: r[4].max(0) as u64,
+            retry_after_ms: (r[5] >= 0).then_some(r[5] as u64),
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            redact_url("redis://u:secret@h:6379/0"),
+            "redis://u:***@h:6379/0"
+        );
+        assert_eq!(redact_url("redis://secret@h:6379"), "redis://***@h:6379");
+        assert_eq!(redact_url("redis://h:6379"), "redis://h:6379");
+    }
+}
