@@ -1,0 +1,178 @@
+//! Test support: Redis fixtures ([`redis`]), tollgate servers (in this
+//! process or as child processes), and small helpers shared by the suites.
+
+#![allow(dead_code)]
+
+pub mod redis;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tollgate::api::pb;
+
+/// A `tollgate serve` child process, killed on drop. Its stderr is kept so
+/// failures can show it.
+pub struct TollgateProcess {
+    child: Child,
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    log: Arc<Mutex<String>>,
+}
+
+impl TollgateProcess {
+    /// Starts `tollgate serve --listen 127.0.0.1:0 ARGS...` and waits until it
+    /// listens.
+    pub fn start(args: &[&str]) -> Self {
+        Self::start_with_env(args, &[])
+    }
+
+    /// Like [`start`](Self::start), with extra environment variables.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tollgate"));
+        cmd.arg("serve")
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .args(args);
+        cmd.env("RUST_LOG", "info")
+            .env_remove("TOLLGATE_REDIS_URL")
+            .env_remove("TOLLGATE_CONFIG");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn the tollgate binary");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if let Some(i) = line.find("addr=") {
+                        let a = line[i + 5..]
+                            .split_whitespace()
+                            .next()
+                            .unwrap_or("")
+                            .to_string();
+                        let _ = tx.send(a);
+                    }
+                    let mut l = log.lock().unwrap();
+                    l.push_str(&line);
+                    l.push('\n');
+                }
+            });
+        }
+        let addr = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(a) => a
+                .parse()
+                .unwrap_or_else(|e| panic!("bad address {a:?} in tollgate log: {e}")),
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "tollgate did not start listening within 20 s; log:\n{}",
+                    log.lock().unwrap()
+                );
+            }
+        };
+        Self { child, addr, log }
+    }
+
+    /// `http://ADDR`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// What the process wrote to stderr so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// A client of its Authorizer service.
+    pub async fn authorizer(
+        &self,
+    ) -> pb::authorizer_client::AuthorizerClient<tonic::transport::Channel> {
+        authorizer_client(self.addr).await
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return s;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "tollgate did not stop within 10 s of SIGTERM; log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for TollgateProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A client of the Authorizer at `addr`, retrying the connection for up to 10 s.
+pub async fn authorizer_client(
+    addr: SocketAddr,
+) -> pb::authorizer_client::AuthorizerClient<tonic::transport::Channel> {
+    let url = format!("http://{addr}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match tonic::transport::Endpoint::from_shared(url.clone())
+            .unwrap()
+            .connect()
+            .await
+        {
+            Ok(ch) => return pb::authorizer_client::AuthorizerClient::new(ch),
+            Err(e) if Instant::now() > deadline => panic!("cannot connect to {url}: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// An Authorize request.
+pub fn req(
+    key: Option<&str>,
+    stage: &str,
+    method: &str,
+    cost: Option<u64>,
+) -> pb::AuthorizeRequest {
+    pb::AuthorizeRequest {
+        api_key: key.map(str::to_string),
+        stage: stage.into(),
+        method: method.into(),
+        cost,
+    }
+}
+
+/// Writes `text` to a file in a fresh temporary directory (kept alive by the
+/// returned guard).
+pub fn write_temp(name: &str, text: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join(name);
+    std::fs::write(&path, text).expect("write temp file");
+    (dir, path)
+}
+
+/// The repository's `examples/quickstart.yaml`.
+pub fn quickstart() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/quickstart.yaml")
+}
+
+/// The demo key of the quickstart.
+pub const DEMO_KEY: &str = "tgdemo0123456789abcdefghijklmnopqrstuvw";
