@@ -70,6 +70,11 @@ pub struct Settings {
     #[arg(long, env = "TOLLGATE_ON_STORE_ERROR", value_enum, default_value_t = OnStoreError::Unavailable)]
     pub on_store_error: OnStoreError,
 
+    /// On SIGTERM/SIGINT, how long to let in-flight calls finish before
+    /// exiting anyway, in seconds.
+    #[arg(long, env = "TOLLGATE_DRAIN_TIMEOUT_SECS", default_value_t = 5)]
+    pub drain_timeout_secs: u64,
+
     /// Tokio worker threads; 1 runs everything on one thread (the least CPU
     /// per request on small machines), 0 uses one per CPU.
     #[arg(long, env = "TOLLGATE_WORKER_THREADS", default_value_t = 0)]
@@ -90,6 +95,7 @@ impl Settings {
             account_rate: None,
             account_burst: None,
             on_store_error: OnStoreError::Unavailable,
+            drain_timeout_secs: 5,
             worker_threads: 0,
         }
     }

@@ -86,15 +86,32 @@ pub async fn run(
         }
         None => tracing::info!(%addr, store = "memory", "tollgate listening"),
     }
-    tonic::transport::Server::builder()
+    // Shutdown: tell tonic to stop accepting and drain, and give the drain
+    // at most `drain_timeout_secs` (a client holding a stream open must not
+    // keep the process alive).
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let drain = Duration::from_secs(settings.drain_timeout_secs);
+    let server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(pb::authorizer_server::AuthorizerServer::new(
             AuthorizerService::new(limiter.clone(), settings.on_store_error),
         ))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await?;
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+            let _ = stop_rx.await;
+        });
+    tokio::pin!(server);
+    tokio::select! {
+        r = &mut server => r?,
+        _ = shutdown => {
+            let _ = stop_tx.send(());
+            match tokio::time::timeout(drain, &mut server).await {
+                Ok(r) => r?,
+                Err(_) => tracing::warn!(?drain, "in-flight calls did not finish in time; exiting anyway"),
+            }
+        }
+    }
     tracing::info!("tollgate stopped");
     Ok(())
 }

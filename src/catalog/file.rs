@@ -279,12 +279,9 @@ pub fn parse(file: &str, text: &str, now_ms: u64) -> Result<CatalogData, FileErr
         if let Some(i) = msg.find(" at line ") {
             msg.truncate(i);
         }
-        FileError {
-            file: file.to_string(),
-            line: loc.as_ref().map(|l| l.line()),
-            column: loc.as_ref().map(|l| l.column()),
-            message: msg,
-        }
+        let line = loc.as_ref().map(|l| refine_line(text, l.line(), &msg));
+        let column = loc.as_ref().filter(|l| Some(l.line()) == line).map(|l| l.column());
+        FileError { file: file.to_string(), line, column, message: msg }
     })?;
     let err = |needle: &str, message: String| FileError {
         file: file.to_string(),
@@ -469,6 +466,29 @@ pub fn parse(file: &str, text: &str, now_ms: u64) -> Result<CatalogData, FileErr
     Ok(data)
 }
 
+/// serde_yaml places an error raised while checking a value (a negative
+/// rate, a bad method pattern) at the start of the enclosing entry. This moves
+/// it to the line, at or after that one, that holds the offending value (the
+/// first quoted string of the message) or field (the last word before the
+/// message's first `:` after the path).
+fn refine_line(text: &str, line: usize, msg: &str) -> usize {
+    let detail = msg.split_once(": ").map(|(_, d)| d).unwrap_or(msg);
+    let needle = match detail.split('"').nth(1) {
+        Some(q) if !q.is_empty() => q.to_string(),
+        _ => detail.split(':').next().unwrap_or("").split([' ', '.']).next_back().unwrap_or("").to_string(),
+    };
+    if needle.is_empty() {
+        return line;
+    }
+    text.lines()
+        .enumerate()
+        .skip(line.saturating_sub(1))
+        .take(200)
+        .find(|(_, l)| l.contains(needle.as_str()))
+        .map(|(i, _)| i + 1)
+        .unwrap_or(line)
+}
+
 /// The first line (1-based) containing `needle`.
 fn line_of(text: &str, needle: &str) -> Option<usize> {
     if needle.is_empty() {
@@ -528,7 +548,7 @@ api_keys:
 
         let bad = GOOD.replace("usage_plans: [Basic]", "usage_plans: [Gold]");
         let e = parse("q.yaml", &bad, 1).unwrap_err();
-        assert_eq!(e.line, Some(19), "{e}");
+        assert_eq!(e.line, Some(18), "{e}");
         assert!(e.message.contains("\"Gold\""), "{e}");
 
         let bad = GOOD.replace("/pets/GET: {}", "pets/GET: {}");

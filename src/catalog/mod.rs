@@ -67,6 +67,9 @@ pub struct StagePlan {
     pub method_throttles: MethodTable<Throttle>,
 }
 
+/// A plan's stages, by `API/STAGE`.
+type PlanStages = BTreeMap<String, Arc<StagePlan>>;
+
 /// A key and where it may go.
 #[derive(Debug)]
 pub struct KeyEntry {
@@ -116,7 +119,7 @@ impl Catalog {
             );
         }
 
-        let mut plans: HashMap<&str, (Arc<UsagePlan>, BTreeMap<String, Arc<StagePlan>>)> =
+        let mut plans: HashMap<&str, (Arc<UsagePlan>, PlanStages)> =
             HashMap::new();
         for p in &data.plans {
             p.validate()

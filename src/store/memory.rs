@@ -174,7 +174,7 @@ impl MemoryStore {
         let cost = check.cost;
         let mut st = self.lock();
         st.ops += 1;
-        if st.ops % 4096 == 0 {
+        if st.ops.is_multiple_of(4096) {
             st.sweep(now_us);
         }
 

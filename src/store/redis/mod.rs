@@ -76,13 +76,13 @@ pub struct RedisStore {
 /// Classifies a Redis error: connection trouble and timeouts are transient
 /// (UNAVAILABLE); anything else the server said is internal.
 pub fn classify(e: redis::RedisError) -> StoreError {
-    if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() {
-        StoreError::Unavailable(e.to_string())
-    } else if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading)
-        || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::TryAgain)
-        || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ClusterDown)
-        || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::MasterDown)
-    {
+    use redis::{ErrorKind::Server, ServerErrorKind as S};
+    let transient = e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || matches!(e.kind(), Server(S::BusyLoading | S::TryAgain | S::ClusterDown | S::MasterDown));
+    if transient {
         StoreError::Unavailable(e.to_string())
     } else {
         StoreError::Internal(e.to_string())

@@ -1,0 +1,300 @@
+//! What Envoy's two services have in common: turning an HTTP request as
+//! Envoy describes it into tollgate's question, and a decision into HTTP
+//! headers and bodies.
+//!
+//! - [`request_method`]: path + HTTP method → `/pets/42/GET`, or why the
+//!   request is malformed ([`BadRequest`], a clean 4xx, never a gRPC error).
+//! - [`presented_key`]: the API key header's value, if it can be a key at all.
+//! - [`rate_limit_headers`], [`retry_after_secs`], [`json_message`]: the
+//!   answer's headers and body (docs/envoy.md, "Headers").
+//!
+//! # Paths
+//!
+//! Envoy may or may not normalise the path (`normalize_path`,
+//! `merge_slashes`: both off by default), so tollgate does its own,
+//! stricter normalisation before matching, so that no spelling of a path can
+//! slip past the limits of the method it really names:
+//! - the query string and fragment are dropped;
+//! - percent-encoded unreserved characters (`A-Z a-z 0-9 - . _ ~`) are
+//!   decoded (RFC 3986, 6.2.2.2), other escapes are kept with upper-case hex;
+//! - empty segments are dropped (`//` and a trailing `/`);
+//! - a `.` or `..` segment, also percent-encoded, a malformed escape, a space,
+//!   a control character or a path not starting with `/` is a 400;
+//! - a method longer than [`MAX_METHOD_LEN`] bytes is a 414.
+//!
+//! # HTTP methods
+//!
+//! HTTP/1.1 Envoy rejects a lower-case method itself (400), HTTP/2 passes it
+//! verbatim. tollgate upper-cases a method of 1–16 ASCII letters, so `get`
+//! is limited as `GET` (an upstream that accepts `get` cannot be used to
+//! dodge the limits of `GET`); anything else (`M-SEARCH`, digits) is a 400.
+
+use crate::limiter::{LimitKind, RateInfo};
+use crate::model::method::MAX_METHOD_LEN;
+use crate::model::KEY_VALUE_MAX;
+
+/// Why a request cannot be turned into a method: answered with a 4xx.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadRequest {
+    /// Malformed path or HTTP method: 400 `Bad Request`.
+    Malformed,
+    /// The method string would be longer than [`MAX_METHOD_LEN`]: 414.
+    TooLong,
+}
+
+impl BadRequest {
+    /// The HTTP status.
+    pub fn http_status(self) -> u16 {
+        match self {
+            BadRequest::Malformed => 400,
+            BadRequest::TooLong => 414,
+        }
+    }
+
+    /// The message of the JSON body.
+    pub fn message(self) -> &'static str {
+        match self {
+            BadRequest::Malformed => "Bad Request",
+            BadRequest::TooLong => "URI Too Long",
+        }
+    }
+}
+
+fn hex_val(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+const HEX: &[u8; 16] = b"0123456789ABCDEF";
+
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+/// The canonical form of a request path (see the module docs): `/` or
+/// `/seg/seg`, with no query, no empty segment and no dot segment.
+pub fn normalize_path(raw: &str) -> Result<String, BadRequest> {
+    let end = raw.find(['?', '#']).unwrap_or(raw.len());
+    let raw = &raw[..end];
+    if !raw.starts_with('/') {
+        return Err(BadRequest::Malformed);
+    }
+    if raw.len() > 3 * MAX_METHOD_LEN {
+        return Err(BadRequest::TooLong);
+    }
+    let mut out = String::with_capacity(raw.len());
+    for seg in raw.split('/').filter(|s| !s.is_empty()) {
+        let start = out.len();
+        out.push('/');
+        let bytes = seg.as_bytes();
+        let mut chars = seg.char_indices();
+        while let Some((i, c)) = chars.next() {
+            if c == '%' {
+                let hi = bytes.get(i + 1).copied().and_then(hex_val);
+                let lo = bytes.get(i + 2).copied().and_then(hex_val);
+                let (Some(hi), Some(lo)) = (hi, lo) else {
+                    return Err(BadRequest::Malformed);
+                };
+                // The two hex digits are ASCII: one char each.
+                chars.next();
+                chars.next();
+                let v = hi * 16 + lo;
+                if is_unreserved(v) {
+                    out.push(char::from(v));
+                } else {
+                    out.push('%');
+                    out.push(char::from(HEX[usize::from(hi)]));
+                    out.push(char::from(HEX[usize::from(lo)]));
+                }
+            } else if c.is_control() || c == ' ' || c == '\\' {
+                return Err(BadRequest::Malformed);
+            } else {
+                out.push(c);
+            }
+        }
+        let written = &out[start + 1..];
+        if written == "." || written == ".." {
+            return Err(BadRequest::Malformed);
+        }
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    Ok(out)
+}
+
+/// The HTTP method upper-cased, if it is 1–16 ASCII letters.
+pub fn normalize_verb(raw: &str) -> Result<String, BadRequest> {
+    if raw.is_empty() || raw.len() > 16 || !raw.bytes().all(|b| b.is_ascii_alphabetic()) {
+        return Err(BadRequest::Malformed);
+    }
+    Ok(raw.to_ascii_uppercase())
+}
+
+/// tollgate's method string for a request: the normalised path, a slash, and
+/// the upper-cased HTTP method (`/pets/42/GET`; the root is `//GET`).
+pub fn request_method(path: &str, verb: &str) -> Result<String, BadRequest> {
+    let verb = normalize_verb(verb)?;
+    let path = normalize_path(path)?;
+    let method = format!("{path}/{verb}");
+    if method.len() > MAX_METHOD_LEN {
+        return Err(BadRequest::TooLong);
+    }
+    Ok(method)
+}
+
+/// The presented API key, if the header's value can be a key at all:
+/// 1–128 characters of `[A-Za-z0-9]`. Anything else (empty, spaces, two
+/// headers joined by a comma, too long) is treated as no key, so a method
+/// that needs a key answers 403 and one that does not is unaffected, as in
+/// API Gateway. The value is never logged.
+pub fn presented_key(value: Option<&str>) -> Option<&str> {
+    let v = value?.trim_matches([' ', '\t']);
+    (!v.is_empty() && v.len() <= KEY_VALUE_MAX && v.bytes().all(|b| b.is_ascii_alphanumeric()))
+        .then_some(v)
+}
+
+/// The policy name of a limit in the RateLimit headers.
+pub fn policy_name(kind: LimitKind) -> &'static str {
+    match kind {
+        LimitKind::PlanMethodThrottle => "method-throttle",
+        LimitKind::PlanThrottle => "throttle",
+        LimitKind::PlanQuota => "quota",
+        LimitKind::StageMethodThrottle => "stage-throttle",
+        LimitKind::AccountThrottle => "account-throttle",
+    }
+}
+
+/// Milliseconds to whole seconds, rounded up.
+fn ceil_secs(ms: u64) -> u64 {
+    ms.div_ceil(1000)
+}
+
+/// The `RateLimit-Policy` and `RateLimit` headers (IETF httpapi
+/// ratelimit-headers draft, structured-field form) for one limit:
+///
+/// ```text
+/// RateLimit-Policy: "throttle";q=5;w=5
+/// RateLimit: "throttle";r=4;t=1
+/// ```
+///
+/// `q` is the limit's capacity (a bucket's burst, a quota's limit), `w` the
+/// window in seconds (burst / rate, or the quota period's length), `r` the
+/// units left and `t` the seconds until the limit is whole again, rounded up.
+pub fn rate_limit_headers(rate: &RateInfo) -> [(&'static str, String); 2] {
+    let name = policy_name(rate.kind);
+    [
+        (
+            "ratelimit-policy",
+            format!("\"{name}\";q={};w={}", rate.limit, rate.window_secs),
+        ),
+        (
+            "ratelimit",
+            format!(
+                "\"{name}\";r={};t={}",
+                rate.remaining,
+                ceil_secs(rate.reset_ms)
+            ),
+        ),
+    ]
+}
+
+/// `Retry-After` in whole seconds: rounded up, at least 1.
+pub fn retry_after_secs(ms: u64) -> u64 {
+    ceil_secs(ms).max(1)
+}
+
+/// The JSON body API Gateway sends: `{"message":"..."}`.
+pub fn json_message(message: &str) -> String {
+    serde_json::json!({ "message": message }).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn methods_from_requests() {
+        assert_eq!(request_method("/pets", "GET").unwrap(), "/pets/GET");
+        assert_eq!(
+            request_method("/pets/42?limit=5&x=/y", "GET").unwrap(),
+            "/pets/42/GET"
+        );
+        assert_eq!(request_method("/pets/42#frag", "get").unwrap(), "/pets/42/GET");
+        assert_eq!(request_method("/", "GET").unwrap(), "//GET");
+        assert_eq!(request_method("/?q=1", "POST").unwrap(), "//POST");
+        assert_eq!(request_method("//pets///42/", "GET").unwrap(), "/pets/42/GET");
+        assert_eq!(request_method("/p%65ts/%34%32", "GET").unwrap(), "/pets/42/GET");
+        assert_eq!(request_method("/a%2fb/c%7e", "GET").unwrap(), "/a%2Fb/c~/GET");
+        assert_eq!(request_method("/files/my%20doc", "PUT").unwrap(), "/files/my%20doc/PUT");
+        assert_eq!(request_method("/caf\u{e9}", "GET").unwrap(), "/caf\u{e9}/GET");
+    }
+
+    #[test]
+    fn malformed_requests() {
+        for (path, verb) in [
+            ("/pets/../admin", "GET"),
+            ("/pets/./1", "GET"),
+            ("/pets/%2e%2e/admin", "GET"),
+            ("/pets/%2E", "GET"),
+            ("/pets/.%2e", "GET"),
+            ("/pets/%zz", "GET"),
+            ("/pets/%4", "GET"),
+            ("/pets/a b", "GET"),
+            ("/pets/a\tb", "GET"),
+            ("/pets\\..\\x", "GET"),
+            ("pets", "GET"),
+            ("", "GET"),
+            ("*", "OPTIONS"),
+            ("/pets", ""),
+            ("/pets", "M-SEARCH"),
+            ("/pets", "G3T"),
+            ("/pets", "ABCDEFGHIJKLMNOPQ"),
+        ] {
+            assert_eq!(
+                request_method(path, verb),
+                Err(BadRequest::Malformed),
+                "{path:?} {verb:?}"
+            );
+        }
+        let long = format!("/{}", "a".repeat(MAX_METHOD_LEN));
+        assert_eq!(request_method(&long, "GET"), Err(BadRequest::TooLong));
+        let huge = format!("/{}", "a".repeat(10 * MAX_METHOD_LEN));
+        assert_eq!(request_method(&huge, "GET"), Err(BadRequest::TooLong));
+    }
+
+    #[test]
+    fn keys() {
+        let k = "tgdemo0123456789abcdefghijklmnopqrstuvw";
+        assert_eq!(presented_key(Some(k)), Some(k));
+        assert_eq!(presented_key(Some(" abc ")), Some("abc"));
+        assert_eq!(presented_key(None), None);
+        assert_eq!(presented_key(Some("")), None);
+        assert_eq!(presented_key(Some("ab cd")), None);
+        assert_eq!(presented_key(Some("abc,def")), None);
+        assert_eq!(presented_key(Some(&"a".repeat(129))), None);
+        assert_eq!(presented_key(Some("k\u{e9}y")), None);
+    }
+
+    #[test]
+    fn headers() {
+        let rate = RateInfo {
+            kind: LimitKind::PlanThrottle,
+            limit: 5,
+            remaining: 4,
+            reset_ms: 1001,
+            window_secs: 5,
+        };
+        let [p, r] = rate_limit_headers(&rate);
+        assert_eq!(p, ("ratelimit-policy", "\"throttle\";q=5;w=5".to_string()));
+        assert_eq!(r, ("ratelimit", "\"throttle\";r=4;t=2".to_string()));
+        assert_eq!(retry_after_secs(0), 1);
+        assert_eq!(retry_after_secs(1000), 1);
+        assert_eq!(retry_after_secs(1001), 2);
+        assert_eq!(json_message("Forbidden"), r#"{"message":"Forbidden"}"#);
+    }
+}
