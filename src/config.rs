@@ -70,6 +70,21 @@ pub struct Settings {
     #[arg(long, env = "TOLLGATE_ON_STORE_ERROR", value_enum, default_value_t = OnStoreError::Unavailable)]
     pub on_store_error: OnStoreError,
 
+    /// Envoy ext_authz and RLS: the request header that carries the API key.
+    #[arg(long, env = "TOLLGATE_API_KEY_HEADER", default_value = "x-api-key")]
+    pub api_key_header: String,
+
+    /// Envoy ext_authz and RLS: the stage (API/STAGE) of a request whose
+    /// route names none (ext_authz: no context_extensions["stage"]; RLS: an
+    /// empty domain). Without it such requests are denied as unknown stage.
+    #[arg(long, env = "TOLLGATE_DEFAULT_STAGE")]
+    pub default_stage: Option<String>,
+
+    /// Envoy ext_authz: leave the API key header on the request sent
+    /// upstream (by default it is removed).
+    #[arg(long, env = "TOLLGATE_FORWARD_API_KEY")]
+    pub forward_api_key: bool,
+
     /// On SIGTERM/SIGINT, how long to let in-flight calls finish before
     /// exiting anyway, in seconds.
     #[arg(long, env = "TOLLGATE_DRAIN_TIMEOUT_SECS", default_value_t = 5)]
@@ -95,6 +110,9 @@ impl Settings {
             account_rate: None,
             account_burst: None,
             on_store_error: OnStoreError::Unavailable,
+            api_key_header: "x-api-key".into(),
+            default_stage: None,
+            forward_api_key: false,
             drain_timeout_secs: 5,
             worker_threads: 0,
         }

@@ -1,7 +1,9 @@
 //! Wires the services together and runs them on one listener:
 //! `run(listener, settings, shutdown)`.
 //!
-//! On the one port: `tollgate.v1.Authorizer`, `grpc.health.v1.Health`
+//! On the one port: `tollgate.v1.Authorizer`, Envoy's ext_authz
+//! (`envoy.service.auth.v3.Authorization`) and rate limit service
+//! (`envoy.service.ratelimit.v3.RateLimitService`), `grpc.health.v1.Health`
 //! (overall status and per service: SERVING while the store can answer,
 //! NOT_SERVING while it cannot) and gRPC reflection.
 
@@ -9,10 +11,15 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use envoy_types::ext_authz::v3::pb::AuthorizationServer;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::api::authorizer::AuthorizerService;
+use crate::api::envoy_authz::EnvoyAuthzService;
+use crate::api::envoy_http::EnvoyOptions;
+use crate::api::envoy_rls::EnvoyRlsService;
 use crate::api::pb;
 use crate::catalog::{file, Catalog, CatalogData, CatalogHandle};
 use crate::config::Settings;
@@ -63,6 +70,7 @@ pub async fn run(
     let catalog = load_catalog(&settings)?;
     let store = open_store(&settings)?;
     let account = settings.account_throttle()?;
+    let envoy = Arc::new(EnvoyOptions::from_settings(&settings)?);
     let keys = Keys::new(&settings.redis_prefix);
     let limiter = Arc::new(Limiter::new(
         CatalogHandle::new(catalog),
@@ -98,6 +106,14 @@ pub async fn run(
         .add_service(pb::authorizer_server::AuthorizerServer::new(
             AuthorizerService::new(limiter.clone(), settings.on_store_error),
         ))
+        .add_service(AuthorizationServer::new(EnvoyAuthzService::new(
+            limiter.clone(),
+            envoy.clone(),
+        )))
+        .add_service(RateLimitServiceServer::new(EnvoyRlsService::new(
+            limiter.clone(),
+            envoy,
+        )))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
             let _ = stop_rx.await;
         });
@@ -129,9 +145,13 @@ async fn watch_health(health: tonic_health::server::HealthReporter, store: Store
                 tonic_health::ServingStatus::NotServing
             };
             health.set_service_status("", status).await;
-            health
-                .set_service_status("tollgate.v1.Authorizer", status)
-                .await;
+            for service in [
+                "tollgate.v1.Authorizer",
+                "envoy.service.auth.v3.Authorization",
+                "envoy.service.ratelimit.v3.RateLimitService",
+            ] {
+                health.set_service_status(service, status).await;
+            }
             last = Some(ready);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;

@@ -29,9 +29,65 @@
 //! is limited as `GET` (an upstream that accepts `get` cannot be used to
 //! dodge the limits of `GET`); anything else (`M-SEARCH`, digits) is a 400.
 
+use crate::config::Settings;
 use crate::limiter::{LimitKind, RateInfo};
 use crate::model::method::MAX_METHOD_LEN;
-use crate::model::KEY_VALUE_MAX;
+use crate::model::{Invalid, KEY_VALUE_MAX};
+
+/// The settings both Envoy services read (from [`Settings`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvoyOptions {
+    /// The request header carrying the API key, lower-case (Envoy sends
+    /// header names lower-case).
+    pub api_key_header: String,
+    /// The stage of a request whose route names none.
+    pub default_stage: Option<String>,
+    /// Whether ext_authz leaves the API key header on the upstream request.
+    pub forward_api_key: bool,
+}
+
+impl EnvoyOptions {
+    /// The options of `settings`, checked.
+    pub fn from_settings(settings: &Settings) -> Result<Self, Invalid> {
+        let h = settings.api_key_header.trim().to_ascii_lowercase();
+        let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+        if h.is_empty() || !h.bytes().all(token) {
+            return Err(Invalid::new(
+                "api_key_header",
+                format!("{h:?} is not an HTTP header name"),
+            ));
+        }
+        let default_stage = settings
+            .default_stage
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string);
+        if let Some(s) = &default_stage {
+            if !s.contains('/') {
+                return Err(Invalid::new(
+                    "default_stage",
+                    format!("{s:?} must be written API/STAGE, like \"petstore/prod\""),
+                ));
+            }
+        }
+        Ok(Self {
+            api_key_header: h,
+            default_stage,
+            forward_api_key: settings.forward_api_key,
+        })
+    }
+}
+
+impl Default for EnvoyOptions {
+    fn default() -> Self {
+        Self {
+            api_key_header: "x-api-key".into(),
+            default_stage: None,
+            forward_api_key: false,
+        }
+    }
+}
 
 /// Why a request cannot be turned into a method: answered with a 4xx.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -224,14 +280,32 @@ mod tests {
             request_method("/pets/42?limit=5&x=/y", "GET").unwrap(),
             "/pets/42/GET"
         );
-        assert_eq!(request_method("/pets/42#frag", "get").unwrap(), "/pets/42/GET");
+        assert_eq!(
+            request_method("/pets/42#frag", "get").unwrap(),
+            "/pets/42/GET"
+        );
         assert_eq!(request_method("/", "GET").unwrap(), "//GET");
         assert_eq!(request_method("/?q=1", "POST").unwrap(), "//POST");
-        assert_eq!(request_method("//pets///42/", "GET").unwrap(), "/pets/42/GET");
-        assert_eq!(request_method("/p%65ts/%34%32", "GET").unwrap(), "/pets/42/GET");
-        assert_eq!(request_method("/a%2fb/c%7e", "GET").unwrap(), "/a%2Fb/c~/GET");
-        assert_eq!(request_method("/files/my%20doc", "PUT").unwrap(), "/files/my%20doc/PUT");
-        assert_eq!(request_method("/caf\u{e9}", "GET").unwrap(), "/caf\u{e9}/GET");
+        assert_eq!(
+            request_method("//pets///42/", "GET").unwrap(),
+            "/pets/42/GET"
+        );
+        assert_eq!(
+            request_method("/p%65ts/%34%32", "GET").unwrap(),
+            "/pets/42/GET"
+        );
+        assert_eq!(
+            request_method("/a%2fb/c%7e", "GET").unwrap(),
+            "/a%2Fb/c~/GET"
+        );
+        assert_eq!(
+            request_method("/files/my%20doc", "PUT").unwrap(),
+            "/files/my%20doc/PUT"
+        );
+        assert_eq!(
+            request_method("/caf\u{e9}", "GET").unwrap(),
+            "/caf\u{e9}/GET"
+        );
     }
 
     #[test]

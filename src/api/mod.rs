@@ -2,9 +2,15 @@
 //! back into each protocol's shape.
 //!
 //! - [`authorizer`]: `tollgate.v1.Authorizer` (native).
+//! - [`envoy_authz`]: Envoy's `envoy.service.auth.v3.Authorization` (ext_authz).
+//! - [`envoy_rls`]: Envoy's `envoy.service.ratelimit.v3.RateLimitService`.
+//! - [`envoy_http`]: what those two share (request → method, headers).
 //! - [`status`]: the one mapping of errors to gRPC statuses.
 
 pub mod authorizer;
+pub mod envoy_authz;
+pub mod envoy_http;
+pub mod envoy_rls;
 pub mod status;
 
 /// Code generated from `proto/tollgate/v1/*.proto`.
