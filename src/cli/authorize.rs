@@ -76,19 +76,22 @@ pub async fn run(args: AuthorizeArgs) -> ExitCode {
             "window_secs": rl.map(|l| l.window_secs),
             "retry_after_ms": r.retry_after_ms,
         });
-        println!("{v}");
+        super::emit(&format!("{v}\n"));
     } else {
+        use std::fmt::Write;
+        let mut s = String::new();
         let verdict = if r.allowed { "ALLOWED" } else { "DENIED" };
-        print!("{verdict} {} {} ({reason})", r.http_status, r.message);
+        let _ = write!(s, "{verdict} {} {} ({reason})", r.http_status, r.message);
         if !r.key_id.is_empty() {
-            print!("  key {}", r.key_id);
+            let _ = write!(s, "  key {}", r.key_id);
         }
         if !r.plan_id.is_empty() {
-            print!("  plan {}", r.plan_id);
+            let _ = write!(s, "  plan {}", r.plan_id);
         }
-        println!();
+        s.push('\n');
         if let Some(l) = rl {
-            println!(
+            let _ = writeln!(
+                s,
                 "  {}: limit {}, remaining {}, resets in {:.1}s",
                 l.kind().as_str_name(),
                 l.limit,
@@ -97,8 +100,9 @@ pub async fn run(args: AuthorizeArgs) -> ExitCode {
             );
         }
         if let Some(ms) = r.retry_after_ms {
-            println!("  retry after {:.1}s", ms as f64 / 1000.0);
+            let _ = writeln!(s, "  retry after {:.1}s", ms as f64 / 1000.0);
         }
+        super::emit(&s);
     }
     ExitCode::SUCCESS
 }

@@ -92,3 +92,11 @@ pub async fn connect(server: &str) -> Result<tonic::transport::Channel, String> 
         .await
         .map_err(|e| format!("cannot connect to {server}: {e}"))
 }
+
+/// Writes to stdout, ignoring a closed pipe (`tollgate ... | head -1` must
+/// not panic).
+pub fn emit(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|_| out.flush());
+}
