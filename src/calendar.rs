@@ -42,11 +42,7 @@ pub fn civil_from_days(z: i64) -> Date {
     let mp = (5 * doy + 2) / 153;
     let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
     let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    Date {
-        year: (if m <= 2 { y + 1 } else { y }) as i32,
-        month: m,
-        day: d,
-    }
+    Date { year: (if m <= 2 { y + 1 } else { y }) as i32, month: m, day: d }
 }
 
 impl Date {
@@ -103,11 +99,8 @@ pub fn period_days(period: Period, day: i64) -> (i64, i64) {
         Period::Month => {
             let d = civil_from_days(day);
             let s = days_from_civil(d.year, d.month, 1);
-            let e = if d.month == 12 {
-                days_from_civil(d.year + 1, 1, 1)
-            } else {
-                days_from_civil(d.year, d.month + 1, 1)
-            };
+            let e =
+                if d.month == 12 { days_from_civil(d.year + 1, 1, 1) } else { days_from_civil(d.year, d.month + 1, 1) };
             (s, e)
         }
     }
@@ -139,33 +132,12 @@ mod tests {
     fn periods() {
         let d = |s| Date::parse(s).unwrap().days();
         // 2026-11-26 is a Thursday; its week starts Monday 2026-11-23.
-        assert_eq!(
-            period_days(Period::Week, d("2026-11-26")),
-            (d("2026-11-23"), d("2026-11-30"))
-        );
-        assert_eq!(
-            period_days(Period::Week, d("2026-11-23")),
-            (d("2026-11-23"), d("2026-11-30"))
-        );
-        assert_eq!(
-            period_days(Period::Week, d("2026-11-22")),
-            (d("2026-11-16"), d("2026-11-23"))
-        );
-        assert_eq!(
-            period_days(Period::Month, d("2024-02-29")),
-            (d("2024-02-01"), d("2024-03-01"))
-        );
-        assert_eq!(
-            period_days(Period::Month, d("2023-02-28")),
-            (d("2023-02-01"), d("2023-03-01"))
-        );
-        assert_eq!(
-            period_days(Period::Month, d("2026-12-31")),
-            (d("2026-12-01"), d("2027-01-01"))
-        );
-        assert_eq!(
-            period_days(Period::Day, d("2026-12-31")),
-            (d("2026-12-31"), d("2027-01-01"))
-        );
+        assert_eq!(period_days(Period::Week, d("2026-11-26")), (d("2026-11-23"), d("2026-11-30")));
+        assert_eq!(period_days(Period::Week, d("2026-11-23")), (d("2026-11-23"), d("2026-11-30")));
+        assert_eq!(period_days(Period::Week, d("2026-11-22")), (d("2026-11-16"), d("2026-11-23")));
+        assert_eq!(period_days(Period::Month, d("2024-02-29")), (d("2024-02-01"), d("2024-03-01")));
+        assert_eq!(period_days(Period::Month, d("2023-02-28")), (d("2023-02-01"), d("2023-03-01")));
+        assert_eq!(period_days(Period::Month, d("2026-12-31")), (d("2026-12-01"), d("2027-01-01")));
+        assert_eq!(period_days(Period::Day, d("2026-12-31")), (d("2026-12-31"), d("2027-01-01")));
     }
 }

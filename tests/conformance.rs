@@ -25,16 +25,12 @@ struct Backend {
 
 impl Backend {
     fn memory() -> Self {
-        Self {
-            store: Store::Memory(Arc::new(MemoryStore::new())),
-            redis: None,
-        }
+        Self { store: Store::Memory(Arc::new(MemoryStore::new())), redis: None }
     }
 
     async fn redis() -> Self {
         let server = RedisServer::start();
-        let store =
-            RedisStore::open(RedisSettings::new(&server.url())).expect("open the Redis store");
+        let store = RedisStore::open(RedisSettings::new(&server.url())).expect("open the Redis store");
         let store = Store::Redis(Arc::new(store));
         for _ in 0..100 {
             if store.is_ready() {
@@ -42,15 +38,8 @@ impl Backend {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        assert!(
-            store.is_ready(),
-            "Redis store not ready; log:\n{}",
-            server.log()
-        );
-        Self {
-            store,
-            redis: Some(server),
-        }
+        assert!(store.is_ready(), "Redis store not ready; log:\n{}", server.log());
+        Self { store, redis: Some(server) }
     }
 
     fn limiter(&self, yaml: &str) -> Limiter<Store> {
@@ -58,15 +47,9 @@ impl Backend {
     }
 
     fn limiter_with_account(&self, yaml: &str, account: Option<Throttle>) -> Limiter<Store> {
-        let data = file::parse("test.yaml", yaml, tollgate::model::now_ms())
-            .unwrap_or_else(|e| panic!("{e}"));
+        let data = file::parse("test.yaml", yaml, tollgate::model::now_ms()).unwrap_or_else(|e| panic!("{e}"));
         let catalog = Catalog::compile(data).expect("catalog compiles");
-        Limiter::new(
-            CatalogHandle::new(catalog),
-            self.store.clone(),
-            Keys::default(),
-            account,
-        )
+        Limiter::new(CatalogHandle::new(catalog), self.store.clone(), Keys::default(), account)
     }
 }
 
@@ -157,30 +140,11 @@ api_keys:
     )
 }
 
-async fn ask(
-    l: &Limiter<Store>,
-    key: Option<&str>,
-    stage: &str,
-    method: &str,
-    cost: u64,
-) -> Decision {
-    l.authorize(Request {
-        api_key: key,
-        stage,
-        method,
-        cost,
-    })
-    .await
-    .expect("authorize answers")
+async fn ask(l: &Limiter<Store>, key: Option<&str>, stage: &str, method: &str, cost: u64) -> Decision {
+    l.authorize(Request { api_key: key, stage, method, cost }).await.expect("authorize answers")
 }
 
-async fn allowed_in_a_row(
-    l: &Limiter<Store>,
-    key: &str,
-    stage: &str,
-    method: &str,
-    max: usize,
-) -> usize {
+async fn allowed_in_a_row(l: &Limiter<Store>, key: &str, stage: &str, method: &str, max: usize) -> usize {
     for i in 0..max {
         if !ask(l, Some(key), stage, method, 1).await.allowed {
             return i;
@@ -195,59 +159,30 @@ async fn every_reason_code(b: Backend) {
         "",
     ));
     let d = ask(&l, Some(K1), "shop/prod", "/items/GET", 1).await;
-    assert_eq!(
-        (d.allowed, d.reason, d.reason.http_status()),
-        (true, Reason::Ok, 200)
-    );
+    assert_eq!((d.allowed, d.reason, d.reason.http_status()), (true, Reason::Ok, 200));
     assert_eq!(d.plan_id.as_deref(), Some("p1"));
     assert!(d.key_id.is_some());
 
     let d = ask(&l, Some(K1), "shop/prod", "/items/GET", 1).await;
-    assert_eq!(
-        (d.allowed, d.reason, d.reason.http_status()),
-        (false, Reason::Throttled, 429)
-    );
+    assert_eq!((d.allowed, d.reason, d.reason.http_status()), (false, Reason::Throttled, 429));
     assert_eq!(d.reason.message(), "Too Many Requests");
 
     let d = ask(&l, Some(K1), "shop/nope", "/items/GET", 1).await;
-    assert_eq!(
-        (d.reason, d.reason.http_status()),
-        (Reason::UnknownStage, 404)
-    );
+    assert_eq!((d.reason, d.reason.http_status()), (Reason::UnknownStage, 404));
 
-    let d = ask(
-        &l,
-        Some("unknownkey0000000000000000000000000"),
-        "shop/prod",
-        "/items/GET",
-        1,
-    )
-    .await;
-    assert_eq!(
-        (d.reason, d.reason.http_status(), d.reason.message()),
-        (Reason::InvalidApiKey, 403, "Forbidden")
-    );
+    let d = ask(&l, Some("unknownkey0000000000000000000000000"), "shop/prod", "/items/GET", 1).await;
+    assert_eq!((d.reason, d.reason.http_status(), d.reason.message()), (Reason::InvalidApiKey, 403, "Forbidden"));
     assert_eq!(d.key_id, None, "an unknown key reveals nothing");
     let d = ask(&l, None, "shop/prod", "/items/GET", 1).await;
     assert_eq!(d.reason, Reason::InvalidApiKey, "a missing key");
 
     let d = ask(&l, Some(K2), "shop/prod", "/items/GET", 1).await;
-    assert_eq!(
-        (d.reason, d.reason.http_status()),
-        (Reason::NotSubscribed, 403)
-    );
+    assert_eq!((d.reason, d.reason.http_status()), (Reason::NotSubscribed, 403));
 
     let l = b.limiter(&catalog("    quota: { limit: 1, period: DAY }", ""));
-    assert!(
-        ask(&l, Some(K3), "shop/prod", "/items/GET", 1)
-            .await
-            .allowed
-    );
+    assert!(ask(&l, Some(K3), "shop/prod", "/items/GET", 1).await.allowed);
     let d = ask(&l, Some(K3), "shop/prod", "/items/GET", 1).await;
-    assert_eq!(
-        (d.reason, d.reason.http_status(), d.reason.message()),
-        (Reason::QuotaExceeded, 429, "Limit Exceeded")
-    );
+    assert_eq!((d.reason, d.reason.http_status(), d.reason.message()), (Reason::QuotaExceeded, 429, "Limit Exceeded"));
 }
 
 async fn allow_reports_the_tightest_limit(b: Backend) {
@@ -266,103 +201,52 @@ async fn allow_reports_the_tightest_limit(b: Backend) {
         "    throttle: { rate_limit: 10, burst_limit: 5 }\n    quota: { limit: 300, period: DAY }",
         "",
     ));
-    let r = ask(&l, Some(K3), "shop/prod", "/items/GET", 1)
-        .await
-        .rate
-        .unwrap();
-    assert_eq!(
-        (r.kind, r.limit, r.remaining),
-        (LimitKind::PlanThrottle, 5, 4)
-    );
+    let r = ask(&l, Some(K3), "shop/prod", "/items/GET", 1).await.rate.unwrap();
+    assert_eq!((r.kind, r.limit, r.remaining), (LimitKind::PlanThrottle, 5, 4));
     assert_eq!(r.window_secs, 1);
 }
 
 async fn plan_method_throttle_applies_by_template(b: Backend) {
-    let l = b.limiter(&catalog(
-        "    throttle: { rate_limit: 100, burst_limit: 100 }",
-        "          /items/{id}/DELETE: {}",
-    ));
+    let l =
+        b.limiter(&catalog("    throttle: { rate_limit: 100, burst_limit: 100 }", "          /items/{id}/DELETE: {}"));
     // /items/{id}/DELETE has a per-method plan throttle of burst 2, matched by template.
     let d1 = ask(&l, Some(K1), "shop/prod", "/items/7/DELETE", 1).await;
     assert_eq!(d1.rate.unwrap().kind, LimitKind::PlanMethodThrottle);
-    assert!(
-        ask(&l, Some(K1), "shop/prod", "/items/8/DELETE", 1)
-            .await
-            .allowed,
-        "one bucket for the template"
-    );
+    assert!(ask(&l, Some(K1), "shop/prod", "/items/8/DELETE", 1).await.allowed, "one bucket for the template");
     let d = ask(&l, Some(K1), "shop/prod", "/items/9/DELETE", 1).await;
     assert_eq!((d.allowed, d.reason), (false, Reason::Throttled));
     assert_eq!(d.rate.unwrap().kind, LimitKind::PlanMethodThrottle);
     // Other methods are not held back by it.
-    assert!(
-        ask(&l, Some(K1), "shop/prod", "/items/9/GET", 1)
-            .await
-            .allowed
-    );
+    assert!(ask(&l, Some(K1), "shop/prod", "/items/9/GET", 1).await.allowed);
     // It is per key.
-    assert!(
-        ask(&l, Some(K3), "shop/prod", "/items/9/DELETE", 1)
-            .await
-            .allowed
-    );
+    assert!(ask(&l, Some(K3), "shop/prod", "/items/9/DELETE", 1).await.allowed);
 }
 
 async fn plan_throttle_denies_with_retry_after(b: Backend) {
-    let l = b.limiter(&catalog(
-        "    throttle: { rate_limit: 2, burst_limit: 3 }",
-        "",
-    ));
-    assert_eq!(
-        allowed_in_a_row(&l, K1, "shop/prod", "/items/GET", 10).await,
-        3
-    );
+    let l = b.limiter(&catalog("    throttle: { rate_limit: 2, burst_limit: 3 }", ""));
+    assert_eq!(allowed_in_a_row(&l, K1, "shop/prod", "/items/GET", 10).await, 3);
     let d = ask(&l, Some(K1), "shop/prod", "/items/GET", 1).await;
     let r = d.rate.unwrap();
-    assert_eq!(
-        (r.kind, r.limit, r.remaining),
-        (LimitKind::PlanThrottle, 3, 0)
-    );
+    assert_eq!((r.kind, r.limit, r.remaining), (LimitKind::PlanThrottle, 3, 0));
     let retry = d.retry_after_ms.expect("retry_after on a throttle denial");
-    assert!(
-        retry > 0 && retry <= 500,
-        "one token at 2/s comes within 500 ms, got {retry}"
-    );
+    assert!(retry > 0 && retry <= 500, "one token at 2/s comes within 500 ms, got {retry}");
     // Aggregated over the plan's stages: shop/beta shares the bucket.
-    assert!(
-        !ask(&l, Some(K1), "shop/beta", "/anything/GET", 1)
-            .await
-            .allowed
-    );
+    assert!(!ask(&l, Some(K1), "shop/beta", "/anything/GET", 1).await.allowed);
     // Another key has its own bucket.
-    assert!(
-        ask(&l, Some(K3), "shop/prod", "/items/GET", 1)
-            .await
-            .allowed
-    );
+    assert!(ask(&l, Some(K3), "shop/prod", "/items/GET", 1).await.allowed);
 }
 
 async fn quota_denies_until_the_period_ends(b: Backend) {
     let l = b.limiter(&catalog("    quota: { limit: 4, period: WEEK }", ""));
-    assert_eq!(
-        allowed_in_a_row(&l, K1, "shop/prod", "/items/GET", 10).await,
-        4
-    );
+    assert_eq!(allowed_in_a_row(&l, K1, "shop/prod", "/items/GET", 10).await, 4);
     let d = ask(&l, Some(K1), "shop/prod", "/items/GET", 1).await;
     assert_eq!(d.reason, Reason::QuotaExceeded);
     let r = d.rate.unwrap();
-    assert_eq!(
-        (r.kind, r.limit, r.remaining, r.window_secs),
-        (LimitKind::PlanQuota, 4, 0, 7 * 86_400)
-    );
+    assert_eq!((r.kind, r.limit, r.remaining, r.window_secs), (LimitKind::PlanQuota, 4, 0, 7 * 86_400));
     let now = tollgate::model::now_ms();
     let (_, end) = tollgate::calendar::period_bounds_ms(tollgate::model::Period::Week, now);
     let retry = d.retry_after_ms.unwrap();
-    assert!(
-        retry.abs_diff(end - now) < 5_000,
-        "retry_after {retry} is the time to the period's end {}",
-        end - now
-    );
+    assert!(retry.abs_diff(end - now) < 5_000, "retry_after {retry} is the time to the period's end {}", end - now);
     assert_eq!(r.reset_ms, retry);
 }
 
@@ -371,51 +255,21 @@ async fn stage_method_throttle_counts_all_callers(b: Backend) {
         "    throttle: { rate_limit: 100, burst_limit: 100 }",
         "          /orders/{id}/GET: { throttle: { rate_limit: 1, burst_limit: 3 } }",
     ));
-    assert!(
-        ask(&l, Some(K1), "shop/prod", "/orders/1/GET", 1)
-            .await
-            .allowed
-    );
-    assert!(
-        ask(&l, Some(K3), "shop/prod", "/orders/2/GET", 1)
-            .await
-            .allowed
-    );
-    assert!(
-        ask(&l, Some(K1), "shop/prod", "/orders/3/GET", 1)
-            .await
-            .allowed
-    );
+    assert!(ask(&l, Some(K1), "shop/prod", "/orders/1/GET", 1).await.allowed);
+    assert!(ask(&l, Some(K3), "shop/prod", "/orders/2/GET", 1).await.allowed);
+    assert!(ask(&l, Some(K1), "shop/prod", "/orders/3/GET", 1).await.allowed);
     let d = ask(&l, Some(K3), "shop/prod", "/orders/4/GET", 1).await;
     assert_eq!((d.allowed, d.reason), (false, Reason::Throttled));
     assert_eq!(d.rate.unwrap().kind, LimitKind::StageMethodThrottle);
-    assert!(
-        ask(&l, Some(K1), "shop/prod", "/items/GET", 1)
-            .await
-            .allowed,
-        "other methods are free"
-    );
+    assert!(ask(&l, Some(K1), "shop/prod", "/items/GET", 1).await.allowed, "other methods are free");
 }
 
 async fn account_throttle_counts_all_traffic(b: Backend) {
-    let l = b.limiter_with_account(
-        &catalog("", ""),
-        Some(Throttle {
-            rate_limit: 1.0,
-            burst_limit: 2,
-        }),
-    );
-    assert!(
-        ask(&l, Some(K1), "shop/prod", "/items/GET", 1)
-            .await
-            .allowed
-    );
+    let l = b.limiter_with_account(&catalog("", ""), Some(Throttle { rate_limit: 1.0, burst_limit: 2 }));
+    assert!(ask(&l, Some(K1), "shop/prod", "/items/GET", 1).await.allowed);
     assert!(ask(&l, Some(K3), "shop/beta", "/x/POST", 1).await.allowed);
     let d = ask(&l, Some(K1), "shop/prod", "/items/7/GET", 1).await;
-    assert_eq!(
-        (d.reason, d.rate.unwrap().kind),
-        (Reason::Throttled, LimitKind::AccountThrottle)
-    );
+    assert_eq!((d.reason, d.rate.unwrap().kind), (Reason::Throttled, LimitKind::AccountThrottle));
 }
 
 async fn throttle_denial_does_not_burn_quota(b: Backend) {
@@ -423,22 +277,13 @@ async fn throttle_denial_does_not_burn_quota(b: Backend) {
         "    throttle: { rate_limit: 0.001, burst_limit: 2 }\n    quota: { limit: 5, period: DAY }",
         "",
     ));
-    assert_eq!(
-        allowed_in_a_row(&l, K1, "shop/prod", "/items/GET", 10).await,
-        2
-    );
+    assert_eq!(allowed_in_a_row(&l, K1, "shop/prod", "/items/GET", 10).await, 2);
     for _ in 0..10 {
-        assert_eq!(
-            ask(&l, Some(K1), "shop/prod", "/items/GET", 1).await.reason,
-            Reason::Throttled
-        );
+        assert_eq!(ask(&l, Some(K1), "shop/prod", "/items/GET", 1).await.reason, Reason::Throttled);
     }
     // Same quota counter, no throttle: 3 left, not 0.
     let l = b.limiter(&catalog("    quota: { limit: 5, period: DAY }", ""));
-    assert_eq!(
-        allowed_in_a_row(&l, K1, "shop/prod", "/items/GET", 10).await,
-        3
-    );
+    assert_eq!(allowed_in_a_row(&l, K1, "shop/prod", "/items/GET", 10).await, 3);
 }
 
 async fn quota_denial_does_not_burn_tokens(b: Backend) {
@@ -446,140 +291,78 @@ async fn quota_denial_does_not_burn_tokens(b: Backend) {
         "    throttle: { rate_limit: 0.001, burst_limit: 5 }\n    quota: { limit: 2, period: DAY }",
         "",
     ));
-    assert_eq!(
-        allowed_in_a_row(&l, K1, "shop/prod", "/items/GET", 10).await,
-        2
-    );
+    assert_eq!(allowed_in_a_row(&l, K1, "shop/prod", "/items/GET", 10).await, 2);
     for _ in 0..5 {
-        assert_eq!(
-            ask(&l, Some(K1), "shop/prod", "/items/GET", 1).await.reason,
-            Reason::QuotaExceeded
-        );
+        assert_eq!(ask(&l, Some(K1), "shop/prod", "/items/GET", 1).await.reason, Reason::QuotaExceeded);
     }
     // Same bucket, bigger quota: 3 tokens left, not 0.
-    let l = b.limiter(&catalog("    throttle: { rate_limit: 0.001, burst_limit: 5 }\n    quota: { limit: 100, period: DAY }", ""));
-    assert_eq!(
-        allowed_in_a_row(&l, K1, "shop/prod", "/items/GET", 10).await,
-        3
-    );
+    let l = b.limiter(&catalog(
+        "    throttle: { rate_limit: 0.001, burst_limit: 5 }\n    quota: { limit: 100, period: DAY }",
+        "",
+    ));
+    assert_eq!(allowed_in_a_row(&l, K1, "shop/prod", "/items/GET", 10).await, 3);
 }
 
 async fn stage_denial_does_not_burn_plan_limits(b: Backend) {
     let limits = "    throttle: { rate_limit: 0.001, burst_limit: 5 }\n    quota: { limit: 100, period: DAY }";
-    let l = b.limiter(&catalog(
-        limits,
-        "          /slow/GET: { throttle: { rate_limit: 0.001, burst_limit: 1 } }",
-    ));
+    let l = b.limiter(&catalog(limits, "          /slow/GET: { throttle: { rate_limit: 0.001, burst_limit: 1 } }"));
     assert!(ask(&l, Some(K1), "shop/prod", "/slow/GET", 1).await.allowed);
     for _ in 0..5 {
         let d = ask(&l, Some(K1), "shop/prod", "/slow/GET", 1).await;
         assert_eq!(d.rate.unwrap().kind, LimitKind::StageMethodThrottle);
     }
     // 4 plan tokens left: the stage denials took none.
-    assert_eq!(
-        allowed_in_a_row(&l, K1, "shop/prod", "/items/GET", 10).await,
-        4
-    );
+    assert_eq!(allowed_in_a_row(&l, K1, "shop/prod", "/items/GET", 10).await, 4);
 }
 
 async fn bucket_refills_over_time(b: Backend) {
-    let l = b.limiter(&catalog(
-        "    throttle: { rate_limit: 10, burst_limit: 2 }",
-        "",
-    ));
-    assert_eq!(
-        allowed_in_a_row(&l, K1, "shop/prod", "/items/GET", 10).await,
-        2
-    );
+    let l = b.limiter(&catalog("    throttle: { rate_limit: 10, burst_limit: 2 }", ""));
+    assert_eq!(allowed_in_a_row(&l, K1, "shop/prod", "/items/GET", 10).await, 2);
     let d = ask(&l, Some(K1), "shop/prod", "/items/GET", 1).await;
     assert!(!d.allowed);
     let retry = d.retry_after_ms.unwrap();
     assert!(retry <= 100, "{retry}");
     tokio::time::sleep(Duration::from_millis(retry + 20)).await;
-    assert!(
-        ask(&l, Some(K1), "shop/prod", "/items/GET", 1)
-            .await
-            .allowed,
-        "a token came back"
-    );
-    assert!(
-        !ask(&l, Some(K1), "shop/prod", "/items/GET", 1)
-            .await
-            .allowed,
-        "only one"
-    );
+    assert!(ask(&l, Some(K1), "shop/prod", "/items/GET", 1).await.allowed, "a token came back");
+    assert!(!ask(&l, Some(K1), "shop/prod", "/items/GET", 1).await.allowed, "only one");
     tokio::time::sleep(Duration::from_millis(300)).await;
     // Refilled to the burst, not beyond.
-    assert_eq!(
-        allowed_in_a_row(&l, K1, "shop/prod", "/items/GET", 10).await,
-        2
-    );
+    assert_eq!(allowed_in_a_row(&l, K1, "shop/prod", "/items/GET", 10).await, 2);
 }
 
 async fn cost_above_one(b: Backend) {
-    let l = b.limiter(&catalog("    throttle: { rate_limit: 0.001, burst_limit: 10 }\n    quota: { limit: 7, period: DAY }", ""));
+    let l = b.limiter(&catalog(
+        "    throttle: { rate_limit: 0.001, burst_limit: 10 }\n    quota: { limit: 7, period: DAY }",
+        "",
+    ));
     let d = ask(&l, Some(K1), "shop/prod", "/items/GET", 4).await;
     assert!(d.allowed);
     assert_eq!(d.rate.unwrap().remaining, 3, "quota 7 - 4");
     let d = ask(&l, Some(K1), "shop/prod", "/items/GET", 4).await;
     assert_eq!(d.reason, Reason::QuotaExceeded, "4 > 3 left");
-    assert!(
-        ask(&l, Some(K1), "shop/prod", "/items/GET", 3)
-            .await
-            .allowed
-    );
+    assert!(ask(&l, Some(K1), "shop/prod", "/items/GET", 3).await.allowed);
     // Bucket: 10 - 4 - 3 = 3 tokens left.
-    let l = b.limiter(&catalog(
-        "    throttle: { rate_limit: 0.001, burst_limit: 10 }",
-        "",
-    ));
-    assert!(
-        !ask(&l, Some(K1), "shop/prod", "/items/GET", 4)
-            .await
-            .allowed
-    );
-    assert!(
-        ask(&l, Some(K1), "shop/prod", "/items/GET", 3)
-            .await
-            .allowed
-    );
+    let l = b.limiter(&catalog("    throttle: { rate_limit: 0.001, burst_limit: 10 }", ""));
+    assert!(!ask(&l, Some(K1), "shop/prod", "/items/GET", 4).await.allowed);
+    assert!(ask(&l, Some(K1), "shop/prod", "/items/GET", 3).await.allowed);
 }
 
 async fn cost_above_burst_never_passes(b: Backend) {
-    let l = b.limiter(&catalog(
-        "    throttle: { rate_limit: 100, burst_limit: 5 }",
-        "",
-    ));
+    let l = b.limiter(&catalog("    throttle: { rate_limit: 100, burst_limit: 5 }", ""));
     let d = ask(&l, Some(K1), "shop/prod", "/items/GET", 6).await;
     assert_eq!((d.allowed, d.reason), (false, Reason::Throttled));
     assert_eq!(d.retry_after_ms, None, "it can never pass");
     // Nothing was taken.
-    assert!(
-        ask(&l, Some(K1), "shop/prod", "/items/GET", 5)
-            .await
-            .allowed
-    );
+    assert!(ask(&l, Some(K1), "shop/prod", "/items/GET", 5).await.allowed);
 }
 
 async fn quota_is_shared_by_the_stages_of_a_plan(b: Backend) {
     let l = b.limiter(&catalog("    quota: { limit: 5, period: MONTH }", ""));
-    assert_eq!(
-        allowed_in_a_row(&l, K1, "shop/prod", "/items/GET", 3).await,
-        3
-    );
-    assert_eq!(
-        allowed_in_a_row(&l, K1, "shop/beta", "/whatever/POST", 10).await,
-        2
-    );
-    assert_eq!(
-        ask(&l, Some(K1), "shop/prod", "/items/GET", 1).await.reason,
-        Reason::QuotaExceeded
-    );
+    assert_eq!(allowed_in_a_row(&l, K1, "shop/prod", "/items/GET", 3).await, 3);
+    assert_eq!(allowed_in_a_row(&l, K1, "shop/beta", "/whatever/POST", 10).await, 2);
+    assert_eq!(ask(&l, Some(K1), "shop/prod", "/items/GET", 1).await.reason, Reason::QuotaExceeded);
     // Another key of the plan has its own quota.
-    assert_eq!(
-        allowed_in_a_row(&l, K3, "shop/prod", "/items/GET", 10).await,
-        5
-    );
+    assert_eq!(allowed_in_a_row(&l, K3, "shop/prod", "/items/GET", 10).await, 5);
 }
 
 async fn disabled_and_expired_keys(b: Backend) {
@@ -590,24 +373,11 @@ async fn disabled_and_expired_keys(b: Backend) {
          \x20 - name: later\n    value: laterkeyffffffffffffffffffffffffffffffff\n    expires_at: 2999-01-01T00:00:00Z\n    usage_plans: [p1]\n",
     );
     let l = b.limiter(&yaml);
-    for k in [
-        "disabledkeyddddddddddddddddddddddddddd",
-        "expiredkeyeeeeeeeeeeeeeeeeeeeeeeeeeeee",
-    ] {
+    for k in ["disabledkeyddddddddddddddddddddddddddd", "expiredkeyeeeeeeeeeeeeeeeeeeeeeeeeeeee"] {
         let d = ask(&l, Some(k), "shop/prod", "/items/GET", 1).await;
         assert_eq!((d.reason, d.key_id), (Reason::InvalidApiKey, None), "{k}");
     }
-    assert!(
-        ask(
-            &l,
-            Some("laterkeyffffffffffffffffffffffffffffffff"),
-            "shop/prod",
-            "/items/GET",
-            1
-        )
-        .await
-        .allowed
-    );
+    assert!(ask(&l, Some("laterkeyffffffffffffffffffffffffffffffff"), "shop/prod", "/items/GET", 1).await.allowed);
 }
 
 async fn method_without_key_requirement(b: Backend) {
@@ -619,43 +389,22 @@ async fn method_without_key_requirement(b: Backend) {
     assert_eq!((d.allowed, d.plan_id), (true, None));
     assert_eq!(d.rate.unwrap().kind, LimitKind::StageMethodThrottle);
     // A key, even a wrong one, is not checked, and the plan's quota does not apply.
-    assert!(
-        ask(&l, Some("notakeyatall"), "shop/prod", "/health/GET", 1)
-            .await
-            .allowed
-    );
+    assert!(ask(&l, Some("notakeyatall"), "shop/prod", "/health/GET", 1).await.allowed);
     let d = ask(&l, Some(K1), "shop/prod", "/health/GET", 1).await;
-    assert_eq!(
-        (d.reason, d.rate.unwrap().kind),
-        (Reason::Throttled, LimitKind::StageMethodThrottle)
-    );
-    assert!(
-        ask(&l, Some(K1), "shop/prod", "/items/GET", 1)
-            .await
-            .allowed,
-        "quota untouched"
-    );
+    assert_eq!((d.reason, d.rate.unwrap().kind), (Reason::Throttled, LimitKind::StageMethodThrottle));
+    assert!(ask(&l, Some(K1), "shop/prod", "/items/GET", 1).await.allowed, "quota untouched");
 }
 
 async fn quota_offset_applies_in_the_first_period(b: Backend) {
     // The plan is created now (file load time), so the offset applies.
-    let l = b.limiter(&catalog(
-        "    quota: { limit: 5, period: DAY, offset: 3 }",
-        "",
-    ));
+    let l = b.limiter(&catalog("    quota: { limit: 5, period: DAY, offset: 3 }", ""));
     let d = ask(&l, Some(K1), "shop/prod", "/items/GET", 1).await;
     assert_eq!(d.rate.unwrap().limit, 2);
-    assert_eq!(
-        allowed_in_a_row(&l, K1, "shop/prod", "/items/GET", 10).await,
-        1
-    );
+    assert_eq!(allowed_in_a_row(&l, K1, "shop/prod", "/items/GET", 10).await, 1);
 }
 
 async fn zero_rate_and_burst_blocks_everything(b: Backend) {
-    let l = b.limiter(&catalog(
-        "    throttle: { rate_limit: 0, burst_limit: 0 }",
-        "",
-    ));
+    let l = b.limiter(&catalog("    throttle: { rate_limit: 0, burst_limit: 0 }", ""));
     let d = ask(&l, Some(K1), "shop/prod", "/items/GET", 1).await;
     assert_eq!((d.reason, d.retry_after_ms), (Reason::Throttled, None));
 }
@@ -673,33 +422,15 @@ async fn redis_noscript_and_ttls() {
     let client = ::redis::Client::open(server.url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     assert!(ask(&l, Some(K1), "shop/prod", "/x/GET", 1).await.allowed);
-    let _: () = ::redis::cmd("SCRIPT")
-        .arg("FLUSH")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert!(
-        ask(&l, Some(K1), "shop/prod", "/x/GET", 1).await.allowed,
-        "NOSCRIPT is handled"
-    );
+    let _: () = ::redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut conn).await.unwrap();
+    assert!(ask(&l, Some(K1), "shop/prod", "/x/GET", 1).await.allowed, "NOSCRIPT is handled");
     // Exactly two tokens taken: two more pass, the fifth call does not.
     assert_eq!(allowed_in_a_row(&l, K1, "shop/prod", "/x/GET", 10).await, 2);
 
-    let keys: Vec<String> = ::redis::cmd("KEYS")
-        .arg("tg:*")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert!(
-        keys.len() >= 4,
-        "bucket, quota, usage and stage keys: {keys:?}"
-    );
+    let keys: Vec<String> = ::redis::cmd("KEYS").arg("tg:*").query_async(&mut conn).await.unwrap();
+    assert!(keys.len() >= 4, "bucket, quota, usage and stage keys: {keys:?}");
     for k in keys {
-        let ttl: i64 = ::redis::cmd("PTTL")
-            .arg(&k)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
+        let ttl: i64 = ::redis::cmd("PTTL").arg(&k).query_async(&mut conn).await.unwrap();
         assert!(ttl > 0, "{k} has no TTL ({ttl})");
     }
 }

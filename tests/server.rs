@@ -126,7 +126,16 @@ async fn on_store_error_policy_applies_to_native_authorize() {
     redis.stop();
     let url = redis.url();
     let qs = quickstart();
-    let args = |policy: &'static str| vec!["--config".to_string(), qs.to_str().unwrap().to_string(), "--redis-url".into(), url.clone(), "--on-store-error".into(), policy.to_string()];
+    let args = |policy: &'static str| {
+        vec![
+            "--config".to_string(),
+            qs.to_str().unwrap().to_string(),
+            "--redis-url".into(),
+            url.clone(),
+            "--on-store-error".into(),
+            policy.to_string(),
+        ]
+    };
     for (policy, allowed) in [("allow", true), ("deny", false)] {
         let a = args(policy);
         let p = TollgateProcess::start(&a.iter().map(String::as_str).collect::<Vec<_>>());
@@ -170,7 +179,18 @@ fn cli_authorize_json_and_exit_codes() {
     let p = TollgateProcess::start(&["--config", quickstart().to_str().unwrap()]);
     let run = |key: &str| {
         std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
-            .args(["authorize", "--server", &p.url(), "--key", key, "--stage", "petstore/prod", "--method", "/pets/GET", "--json"])
+            .args([
+                "authorize",
+                "--server",
+                &p.url(),
+                "--key",
+                key,
+                "--stage",
+                "petstore/prod",
+                "--method",
+                "/pets/GET",
+                "--json",
+            ])
             .output()
             .unwrap()
     };
@@ -179,17 +199,35 @@ fn cli_authorize_json_and_exit_codes() {
         let out = run(DEMO_KEY);
         assert!(out.status.success());
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        seen.push((v["allowed"].as_bool().unwrap(), v["reason"].as_str().unwrap().to_string(), v["http_status"].as_u64().unwrap()));
+        seen.push((
+            v["allowed"].as_bool().unwrap(),
+            v["reason"].as_str().unwrap().to_string(),
+            v["http_status"].as_u64().unwrap(),
+        ));
     }
     assert_eq!(seen[..5].iter().filter(|s| s.0).count(), 5, "{seen:?}");
     assert_eq!(seen[5], (false, "THROTTLED".to_string(), 429));
     let out = run("wrongkey");
     assert!(out.status.success(), "a denial exits 0");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!((v["allowed"].as_bool(), v["reason"].as_str(), v["http_status"].as_u64()), (Some(false), Some("INVALID_API_KEY"), Some(403)));
+    assert_eq!(
+        (v["allowed"].as_bool(), v["reason"].as_str(), v["http_status"].as_u64()),
+        (Some(false), Some("INVALID_API_KEY"), Some(403))
+    );
 
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
-        .args(["authorize", "--server", "http://127.0.0.1:1", "--key", DEMO_KEY, "--stage", "petstore/prod", "--method", "/pets/GET", "--json"])
+        .args([
+            "authorize",
+            "--server",
+            "http://127.0.0.1:1",
+            "--key",
+            DEMO_KEY,
+            "--stage",
+            "petstore/prod",
+            "--method",
+            "/pets/GET",
+            "--json",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success(), "a failed call exits non-zero");

@@ -33,10 +33,10 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use super::{CatalogData, PlanKey};
+use super::{CatalogData, CatalogError, PlanKey};
 use crate::model::{
-    validate_id, validate_key_value, Api, ApiKey, KeyHash, MethodPattern, MethodSetting, PlanStage,
-    Quota, Stage, StageRef, Throttle, UsagePlan,
+    validate_id, validate_key_value, Api, ApiKey, KeyHash, MethodPattern, MethodSetting, PlanStage, Quota, Stage,
+    StageRef, Throttle, UsagePlan,
 };
 
 /// An error in a catalog file, with its place.
@@ -95,8 +95,7 @@ struct VThrottle(Throttle);
 impl<'de> Deserialize<'de> for VThrottle {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let t = Throttle::deserialize(d)?;
-        t.validate()
-            .map_err(|e| serde::de::Error::custom(format!("throttle {}", e)))?;
+        t.validate().map_err(|e| serde::de::Error::custom(format!("throttle {}", e)))?;
         Ok(VThrottle(t))
     }
 }
@@ -108,8 +107,7 @@ struct VQuota(Quota);
 impl<'de> Deserialize<'de> for VQuota {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let q = Quota::deserialize(d)?;
-        q.validate()
-            .map_err(|e| serde::de::Error::custom(format!("quota {}", e)))?;
+        q.validate().map_err(|e| serde::de::Error::custom(format!("quota {}", e)))?;
         Ok(VQuota(q))
     }
 }
@@ -121,9 +119,7 @@ struct VStage(StageRef);
 impl<'de> Deserialize<'de> for VStage {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        Ok(VStage(
-            StageRef::parse(&s).map_err(|e| serde::de::Error::custom(e.message))?,
-        ))
+        Ok(VStage(StageRef::parse(&s).map_err(|e| serde::de::Error::custom(e.message))?))
     }
 }
 
@@ -231,13 +227,7 @@ struct FileKey {
 pub fn id_from_name(name: &str) -> String {
     let s: String = name
         .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' || c == '.' {
-                c.to_ascii_lowercase()
-            } else {
-                '-'
-            }
-        })
+        .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '.' { c.to_ascii_lowercase() } else { '-' })
         .take(64)
         .collect();
     if s.is_empty() {
@@ -251,10 +241,7 @@ pub fn id_from_name(name: &str) -> String {
 /// (so it is stable across restarts) without revealing it.
 pub fn key_id_from_hash(hash: &KeyHash) -> String {
     use sha2::{Digest, Sha256};
-    let d = Sha256::new()
-        .chain_update(b"tollgate key id\0")
-        .chain_update(hash.0)
-        .finalize();
+    let d = Sha256::new().chain_update(b"tollgate key id\0").chain_update(hash.0).finalize();
     hex::encode(&d[..5])
 }
 
@@ -293,42 +280,24 @@ pub fn parse(file: &str, text: &str, now_ms: u64) -> Result<CatalogData, FileErr
     let mut data = CatalogData::default();
     let mut stage_names = HashSet::new();
     for a in root.apis {
-        if data.apis.iter().any(|x: &Api| x.id == a.id.0) {
-            return Err(err(
-                &a.id.0,
-                format!("apis: API id {:?} is used twice", a.id.0),
-            ));
+        if data.apis.contains_key(&a.id.0) {
+            return Err(err(&a.id.0, format!("apis: API id {:?} is used twice", a.id.0)));
         }
         for s in a.stages {
-            let stage = StageRef {
-                api_id: a.id.0.clone(),
-                stage: s.name.0,
-            };
+            let stage = StageRef { api_id: a.id.0.clone(), stage: s.name.0 };
             if !stage_names.insert(stage.clone()) {
-                return Err(err(
-                    &stage.stage,
-                    format!("apis: stage {stage} is listed twice"),
-                ));
+                return Err(err(&stage.stage, format!("apis: stage {stage} is listed twice")));
             }
             let methods = s
                 .methods
                 .into_iter()
                 .map(|(m, fm)| {
-                    (
-                        m.0,
-                        MethodSetting {
-                            throttle: fm.throttle.map(|t| t.0),
-                            api_key_required: fm.api_key_required,
-                        },
-                    )
+                    (m.0, MethodSetting { throttle: fm.throttle.map(|t| t.0), api_key_required: fm.api_key_required })
                 })
                 .collect();
-            data.stages.push(Stage { stage, methods });
+            data.stages.insert(stage.to_string(), Stage { stage, methods });
         }
-        data.apis.push(Api {
-            name: a.name.unwrap_or_else(|| a.id.0.clone()),
-            id: a.id.0,
-        });
+        data.apis.insert(a.id.0.clone(), Api { name: a.name.unwrap_or_else(|| a.id.0.clone()), id: a.id.0 });
     }
 
     for p in root.usage_plans {
@@ -349,53 +318,33 @@ pub fn parse(file: &str, text: &str, now_ms: u64) -> Result<CatalogData, FileErr
                 .collect(),
             created_at_ms: now_ms,
         };
-        plan.validate()
-            .map_err(|e| err(&p.name, format!("usage_plans: plan {:?}: {e}", p.name)))?;
+        plan.validate().map_err(|e| err(&p.name, format!("usage_plans: plan {:?}: {e}", p.name)))?;
         for s in &plan.api_stages {
             if !stage_names.contains(&s.stage) {
                 return Err(err(
                     &s.stage.to_string(),
-                    format!(
-                        "usage_plans: plan {:?}: stage {} is not defined under apis",
-                        plan.name, s.stage
-                    ),
+                    format!("usage_plans: plan {:?}: stage {} is not defined under apis", plan.name, s.stage),
                 ));
             }
         }
-        if data.plans.iter().any(|x: &UsagePlan| x.id == plan.id) {
-            return Err(err(
-                &p.name,
-                format!("usage_plans: plan id {:?} is used twice", plan.id),
-            ));
+        if data.plans.contains_key(&plan.id) {
+            return Err(err(&p.name, format!("usage_plans: plan id {:?} is used twice", plan.id)));
         }
-        data.plans.push(plan);
+        data.plans.insert(plan.id.clone(), plan);
     }
 
     for k in root.api_keys {
         if k.name.is_empty() || k.name.len() > 1024 {
-            return Err(err(
-                "api_keys",
-                "api_keys: name must be 1 to 1024 characters".into(),
-            ));
+            return Err(err("api_keys", "api_keys: name must be 1 to 1024 characters".into()));
         }
         let hash = match (k.value, k.value_sha256.as_deref()) {
             (Some(v), None) => v.0,
-            (None, Some(h)) => KeyHash::from_hex(h).ok_or_else(|| {
-                err(
-                    h,
-                    format!(
-                        "api_keys: key {:?}: value_sha256 must be 64 hex digits",
-                        k.name
-                    ),
-                )
-            })?,
+            (None, Some(h)) => KeyHash::from_hex(h)
+                .ok_or_else(|| err(h, format!("api_keys: key {:?}: value_sha256 must be 64 hex digits", k.name)))?,
             _ => {
                 return Err(err(
                     &k.name,
-                    format!(
-                        "api_keys: key {:?}: give exactly one of value and value_sha256",
-                        k.name
-                    ),
+                    format!("api_keys: key {:?}: give exactly one of value and value_sha256", k.name),
                 ))
             }
         };
@@ -403,64 +352,59 @@ pub fn parse(file: &str, text: &str, now_ms: u64) -> Result<CatalogData, FileErr
             None => None,
             Some(s) => Some(
                 humantime::parse_rfc3339(s)
-                    .map_err(|e| err(s, format!("api_keys: key {:?}: expires_at {s:?}: {e}; write e.g. 2027-01-31T00:00:00Z", k.name)))?
+                    .map_err(|e| {
+                        err(
+                            s,
+                            format!(
+                                "api_keys: key {:?}: expires_at {s:?}: {e}; write e.g. 2027-01-31T00:00:00Z",
+                                k.name
+                            ),
+                        )
+                    })?
                     .duration_since(std::time::UNIX_EPOCH)
                     .map(|d| d.as_millis() as u64)
                     .unwrap_or(0),
             ),
         };
         let id = k.id.map(|i| i.0).unwrap_or_else(|| key_id_from_hash(&hash));
-        if data.keys.iter().any(|x: &ApiKey| x.value_hash == hash) {
-            return Err(err(
-                &k.name,
-                format!(
-                    "api_keys: key {:?} has the same value as another key",
-                    k.name
-                ),
-            ));
+        if data.key_by_hash(&hash).is_some() {
+            return Err(err(&k.name, format!("api_keys: key {:?} has the same value as another key", k.name)));
         }
-        if data.keys.iter().any(|x: &ApiKey| x.id == id) {
-            return Err(err(
-                &k.name,
-                format!("api_keys: key id {id:?} is used twice"),
-            ));
+        if data.keys.contains_key(&id) {
+            return Err(err(&k.name, format!("api_keys: key id {id:?} is used twice")));
         }
         for plan in &k.usage_plans {
-            let Some(p) = data.plans.iter().find(|p| &p.id == plan || &p.name == plan) else {
+            let Some(p) = data.plans.values().find(|p| &p.id == plan || &p.name == plan) else {
                 return Err(err(
                     plan,
-                    format!(
-                        "api_keys: key {:?}: usage plan {plan:?} is not defined under usage_plans",
-                        k.name
-                    ),
+                    format!("api_keys: key {:?}: usage plan {plan:?} is not defined under usage_plans", k.name),
                 ));
             };
-            data.plan_keys.push(PlanKey {
-                plan_id: p.id.clone(),
-                key_id: id.clone(),
-            });
+            data.plan_keys.insert(PlanKey { plan_id: p.id.clone(), key_id: id.clone() });
         }
-        data.keys.push(ApiKey {
-            id,
-            name: k.name,
-            description: k.description,
-            enabled: k.enabled,
-            customer_id: k.customer_id,
-            value_hash: hash,
-            value_hint: String::new(),
-            created_at_ms: now_ms,
-            updated_at_ms: now_ms,
-            expires_at_ms,
-        });
+        data.keys.insert(
+            id.clone(),
+            ApiKey {
+                id,
+                name: k.name,
+                description: k.description,
+                enabled: k.enabled,
+                customer_id: k.customer_id,
+                value_hash: hash,
+                value_hint: String::new(),
+                created_at_ms: now_ms,
+                updated_at_ms: now_ms,
+                expires_at_ms,
+            },
+        );
     }
     // The one-plan-per-stage rule and the other cross-checks.
     super::Catalog::compile(data.clone()).map_err(|e| {
-        let needle = e
-            .message
-            .split('"')
-            .nth(1)
-            .unwrap_or("api_keys")
-            .to_string();
+        let msg = match &e {
+            CatalogError::Invalid(i) => i.message.clone(),
+            CatalogError::Conflict(m) => m.clone(),
+        };
+        let needle = msg.split('"').nth(1).unwrap_or("api_keys").to_string();
         err(&needle, e.to_string())
     })?;
     Ok(data)
@@ -524,18 +468,11 @@ api_keys:
     #[test]
     fn parses_the_quickstart_shape() {
         let d = parse("q.yaml", GOOD, 1).unwrap();
-        assert_eq!(d.plans[0].id, "basic");
-        assert_eq!(
-            d.plan_keys,
-            vec![PlanKey {
-                plan_id: "basic".into(),
-                key_id: d.keys[0].id.clone()
-            }]
-        );
-        assert_eq!(
-            d.keys[0].value_hash,
-            KeyHash::of("tgdemo0123456789abcdefghijklmnopqrstuvw")
-        );
+        assert!(d.plans.contains_key("basic"));
+        let key = d.keys.values().next().unwrap();
+        let subs: Vec<PlanKey> = d.plan_keys.iter().cloned().collect();
+        assert_eq!(subs, vec![PlanKey { plan_id: "basic".into(), key_id: key.id.clone() }]);
+        assert_eq!(key.value_hash, KeyHash::of("tgdemo0123456789abcdefghijklmnopqrstuvw"));
     }
 
     #[test]
@@ -562,10 +499,7 @@ api_keys:
     #[test]
     fn one_plan_per_stage_per_key() {
         let two = GOOD
-            .replace(
-                "api_keys:",
-                "  - name: Gold\n    api_stages:\n      - stage: petstore/prod\napi_keys:",
-            )
+            .replace("api_keys:", "  - name: Gold\n    api_stages:\n      - stage: petstore/prod\napi_keys:")
             .replace("usage_plans: [Basic]", "usage_plans: [Basic, Gold]");
         let e = parse("q.yaml", &two, 1).unwrap_err();
         assert!(e.message.contains("one plan per stage"), "{e}");

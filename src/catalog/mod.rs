@@ -12,14 +12,13 @@
 
 pub mod file;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
 use crate::model::{
-    Api, ApiKey, Invalid, KeyHash, MethodPattern, MethodSetting, MethodTable, Stage, StageRef,
-    Throttle, UsagePlan,
+    Api, ApiKey, Invalid, KeyHash, MethodPattern, MethodSetting, MethodTable, Stage, StageRef, Throttle, UsagePlan,
 };
 
 /// A subscription: the key may call the plan's stages under the plan's limits.
@@ -31,22 +30,55 @@ pub struct PlanKey {
     pub key_id: String,
 }
 
-/// Every record of a catalog, as its source gives them.
+/// An old value of a rotated key, still accepted until `valid_until_ms`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct OldValue {
+    /// The key it opens.
+    pub key_id: String,
+    /// Until when (ms since the epoch, exclusive).
+    pub valid_until_ms: u64,
+}
+
+/// Every record of a catalog, by id, as a source (file, memory, Redis) holds
+/// them.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct CatalogData {
-    /// APIs.
-    pub apis: Vec<Api>,
-    /// Stages with their method settings.
-    pub stages: Vec<Stage>,
-    /// Usage plans.
-    pub plans: Vec<UsagePlan>,
-    /// API keys (hashes only).
-    pub keys: Vec<ApiKey>,
-    /// Extra hashes that still open a key until an instant (ms since the
-    /// epoch): old values of a rotated key in their grace period.
-    pub extra_hashes: Vec<(KeyHash, String, u64)>,
+    /// APIs by id.
+    pub apis: BTreeMap<String, Api>,
+    /// Stages by `API/STAGE`.
+    pub stages: BTreeMap<String, Stage>,
+    /// Usage plans by id.
+    pub plans: BTreeMap<String, UsagePlan>,
+    /// API keys by id (hashes only).
+    pub keys: BTreeMap<String, ApiKey>,
+    /// Old values of rotated keys in their grace period, by value hash (hex).
+    pub old_values: BTreeMap<String, OldValue>,
     /// Subscriptions.
-    pub plan_keys: Vec<PlanKey>,
+    pub plan_keys: BTreeSet<PlanKey>,
+}
+
+impl CatalogData {
+    /// The plans a key is subscribed to.
+    pub fn plans_of_key<'a>(&'a self, key_id: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.plan_keys.iter().filter(move |pk| pk.key_id == key_id).map(|pk| pk.plan_id.as_str())
+    }
+
+    /// The key with this value hash, if any.
+    pub fn key_by_hash(&self, hash: &KeyHash) -> Option<&ApiKey> {
+        self.keys.values().find(|k| &k.value_hash == hash)
+    }
+}
+
+/// Why records do not form a catalog.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CatalogError {
+    /// A record is malformed or refers to something that does not exist.
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+    /// Records conflict (a key in two plans that share a stage, a value used
+    /// twice): FAILED_PRECONDITION.
+    #[error("{0}")]
+    Conflict(String),
 }
 
 /// A stage compiled for lookups.
@@ -91,97 +123,63 @@ pub struct Catalog {
 
 impl Catalog {
     /// Checks the references between records and builds the lookup tables.
-    pub fn compile(data: CatalogData) -> Result<Self, Invalid> {
+    pub fn compile(data: CatalogData) -> Result<Self, CatalogError> {
         let mut stages = HashMap::new();
-        let apis: HashMap<&str, &Api> = data.apis.iter().map(|a| (a.id.as_str(), a)).collect();
-        for s in &data.stages {
-            if !apis.contains_key(s.stage.api_id.as_str()) {
-                return Err(Invalid::new(
-                    "stages",
-                    format!(
-                        "stage {} belongs to unknown API {:?}",
-                        s.stage, s.stage.api_id
-                    ),
-                ));
+        for s in data.stages.values() {
+            if !data.apis.contains_key(s.stage.api_id.as_str()) {
+                let msg = format!("stage {} belongs to unknown API {:?}", s.stage, s.stage.api_id);
+                return Err(Invalid::new("stages", msg).into());
             }
             let mut methods = Vec::new();
             for (m, setting) in &s.methods {
-                let p = MethodPattern::parse(m)
-                    .map_err(|e| Invalid::new(format!("stage {}: methods", s.stage), e.0))?;
+                let p =
+                    MethodPattern::parse(m).map_err(|e| Invalid::new(format!("stage {}: methods", s.stage), e.0))?;
                 methods.push((p, *setting));
             }
-            stages.insert(
-                s.stage.to_string(),
-                CompiledStage {
-                    stage: s.stage.clone(),
-                    methods: MethodTable::new(methods),
-                },
-            );
+            let compiled = CompiledStage { stage: s.stage.clone(), methods: MethodTable::new(methods) };
+            stages.insert(s.stage.to_string(), compiled);
         }
 
-        let mut plans: HashMap<&str, (Arc<UsagePlan>, PlanStages)> =
-            HashMap::new();
-        for p in &data.plans {
-            p.validate()
-                .map_err(|e| e.within(&format!("usage plan {:?}", p.id)))?;
+        let mut plans: HashMap<&str, PlanStages> = HashMap::new();
+        for p in data.plans.values() {
+            p.validate().map_err(|e| e.within(&format!("usage plan {:?}", p.id)))?;
             let mut per_stage = BTreeMap::new();
             let plan = Arc::new(p.clone());
             for ps in &p.api_stages {
                 if !stages.contains_key(&ps.stage.to_string()) {
-                    return Err(Invalid::new(
-                        format!("usage plan {:?}: api_stages", p.id),
-                        format!("stage {} does not exist", ps.stage),
-                    ));
+                    let field = format!("usage plan {:?}: api_stages", p.id);
+                    return Err(Invalid::new(field, format!("stage {} does not exist", ps.stage)).into());
                 }
                 let mut table = Vec::new();
                 for (m, t) in &ps.throttle {
-                    let pat = MethodPattern::parse(m)
-                        .map_err(|e| Invalid::new(format!("usage plan {:?}", p.id), e.0))?;
+                    let pat =
+                        MethodPattern::parse(m).map_err(|e| Invalid::new(format!("usage plan {:?}", p.id), e.0))?;
                     table.push((pat, *t));
                 }
-                per_stage.insert(
-                    ps.stage.to_string(),
-                    Arc::new(StagePlan {
-                        plan: plan.clone(),
-                        method_throttles: MethodTable::new(table),
-                    }),
-                );
+                let sp = StagePlan { plan: plan.clone(), method_throttles: MethodTable::new(table) };
+                per_stage.insert(ps.stage.to_string(), Arc::new(sp));
             }
-            if plans.insert(p.id.as_str(), (plan, per_stage)).is_some() {
-                return Err(Invalid::new(
-                    "usage_plans",
-                    format!("usage plan id {:?} is used twice", p.id),
-                ));
-            }
+            plans.insert(p.id.as_str(), per_stage);
         }
 
         let mut by_key: HashMap<&str, HashMap<String, Arc<StagePlan>>> = HashMap::new();
-        let key_ids: HashMap<&str, &ApiKey> =
-            data.keys.iter().map(|k| (k.id.as_str(), k)).collect();
         for pk in &data.plan_keys {
-            let Some((_, per_stage)) = plans.get(pk.plan_id.as_str()) else {
-                return Err(Invalid::new(
-                    "usage plan keys",
-                    format!("usage plan {:?} does not exist", pk.plan_id),
-                ));
+            let Some(per_stage) = plans.get(pk.plan_id.as_str()) else {
+                let msg = format!("usage plan {:?} does not exist", pk.plan_id);
+                return Err(Invalid::new("usage plan keys", msg).into());
             };
-            if !key_ids.contains_key(pk.key_id.as_str()) {
-                return Err(Invalid::new(
-                    "usage plan keys",
-                    format!("API key {:?} does not exist", pk.key_id),
-                ));
+            if !data.keys.contains_key(pk.key_id.as_str()) {
+                let msg = format!("API key {:?} does not exist", pk.key_id);
+                return Err(Invalid::new("usage plan keys", msg).into());
             }
             let entry = by_key.entry(pk.key_id.as_str()).or_default();
             for (stage, sp) in per_stage {
                 if let Some(other) = entry.get(stage) {
                     if other.plan.id != pk.plan_id {
-                        return Err(Invalid::new(
-                            "usage plan keys",
-                            format!(
-                                "API key {:?} cannot be in usage plan {:?}: it is already in usage plan {:?}, which also contains stage {stage}; a key may have only one plan per stage",
-                                pk.key_id, pk.plan_id, other.plan.id
-                            ),
-                        ));
+                        return Err(CatalogError::Conflict(format!(
+                            "API key {:?} cannot be in usage plan {:?}: it is already in usage plan {:?}, which also contains stage {stage}; a key may have only one plan per stage",
+                            pk.key_id, pk.plan_id, other.plan.id
+                        )));
                     }
                 }
                 entry.insert(stage.clone(), sp.clone());
@@ -190,35 +188,31 @@ impl Catalog {
 
         let mut keys = HashMap::new();
         let mut entries: HashMap<&str, Arc<KeyEntry>> = HashMap::new();
-        for k in &data.keys {
+        for k in data.keys.values() {
             let e = Arc::new(KeyEntry {
                 key: Arc::new(k.clone()),
                 plans_by_stage: by_key.remove(k.id.as_str()).unwrap_or_default(),
                 valid_until_ms: None,
             });
-            if keys.insert(k.value_hash, e.clone()).is_some() {
-                return Err(Invalid::new(
-                    "api_keys",
-                    format!("API key {:?} has the same value as another key", k.name),
-                ));
+            if let Some(other) = keys.insert(k.value_hash, e.clone()) {
+                return Err(CatalogError::Conflict(format!(
+                    "API keys {:?} and {:?} have the same value; values must be unique",
+                    other.key.id, k.id
+                )));
             }
-            if entries.insert(k.id.as_str(), e).is_some() {
-                return Err(Invalid::new(
-                    "api_keys",
-                    format!("API key id {:?} is used twice", k.id),
-                ));
-            }
+            entries.insert(k.id.as_str(), e);
         }
-        for (hash, key_id, until) in &data.extra_hashes {
-            if let Some(e) = entries.get(key_id.as_str()) {
-                keys.entry(*hash).or_insert_with(|| {
-                    Arc::new(KeyEntry {
-                        key: e.key.clone(),
-                        plans_by_stage: e.plans_by_stage.clone(),
-                        valid_until_ms: Some(*until),
-                    })
-                });
-            }
+        for (hash, old) in &data.old_values {
+            let (Some(e), Some(hash)) = (entries.get(old.key_id.as_str()), KeyHash::from_hex(hash)) else {
+                continue;
+            };
+            keys.entry(hash).or_insert_with(|| {
+                Arc::new(KeyEntry {
+                    key: e.key.clone(),
+                    plans_by_stage: e.plans_by_stage.clone(),
+                    valid_until_ms: Some(old.valid_until_ms),
+                })
+            });
         }
         Ok(Self { data, stages, keys })
     }

@@ -13,11 +13,7 @@ use crate::api::pb;
 #[derive(Debug, Args)]
 pub struct AuthorizeArgs {
     /// The server, e.g. http://127.0.0.1:50051.
-    #[arg(
-        long,
-        env = "TOLLGATE_SERVER",
-        default_value = "http://127.0.0.1:50051"
-    )]
+    #[arg(long, env = "TOLLGATE_SERVER", default_value = "http://127.0.0.1:50051")]
     pub server: String,
     /// The API key value (omit to ask as a caller without a key).
     #[arg(long)]
@@ -46,12 +42,7 @@ pub async fn run(args: AuthorizeArgs) -> ExitCode {
         }
     };
     let mut client = pb::authorizer_client::AuthorizerClient::new(channel);
-    let req = pb::AuthorizeRequest {
-        api_key: args.key,
-        stage: args.stage,
-        method: args.method,
-        cost: args.cost,
-    };
+    let req = pb::AuthorizeRequest { api_key: args.key, stage: args.stage, method: args.method, cost: args.cost };
     let r = match client.authorize(req).await {
         Ok(r) => r.into_inner(),
         Err(s) => {

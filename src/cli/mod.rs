@@ -36,9 +36,7 @@ pub fn main(cli: Cli) -> ExitCode {
         _ => 1,
     };
     let rt = if threads == 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
     } else {
         let mut b = tokio::runtime::Builder::new_multi_thread();
         if threads > 1 {
@@ -82,15 +80,10 @@ async fn serve(settings: Settings) -> ExitCode {
 /// error when the address is malformed or nothing listens there.
 pub async fn connect(server: &str) -> Result<tonic::transport::Channel, String> {
     let endpoint = tonic::transport::Endpoint::from_shared(server.to_string())
-        .map_err(|e| {
-            format!("invalid --server {server:?}: {e}; write it like http://127.0.0.1:50051")
-        })?
+        .map_err(|e| format!("invalid --server {server:?}: {e}; write it like http://127.0.0.1:50051"))?
         .connect_timeout(std::time::Duration::from_secs(5))
         .timeout(std::time::Duration::from_secs(30));
-    endpoint
-        .connect()
-        .await
-        .map_err(|e| format!("cannot connect to {server}: {e}"))
+    endpoint.connect().await.map_err(|e| format!("cannot connect to {server}: {e}"))
 }
 
 /// Writes to stdout, ignoring a closed pipe (`tollgate ... | head -1` must

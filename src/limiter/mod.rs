@@ -112,14 +112,7 @@ pub struct Decision {
 
 impl Decision {
     fn deny(reason: Reason) -> Self {
-        Self {
-            allowed: false,
-            reason,
-            key_id: None,
-            plan_id: None,
-            rate: None,
-            retry_after_ms: None,
-        }
+        Self { allowed: false, reason, key_id: None, plan_id: None, rate: None, retry_after_ms: None }
     }
 }
 
@@ -153,43 +146,25 @@ pub enum AuthorizeError {
 pub fn validate(req: &Request<'_>) -> Result<(), Invalid> {
     if let Some(k) = req.api_key {
         if k.is_empty() {
-            return Err(Invalid::new(
-                "api_key",
-                "is empty; leave it unset when the client presented no key",
-            ));
+            return Err(Invalid::new("api_key", "is empty; leave it unset when the client presented no key"));
         }
         if k.len() > KEY_VALUE_MAX {
-            return Err(Invalid::new(
-                "api_key",
-                format!("is longer than {KEY_VALUE_MAX} characters"),
-            ));
+            return Err(Invalid::new("api_key", format!("is longer than {KEY_VALUE_MAX} characters")));
         }
         if !k.bytes().all(|b| b.is_ascii_alphanumeric()) {
-            return Err(Invalid::new(
-                "api_key",
-                "may contain only letters A-Z, a-z and digits 0-9",
-            ));
+            return Err(Invalid::new("api_key", "may contain only letters A-Z, a-z and digits 0-9"));
         }
     }
     if req.stage.is_empty() {
-        return Err(Invalid::new(
-            "stage",
-            "is empty; give the stage as API/STAGE, like \"petstore/prod\"",
-        ));
+        return Err(Invalid::new("stage", "is empty; give the stage as API/STAGE, like \"petstore/prod\""));
     }
     if req.stage.len() > 129 || !req.stage.contains('/') {
         let shown: String = req.stage.chars().take(64).collect();
-        return Err(Invalid::new(
-            "stage",
-            format!("{shown:?} must be written API/STAGE, like \"petstore/prod\""),
-        ));
+        return Err(Invalid::new("stage", format!("{shown:?} must be written API/STAGE, like \"petstore/prod\"")));
     }
     parse_request_method(req.method).map_err(|e| Invalid::new("method", e.0))?;
     if req.cost == 0 || req.cost > MAX_COST {
-        return Err(Invalid::new(
-            "cost",
-            format!("must be 1 to {MAX_COST}, got {}", req.cost),
-        ));
+        return Err(Invalid::new("cost", format!("must be 1 to {MAX_COST}, got {}", req.cost)));
     }
     Ok(())
 }
@@ -205,12 +180,7 @@ pub struct Limiter<S> {
 impl<S: LimitStore> Limiter<S> {
     /// A limiter; `account` is the server-wide throttle, if any.
     pub fn new(catalog: CatalogHandle, store: S, keys: Keys, account: Option<Throttle>) -> Self {
-        Self {
-            catalog,
-            store,
-            keys,
-            account,
-        }
+        Self { catalog, store, keys, account }
     }
 
     /// The store.
@@ -244,12 +214,9 @@ impl<S: LimitStore> Limiter<S> {
             // 3. methods that need no key: only stage and account throttles
             if setting.api_key_required {
                 // 4. the key
-                let entry = req
-                    .api_key
-                    .and_then(|v| catalog.key_by_hash(&KeyHash::of(v)));
+                let entry = req.api_key.and_then(|v| catalog.key_by_hash(&KeyHash::of(v)));
                 let now = crate::model::now_ms();
-                let Some(entry) = entry
-                    .filter(|e| e.key.usable_at(now) && e.valid_until_ms.is_none_or(|t| now < t))
+                let Some(entry) = entry.filter(|e| e.key.usable_at(now) && e.valid_until_ms.is_none_or(|t| now < t))
                 else {
                     return Ok(Decision::deny(Reason::InvalidApiKey));
                 };
@@ -265,32 +232,21 @@ impl<S: LimitStore> Limiter<S> {
                 // 6 a. the plan's per-method throttle
                 if let Some((p, t)) = sp.method_throttles.lookup(req.method) {
                     limits.push(Limit {
-                        key: self.keys.plan_method_bucket(
-                            key_id,
-                            &plan.id,
-                            &stage.stage,
-                            p.as_str(),
-                        ),
+                        key: self.keys.plan_method_bucket(key_id, &plan.id, &stage.stage, p.as_str()),
                         rule: Rule::Bucket(*t),
                     });
                     kinds.push(LimitKind::PlanMethodThrottle);
                 }
                 // b. the plan's throttle
                 if let Some(t) = plan.throttle {
-                    limits.push(Limit {
-                        key: self.keys.plan_bucket(key_id, &plan.id),
-                        rule: Rule::Bucket(t),
-                    });
+                    limits.push(Limit { key: self.keys.plan_bucket(key_id, &plan.id), rule: Rule::Bucket(t) });
                     kinds.push(LimitKind::PlanThrottle);
                 }
                 // c. the plan's quota
                 if let Some(q) = plan.quota {
                     limits.push(Limit {
                         key: self.keys.quota_base(key_id, &plan.id),
-                        rule: Rule::Quota {
-                            quota: q,
-                            created_at_ms: plan.created_at_ms,
-                        },
+                        rule: Rule::Quota { quota: q, created_at_ms: plan.created_at_ms },
                     });
                     kinds.push(LimitKind::PlanQuota);
                 }
@@ -298,29 +254,15 @@ impl<S: LimitStore> Limiter<S> {
             }
             // d. the stage's method throttle
             if let Some(t) = setting.throttle {
-                limits.push(Limit {
-                    key: self.keys.stage_bucket(&stage.stage, pattern),
-                    rule: Rule::Bucket(t),
-                });
+                limits.push(Limit { key: self.keys.stage_bucket(&stage.stage, pattern), rule: Rule::Bucket(t) });
                 kinds.push(LimitKind::StageMethodThrottle);
             }
             // e. the account throttle
             if let Some(t) = self.account {
-                limits.push(Limit {
-                    key: self.keys.account_bucket(),
-                    rule: Rule::Bucket(t),
-                });
+                limits.push(Limit { key: self.keys.account_bucket(), rule: Rule::Bucket(t) });
                 kinds.push(LimitKind::AccountThrottle);
             }
-            (
-                Check {
-                    limits,
-                    cost: req.cost,
-                    usage_key,
-                },
-                kinds,
-                decision,
-            )
+            (Check { limits, cost: req.cost, usage_key }, kinds, decision)
         };
         let windows: Vec<u64> = check.limits.iter().map(|l| window_secs(&l.rule)).collect();
         let verdict = if check.limits.is_empty() && check.usage_key.is_none() {
@@ -343,11 +285,7 @@ impl<S: LimitStore> Limiter<S> {
         } else {
             Reason::Throttled
         };
-        decision.retry_after_ms = if verdict.allowed {
-            None
-        } else {
-            verdict.retry_after_ms
-        };
+        decision.retry_after_ms = if verdict.allowed { None } else { verdict.retry_after_ms };
         Ok(decision)
     }
 }

@@ -59,16 +59,10 @@ impl MethodPattern {
     /// Parses a pattern such as `/pets/{petId}/GET`, `/pets/*` or `*/*`.
     pub fn parse(s: &str) -> Result<Self, MethodError> {
         if s == "*/*" {
-            return Ok(Self {
-                text: s.to_string(),
-                path: None,
-                verb: None,
-            });
+            return Ok(Self { text: s.to_string(), path: None, verb: None });
         }
         if s.len() > MAX_METHOD_LEN {
-            return Err(MethodError(format!(
-                "method pattern is longer than {MAX_METHOD_LEN} bytes"
-            )));
+            return Err(MethodError(format!("method pattern is longer than {MAX_METHOD_LEN} bytes")));
         }
         let (path, verb) = split_method(s).ok_or_else(|| {
             MethodError(format!(
@@ -96,16 +90,8 @@ impl MethodPattern {
                 segments.push(Segment::Literal(seg.to_string()));
             }
         }
-        let text = format!(
-            "{}/{}",
-            if path == "/" { "/" } else { path },
-            verb.as_deref().unwrap_or("*")
-        );
-        Ok(Self {
-            text,
-            path: Some(segments),
-            verb,
-        })
+        let text = format!("{}/{}", if path == "/" { "/" } else { path }, verb.as_deref().unwrap_or("*"));
+        Ok(Self { text, path: Some(segments), verb })
     }
 
     /// The pattern as written, normalised.
@@ -114,11 +100,7 @@ impl MethodPattern {
     }
 
     fn is_exact(&self) -> bool {
-        self.verb.is_some()
-            && self
-                .path
-                .as_ref()
-                .is_some_and(|p| p.iter().all(|s| matches!(s, Segment::Literal(_))))
+        self.verb.is_some() && self.path.as_ref().is_some_and(|p| p.iter().all(|s| matches!(s, Segment::Literal(_))))
     }
 
     fn matches(&self, segs: &[&str], verb: &str) -> bool {
@@ -139,13 +121,9 @@ impl MethodPattern {
     fn specificity(&self) -> (u8, Vec<u8>, u8) {
         match &self.path {
             None => (0, Vec::new(), 0),
-            Some(p) => (
-                1,
-                p.iter()
-                    .map(|s| matches!(s, Segment::Literal(_)) as u8)
-                    .collect(),
-                self.verb.is_some() as u8,
-            ),
+            Some(p) => {
+                (1, p.iter().map(|s| matches!(s, Segment::Literal(_)) as u8).collect(), self.verb.is_some() as u8)
+            }
         }
     }
 }
@@ -154,14 +132,10 @@ impl MethodPattern {
 /// canonical form's parts: the path segments and the HTTP method.
 pub fn parse_request_method(s: &str) -> Result<(Vec<&str>, &str), MethodError> {
     if s.is_empty() {
-        return Err(MethodError(
-            "method is empty; send the resource path and HTTP method, like \"/pets/GET\"".into(),
-        ));
+        return Err(MethodError("method is empty; send the resource path and HTTP method, like \"/pets/GET\"".into()));
     }
     if s.len() > MAX_METHOD_LEN {
-        return Err(MethodError(format!(
-            "method is longer than {MAX_METHOD_LEN} bytes"
-        )));
+        return Err(MethodError(format!("method is longer than {MAX_METHOD_LEN} bytes")));
     }
     let (path, verb) = split_method(s).ok_or_else(|| {
         MethodError(format!(
@@ -176,9 +150,7 @@ pub fn parse_request_method(s: &str) -> Result<(Vec<&str>, &str), MethodError> {
         )));
     }
     if s.bytes().any(|b| b.is_ascii_control() || b == b' ') {
-        return Err(MethodError(
-            "method contains spaces or control characters".into(),
-        ));
+        return Err(MethodError("method contains spaces or control characters".into()));
     }
     Ok((path.split('/').filter(|p| !p.is_empty()).collect(), verb))
 }
@@ -202,11 +174,7 @@ pub struct MethodTable<T> {
 
 impl<T> Default for MethodTable<T> {
     fn default() -> Self {
-        Self {
-            exact: HashMap::new(),
-            templates: Vec::new(),
-            entries: Vec::new(),
-        }
+        Self { exact: HashMap::new(), templates: Vec::new(), entries: Vec::new() }
     }
 }
 
@@ -230,17 +198,8 @@ impl<T> MethodTable<T> {
                 templates.push(i);
             }
         }
-        templates.sort_by(|a, b| {
-            entries[*b]
-                .0
-                .specificity()
-                .cmp(&entries[*a].0.specificity())
-        });
-        Self {
-            exact,
-            templates,
-            entries,
-        }
+        templates.sort_by(|a, b| entries[*b].0.specificity().cmp(&entries[*a].0.specificity()));
+        Self { exact, templates, entries }
     }
 
     /// True when the table has no pattern.
@@ -255,20 +214,12 @@ impl<T> MethodTable<T> {
         }
         let (path, verb) = split_method(method)?;
         let segs: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
-        let exact_hit = if path == "/" {
-            self.exact.get(&format!("//{verb}"))
-        } else {
-            self.exact.get(method)
-        };
+        let exact_hit = if path == "/" { self.exact.get(&format!("//{verb}")) } else { self.exact.get(method) };
         if let Some(&i) = exact_hit {
             let (p, v) = &self.entries[i];
             return Some((p, v));
         }
-        self.templates
-            .iter()
-            .map(|&i| &self.entries[i])
-            .find(|(p, _)| p.matches(&segs, verb))
-            .map(|(p, v)| (p, v))
+        self.templates.iter().map(|&i| &self.entries[i]).find(|(p, _)| p.matches(&segs, verb)).map(|(p, v)| (p, v))
     }
 
     /// All patterns with their values, in insertion order.
@@ -282,35 +233,16 @@ mod tests {
     use super::*;
 
     fn table(ps: &[&str]) -> MethodTable<usize> {
-        MethodTable::new(
-            ps.iter()
-                .enumerate()
-                .map(|(i, p)| (MethodPattern::parse(p).unwrap(), i)),
-        )
+        MethodTable::new(ps.iter().enumerate().map(|(i, p)| (MethodPattern::parse(p).unwrap(), i)))
     }
 
     #[test]
     fn most_specific_wins() {
-        let t = table(&[
-            "*/*",
-            "/pets/{petId}/GET",
-            "/pets/GET",
-            "/pets/mine/GET",
-            "/pets/{petId}/*",
-        ]);
+        let t = table(&["*/*", "/pets/{petId}/GET", "/pets/GET", "/pets/mine/GET", "/pets/{petId}/*"]);
         assert_eq!(t.lookup("/pets/GET").unwrap().0.as_str(), "/pets/GET");
-        assert_eq!(
-            t.lookup("/pets/mine/GET").unwrap().0.as_str(),
-            "/pets/mine/GET"
-        );
-        assert_eq!(
-            t.lookup("/pets/42/GET").unwrap().0.as_str(),
-            "/pets/{petId}/GET"
-        );
-        assert_eq!(
-            t.lookup("/pets/42/DELETE").unwrap().0.as_str(),
-            "/pets/{petId}/*"
-        );
+        assert_eq!(t.lookup("/pets/mine/GET").unwrap().0.as_str(), "/pets/mine/GET");
+        assert_eq!(t.lookup("/pets/42/GET").unwrap().0.as_str(), "/pets/{petId}/GET");
+        assert_eq!(t.lookup("/pets/42/DELETE").unwrap().0.as_str(), "/pets/{petId}/*");
         assert_eq!(t.lookup("/owners/GET").unwrap().0.as_str(), "*/*");
         assert_eq!(t.lookup("/pets/42/toys/GET").unwrap().0.as_str(), "*/*");
     }

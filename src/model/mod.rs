@@ -30,19 +30,12 @@ pub struct Invalid {
 impl Invalid {
     /// Builds a validation failure for `field`.
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            message: message.into(),
-        }
+        Self { field: field.into(), message: message.into() }
     }
 
     /// Prefixes the field with its parent, e.g. `throttle` + `rate_limit`.
     pub fn within(mut self, parent: &str) -> Self {
-        self.field = if self.field.is_empty() {
-            parent.to_string()
-        } else {
-            format!("{parent}.{}", self.field)
-        };
+        self.field = if self.field.is_empty() { parent.to_string() } else { format!("{parent}.{}", self.field) };
         self
     }
 }
@@ -63,16 +56,10 @@ impl Throttle {
     /// with a zero burst (a bucket that never refills is a quota: use one).
     pub fn validate(&self) -> Result<(), Invalid> {
         if !self.rate_limit.is_finite() || self.rate_limit < 0.0 {
-            return Err(Invalid::new(
-                "rate_limit",
-                format!("must be a finite number >= 0, got {}", self.rate_limit),
-            ));
+            return Err(Invalid::new("rate_limit", format!("must be a finite number >= 0, got {}", self.rate_limit)));
         }
         if self.rate_limit > 1e9 {
-            return Err(Invalid::new(
-                "rate_limit",
-                "must be at most 1e9 requests per second",
-            ));
+            return Err(Invalid::new("rate_limit", "must be at most 1e9 requests per second"));
         }
         if self.rate_limit == 0.0 && self.burst_limit != 0 {
             return Err(Invalid::new(
@@ -132,10 +119,7 @@ impl std::str::FromStr for Period {
             "DAY" => Ok(Period::Day),
             "WEEK" => Ok(Period::Week),
             "MONTH" => Ok(Period::Month),
-            _ => Err(Invalid::new(
-                "period",
-                format!("must be DAY, WEEK or MONTH, got {s:?}"),
-            )),
+            _ => Err(Invalid::new("period", format!("must be DAY, WEEK or MONTH, got {s:?}"))),
         }
     }
 }
@@ -166,10 +150,7 @@ impl Quota {
         if self.offset >= self.limit {
             return Err(Invalid::new(
                 "offset",
-                format!(
-                    "must be below the limit ({}), got {}",
-                    self.limit, self.offset
-                ),
+                format!("must be below the limit ({}), got {}", self.limit, self.offset),
             ));
         }
         Ok(())
@@ -179,19 +160,10 @@ impl Quota {
 /// Validates an identifier (API id, stage name, plan id, key id).
 pub fn validate_id(field: &str, s: &str) -> Result<(), Invalid> {
     if s.is_empty() || s.len() > 64 {
-        return Err(Invalid::new(
-            field,
-            format!("must be 1 to 64 characters, got {}", s.len()),
-        ));
+        return Err(Invalid::new(field, format!("must be 1 to 64 characters, got {}", s.len())));
     }
-    if !s
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
-    {
-        return Err(Invalid::new(
-            field,
-            format!("{s:?} may contain only letters, digits, '_', '-' and '.'"),
-        ));
+    if !s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.') {
+        return Err(Invalid::new(field, format!("{s:?} may contain only letters, digits, '_', '-' and '.'")));
     }
     Ok(())
 }
@@ -209,19 +181,11 @@ impl StageRef {
     /// Parses `API/STAGE`.
     pub fn parse(s: &str) -> Result<Self, Invalid> {
         let Some((api, stage)) = s.split_once('/') else {
-            return Err(Invalid::new(
-                "stage",
-                format!("{s:?} must be written API/STAGE, like \"petstore/prod\""),
-            ));
+            return Err(Invalid::new("stage", format!("{s:?} must be written API/STAGE, like \"petstore/prod\"")));
         };
-        validate_id("stage", api)
-            .map_err(|e| Invalid::new("stage", format!("API id {}", e.message)))?;
-        validate_id("stage", stage)
-            .map_err(|e| Invalid::new("stage", format!("stage name {}", e.message)))?;
-        Ok(Self {
-            api_id: api.to_string(),
-            stage: stage.to_string(),
-        })
+        validate_id("stage", api).map_err(|e| Invalid::new("stage", format!("API id {}", e.message)))?;
+        validate_id("stage", stage).map_err(|e| Invalid::new("stage", format!("stage name {}", e.message)))?;
+        Ok(Self { api_id: api.to_string(), stage: stage.to_string() })
     }
 }
 
@@ -251,10 +215,7 @@ pub struct MethodSetting {
 
 impl Default for MethodSetting {
     fn default() -> Self {
-        Self {
-            throttle: None,
-            api_key_required: true,
-        }
+        Self { throttle: None, api_key_required: true }
     }
 }
 
@@ -312,16 +273,11 @@ impl UsagePlan {
         let mut seen = std::collections::HashSet::new();
         for (i, s) in self.api_stages.iter().enumerate() {
             if !seen.insert(&s.stage) {
-                return Err(Invalid::new(
-                    format!("api_stages[{i}]"),
-                    format!("stage {} is listed twice", s.stage),
-                ));
+                return Err(Invalid::new(format!("api_stages[{i}]"), format!("stage {} is listed twice", s.stage)));
             }
             for (m, t) in &s.throttle {
-                MethodPattern::parse(m)
-                    .map_err(|e| Invalid::new(format!("api_stages[{i}].throttle"), e.0))?;
-                t.validate()
-                    .map_err(|e| e.within(&format!("api_stages[{i}].throttle[{m}]")))?;
+                MethodPattern::parse(m).map_err(|e| Invalid::new(format!("api_stages[{i}].throttle"), e.0))?;
+                t.validate().map_err(|e| e.within(&format!("api_stages[{i}].throttle[{m}]")))?;
             }
         }
         Ok(())
@@ -368,17 +324,11 @@ pub fn validate_key_value(field: &str, v: &str) -> Result<(), Invalid> {
     if v.len() < KEY_VALUE_MIN || v.len() > KEY_VALUE_MAX {
         return Err(Invalid::new(
             field,
-            format!(
-                "must be {KEY_VALUE_MIN} to {KEY_VALUE_MAX} characters, got {}",
-                v.chars().count()
-            ),
+            format!("must be {KEY_VALUE_MIN} to {KEY_VALUE_MAX} characters, got {}", v.chars().count()),
         ));
     }
     if !v.bytes().all(|b| b.is_ascii_alphanumeric()) {
-        return Err(Invalid::new(
-            field,
-            "may contain only letters A-Z, a-z and digits 0-9",
-        ));
+        return Err(Invalid::new(field, "may contain only letters A-Z, a-z and digits 0-9"));
     }
     Ok(())
 }
@@ -395,9 +345,7 @@ pub fn generate_id() -> String {
     use rand::Rng;
     const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     let mut rng = rand::rng();
-    (0..10)
-        .map(|_| CHARS[rng.random_range(0..CHARS.len())] as char)
-        .collect()
+    (0..10).map(|_| CHARS[rng.random_range(0..CHARS.len())] as char).collect()
 }
 
 /// An API key. The value itself is never kept: only its hash.
@@ -448,17 +396,13 @@ mod key_hash_hex {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<KeyHash, D::Error> {
         let s = String::deserialize(d)?;
-        KeyHash::from_hex(&s)
-            .ok_or_else(|| serde::de::Error::custom("value_hash must be 64 hex digits"))
+        KeyHash::from_hex(&s).ok_or_else(|| serde::de::Error::custom("value_hash must be 64 hex digits"))
     }
 }
 
 /// Milliseconds since the Unix epoch, from the system clock.
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -467,61 +411,18 @@ mod tests {
 
     #[test]
     fn throttle_validation() {
-        assert!(Throttle {
-            rate_limit: -1.0,
-            burst_limit: 1
-        }
-        .validate()
-        .is_err());
-        assert!(Throttle {
-            rate_limit: f64::NAN,
-            burst_limit: 1
-        }
-        .validate()
-        .is_err());
-        assert!(Throttle {
-            rate_limit: 0.0,
-            burst_limit: 3
-        }
-        .validate()
-        .is_err());
-        assert!(Throttle {
-            rate_limit: 0.0,
-            burst_limit: 0
-        }
-        .validate()
-        .is_ok());
-        assert!(Throttle {
-            rate_limit: 0.5,
-            burst_limit: 3
-        }
-        .validate()
-        .is_ok());
+        assert!(Throttle { rate_limit: -1.0, burst_limit: 1 }.validate().is_err());
+        assert!(Throttle { rate_limit: f64::NAN, burst_limit: 1 }.validate().is_err());
+        assert!(Throttle { rate_limit: 0.0, burst_limit: 3 }.validate().is_err());
+        assert!(Throttle { rate_limit: 0.0, burst_limit: 0 }.validate().is_ok());
+        assert!(Throttle { rate_limit: 0.5, burst_limit: 3 }.validate().is_ok());
     }
 
     #[test]
     fn quota_validation() {
-        assert!(Quota {
-            limit: 0,
-            period: Period::Day,
-            offset: 0
-        }
-        .validate()
-        .is_err());
-        assert!(Quota {
-            limit: 10,
-            period: Period::Day,
-            offset: 10
-        }
-        .validate()
-        .is_err());
-        assert!(Quota {
-            limit: 10,
-            period: Period::Day,
-            offset: 9
-        }
-        .validate()
-        .is_ok());
+        assert!(Quota { limit: 0, period: Period::Day, offset: 0 }.validate().is_err());
+        assert!(Quota { limit: 10, period: Period::Day, offset: 10 }.validate().is_err());
+        assert!(Quota { limit: 10, period: Period::Day, offset: 9 }.validate().is_ok());
     }
 
     #[test]
@@ -537,10 +438,7 @@ mod tests {
 
     #[test]
     fn stage_refs() {
-        assert_eq!(
-            StageRef::parse("petstore/prod").unwrap().to_string(),
-            "petstore/prod"
-        );
+        assert_eq!(StageRef::parse("petstore/prod").unwrap().to_string(), "petstore/prod");
         assert!(StageRef::parse("prod").is_err());
         assert!(StageRef::parse("a/b/c").is_err());
         assert!(StageRef::parse("/prod").is_err());

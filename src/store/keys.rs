@@ -36,9 +36,7 @@ impl Default for Keys {
 impl Keys {
     /// Keys under `prefix` (e.g. `tg:`).
     pub fn new(prefix: &str) -> Self {
-        Self {
-            prefix: prefix.to_string(),
-        }
+        Self { prefix: prefix.to_string() }
     }
 
     /// The prefix.
@@ -47,17 +45,8 @@ impl Keys {
     }
 
     /// Plan per-method throttle of one key.
-    pub fn plan_method_bucket(
-        &self,
-        key_id: &str,
-        plan_id: &str,
-        stage: &StageRef,
-        method: &str,
-    ) -> String {
-        format!(
-            "{}{{k:{key_id}}}:tbm:{plan_id}:{stage}:{method}",
-            self.prefix
-        )
+    pub fn plan_method_bucket(&self, key_id: &str, plan_id: &str, stage: &StageRef, method: &str) -> String {
+        format!("{}{{k:{key_id}}}:tbm:{plan_id}:{stage}:{method}", self.prefix)
     }
 
     /// Plan throttle of one key.

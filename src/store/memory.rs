@@ -26,10 +26,7 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now_us(&self) -> u64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_micros() as u64)
-            .unwrap_or(0)
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
     }
 }
 
@@ -89,10 +86,7 @@ struct State {
 
 impl State {
     fn get(&self, key: &str, now_us: u64) -> Option<Value> {
-        self.map
-            .get(key)
-            .filter(|e| e.expires_us > now_us)
-            .map(|e| e.value)
+        self.map.get(key).filter(|e| e.expires_us > now_us).map(|e| e.value)
     }
 
     fn sweep(&mut self, now_us: u64) {
@@ -113,15 +107,8 @@ impl Default for MemoryStore {
 }
 
 enum Write {
-    Tat {
-        key: String,
-        tat: f64,
-        expires_us: u64,
-    },
-    Count {
-        key: String,
-        expires_us: u64,
-    },
+    Tat { key: String, tat: f64, expires_us: u64 },
+    Count { key: String, expires_us: u64 },
 }
 
 impl MemoryStore {
@@ -132,10 +119,7 @@ impl MemoryStore {
 
     /// A store on the given clock.
     pub fn with_clock(clock: impl Clock) -> Self {
-        Self {
-            state: Mutex::new(State::default()),
-            clock: Box::new(clock),
-        }
+        Self { state: Mutex::new(State::default()), clock: Box::new(clock) }
     }
 
     /// The current time of this store's clock, µs since the epoch.
@@ -152,11 +136,7 @@ impl MemoryStore {
     /// Number of live entries (tests).
     pub fn len(&self) -> usize {
         let now = self.now_us();
-        self.lock()
-            .map
-            .values()
-            .filter(|e| e.expires_us > now)
-            .count()
+        self.lock().map.values().filter(|e| e.expires_us > now).count()
     }
 
     /// True when nothing is stored.
@@ -193,9 +173,7 @@ impl MemoryStore {
                     };
                     let new_tat = tat + cost as f64 * interval;
                     if cost > burst || new_tat - nowf > tolerance + 1.0 {
-                        let rem = ((nowf + tolerance - tat) / interval + 1e-9)
-                            .floor()
-                            .max(0.0) as u64;
+                        let rem = ((nowf + tolerance - tat) / interval + 1e-9).floor().max(0.0) as u64;
                         let retry = (cost <= burst).then(|| ceil_ms(new_tat - tolerance - nowf));
                         return Verdict {
                             allowed: false,
@@ -206,9 +184,7 @@ impl MemoryStore {
                             retry_after_ms: retry,
                         };
                     }
-                    let rem = ((nowf + tolerance - new_tat) / interval + 1e-9)
-                        .floor()
-                        .max(0.0) as u64;
+                    let rem = ((nowf + tolerance - new_tat) / interval + 1e-9).floor().max(0.0) as u64;
                     let reset = ceil_ms(new_tat - nowf);
                     writes.push(Write::Tat {
                         key: limit.key.clone(),
@@ -219,16 +195,9 @@ impl MemoryStore {
                         (best, best_limit, best_rem, best_reset) = (Some(i), burst, rem, reset);
                     }
                 }
-                Rule::Quota {
-                    quota,
-                    created_at_ms,
-                } => {
+                Rule::Quota { quota, created_at_ms } => {
                     let (start, end) = period_bounds_ms(quota.period, now_ms);
-                    let eff = if *created_at_ms >= start {
-                        quota.limit - quota.offset
-                    } else {
-                        quota.limit
-                    } as i64;
+                    let eff = if *created_at_ms >= start { quota.limit - quota.offset } else { quota.limit } as i64;
                     let key = dated(&limit.key, Date::of_ms(start));
                     let used = match st.get(&key, now_us) {
                         Some(Value::Count(c)) => c,
@@ -247,13 +216,9 @@ impl MemoryStore {
                     }
                     let rem = (eff - used - cost as i64) as u64;
                     quota_used = Some(used + cost as i64);
-                    writes.push(Write::Count {
-                        key,
-                        expires_us: end * 1000,
-                    });
+                    writes.push(Write::Count { key, expires_us: end * 1000 });
                     if best.is_none() || rem < best_rem {
-                        (best, best_limit, best_rem, best_reset) =
-                            (Some(i), eff as u64, rem, reset);
+                        (best, best_limit, best_rem, best_reset) = (Some(i), eff as u64, rem, reset);
                     }
                 }
             }
@@ -261,31 +226,15 @@ impl MemoryStore {
 
         for w in writes {
             match w {
-                Write::Tat {
-                    key,
-                    tat,
-                    expires_us,
-                } => {
-                    st.map.insert(
-                        key,
-                        Entry {
-                            value: Value::Tat(tat),
-                            expires_us,
-                        },
-                    );
+                Write::Tat { key, tat, expires_us } => {
+                    st.map.insert(key, Entry { value: Value::Tat(tat), expires_us });
                 }
                 Write::Count { key, expires_us } => {
                     let c = match st.get(&key, now_us) {
                         Some(Value::Count(c)) => c,
                         _ => 0,
                     };
-                    st.map.insert(
-                        key,
-                        Entry {
-                            value: Value::Count(c + cost as i64),
-                            expires_us,
-                        },
-                    );
+                    st.map.insert(key, Entry { value: Value::Count(c + cost as i64), expires_us });
                 }
             }
         }
@@ -296,16 +245,7 @@ impl MemoryStore {
                 _ => (0, None),
             };
             let expires_us = ((now_ms / DAY_MS + 1) * DAY_MS + 92 * DAY_MS) * 1000;
-            st.map.insert(
-                key,
-                Entry {
-                    value: Value::Usage {
-                        n: n + cost as i64,
-                        q: quota_used.or(q),
-                    },
-                    expires_us,
-                },
-            );
+            st.map.insert(key, Entry { value: Value::Usage { n: n + cost as i64, q: quota_used.or(q) }, expires_us });
         }
         Verdict {
             allowed: true,

@@ -86,14 +86,8 @@ pub struct Verdict {
 
 impl Verdict {
     /// The verdict of a check with no limits: allowed.
-    pub const UNLIMITED: Verdict = Verdict {
-        allowed: true,
-        index: None,
-        limit: 0,
-        remaining: 0,
-        reset_ms: 0,
-        retry_after_ms: None,
-    };
+    pub const UNLIMITED: Verdict =
+        Verdict { allowed: true, index: None, limit: 0, remaining: 0, reset_ms: 0, retry_after_ms: None };
 }
 
 /// Why a store could not answer.
@@ -158,11 +152,7 @@ pub const MAX_COST: u64 = 1_000_000;
 /// tolerance). A zero rate (only valid with a zero burst) gets an interval so
 /// large that nothing refills.
 pub(crate) fn gcra_params(t: &Throttle) -> (f64, f64) {
-    let interval = if t.rate_limit > 0.0 {
-        1e6 / t.rate_limit
-    } else {
-        1e18
-    };
+    let interval = if t.rate_limit > 0.0 { 1e6 / t.rate_limit } else { 1e18 };
     (interval, interval * t.burst_limit as f64)
 }
 

@@ -33,13 +33,8 @@ impl TollgateProcess {
     /// Like [`start`](Self::start), with extra environment variables.
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tollgate"));
-        cmd.arg("serve")
-            .arg("--listen")
-            .arg("127.0.0.1:0")
-            .args(args);
-        cmd.env("RUST_LOG", "info")
-            .env_remove("TOLLGATE_REDIS_URL")
-            .env_remove("TOLLGATE_CONFIG");
+        cmd.arg("serve").arg("--listen").arg("127.0.0.1:0").args(args);
+        cmd.env("RUST_LOG", "info").env_remove("TOLLGATE_REDIS_URL").env_remove("TOLLGATE_CONFIG");
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -53,11 +48,7 @@ impl TollgateProcess {
             std::thread::spawn(move || {
                 for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                     if let Some(i) = line.find("addr=") {
-                        let a = line[i + 5..]
-                            .split_whitespace()
-                            .next()
-                            .unwrap_or("")
-                            .to_string();
+                        let a = line[i + 5..].split_whitespace().next().unwrap_or("").to_string();
                         let _ = tx.send(a);
                     }
                     let mut l = log.lock().unwrap();
@@ -67,15 +58,10 @@ impl TollgateProcess {
             });
         }
         let addr = match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(a) => a
-                .parse()
-                .unwrap_or_else(|e| panic!("bad address {a:?} in tollgate log: {e}")),
+            Ok(a) => a.parse().unwrap_or_else(|e| panic!("bad address {a:?} in tollgate log: {e}")),
             Err(_) => {
                 let _ = child.kill();
-                panic!(
-                    "tollgate did not start listening within 20 s; log:\n{}",
-                    log.lock().unwrap()
-                );
+                panic!("tollgate did not start listening within 20 s; log:\n{}", log.lock().unwrap());
             }
         };
         Self { child, addr, log }
@@ -92,9 +78,7 @@ impl TollgateProcess {
     }
 
     /// A client of its Authorizer service.
-    pub async fn authorizer(
-        &self,
-    ) -> pb::authorizer_client::AuthorizerClient<tonic::transport::Channel> {
+    pub async fn authorizer(&self) -> pb::authorizer_client::AuthorizerClient<tonic::transport::Channel> {
         authorizer_client(self.addr).await
     }
 
@@ -109,10 +93,7 @@ impl TollgateProcess {
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
-                panic!(
-                    "tollgate did not stop within 10 s of SIGTERM; log:\n{}",
-                    self.log()
-                );
+                panic!("tollgate did not stop within 10 s of SIGTERM; log:\n{}", self.log());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -127,17 +108,11 @@ impl Drop for TollgateProcess {
 }
 
 /// A client of the Authorizer at `addr`, retrying the connection for up to 10 s.
-pub async fn authorizer_client(
-    addr: SocketAddr,
-) -> pb::authorizer_client::AuthorizerClient<tonic::transport::Channel> {
+pub async fn authorizer_client(addr: SocketAddr) -> pb::authorizer_client::AuthorizerClient<tonic::transport::Channel> {
     let url = format!("http://{addr}");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        match tonic::transport::Endpoint::from_shared(url.clone())
-            .unwrap()
-            .connect()
-            .await
-        {
+        match tonic::transport::Endpoint::from_shared(url.clone()).unwrap().connect().await {
             Ok(ch) => return pb::authorizer_client::AuthorizerClient::new(ch),
             Err(e) if Instant::now() > deadline => panic!("cannot connect to {url}: {e}"),
             Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
@@ -146,18 +121,8 @@ pub async fn authorizer_client(
 }
 
 /// An Authorize request.
-pub fn req(
-    key: Option<&str>,
-    stage: &str,
-    method: &str,
-    cost: Option<u64>,
-) -> pb::AuthorizeRequest {
-    pb::AuthorizeRequest {
-        api_key: key.map(str::to_string),
-        stage: stage.into(),
-        method: method.into(),
-        cost,
-    }
+pub fn req(key: Option<&str>, stage: &str, method: &str, cost: Option<u64>) -> pb::AuthorizeRequest {
+    pb::AuthorizeRequest { api_key: key.map(str::to_string), stage: stage.into(), method: method.into(), cost }
 }
 
 /// Writes `text` to a file in a fresh temporary directory (kept alive by the

@@ -39,8 +39,7 @@ use tempfile::TempDir;
 /// How to install Redis locally.
 const INSTALL_REDIS: &str = "install Redis 7 (e.g. `apt-get install -y redis-server`)";
 /// How to get a Redis server when none could be started.
-const HOW_TO_GET_REDIS: &str =
-    "install Redis 7 (e.g. `apt-get install -y redis-server`) or start Docker";
+const HOW_TO_GET_REDIS: &str = "install Redis 7 (e.g. `apt-get install -y redis-server`) or start Docker";
 /// Environment variable that forces the [`RedisServer`] backend.
 const BACKEND_ENV: &str = "TOLLGATE_TEST_REDIS_BACKEND";
 /// How many ports to try before giving up when the chosen one is taken.
@@ -98,9 +97,9 @@ impl RedisServer {
         }
         match find_on_path("redis-server") {
             Some(bin) => Self::start_process(bin),
-            None if forced == "process" => panic!(
-                "{BACKEND_ENV}=process but redis-server not found on PATH: {HOW_TO_GET_REDIS}"
-            ),
+            None if forced == "process" => {
+                panic!("{BACKEND_ENV}=process but redis-server not found on PATH: {HOW_TO_GET_REDIS}")
+            }
             None => Self::start_docker(),
         }
     }
@@ -113,10 +112,7 @@ impl RedisServer {
         let node = LocalNode::start(bin, tempdir.path().to_path_buf(), false);
         RedisServer {
             addr: SocketAddr::new(LOCALHOST, node.port),
-            backend: Backend::Process {
-                node,
-                _tempdir: tempdir,
-            },
+            backend: Backend::Process { node, _tempdir: tempdir },
         }
     }
 
@@ -124,15 +120,9 @@ impl RedisServer {
         let docker = DockerRedis::start();
         let addr = docker.addr;
         wait_for_ping(addr, READY_TIMEOUT).unwrap_or_else(|err| {
-            panic!(
-                "redis container on {addr} not ready after {READY_TIMEOUT:?}: {err}\n{}",
-                docker.logs()
-            )
+            panic!("redis container on {addr} not ready after {READY_TIMEOUT:?}: {err}\n{}", docker.logs())
         });
-        RedisServer {
-            addr,
-            backend: Backend::Docker(docker),
-        }
+        RedisServer { addr, backend: Backend::Docker(docker) }
     }
 
     /// Connection URL, e.g. `redis://127.0.0.1:41234/`.
@@ -247,10 +237,7 @@ impl RedisCluster {
     /// Needs `redis-server` and `redis-cli` on `PATH` (no Docker fallback).
     /// Panics (with all node logs) on failure.
     pub fn start(masters: usize) -> RedisCluster {
-        assert!(
-            masters >= 3,
-            "RedisCluster::start({masters}): Redis Cluster needs at least 3 masters"
-        );
+        assert!(masters >= 3, "RedisCluster::start({masters}): Redis Cluster needs at least 3 masters");
         let server_bin = find_on_path("redis-server").unwrap_or_else(|| {
             panic!(
                 "redis-server not found on PATH (RedisCluster needs local Redis binaries, \
@@ -271,11 +258,8 @@ impl RedisCluster {
         let mut nodes = Vec::with_capacity(masters);
         for i in 0..masters {
             let dir = tempdir.path().join(format!("node-{i}"));
-            fs::create_dir(&dir)
-                .unwrap_or_else(|err| panic!("failed to create {}: {err}", dir.display()));
-            nodes.push(RedisClusterNode {
-                node: LocalNode::start(server_bin.clone(), dir, true),
-            });
+            fs::create_dir(&dir).unwrap_or_else(|err| panic!("failed to create {}: {err}", dir.display()));
+            nodes.push(RedisClusterNode { node: LocalNode::start(server_bin.clone(), dir, true) });
         }
         let cluster = RedisCluster { nodes, tempdir };
         cluster.create(&cli_bin);
@@ -309,23 +293,16 @@ impl RedisCluster {
 
     fn create(&self, cli_bin: &Path) {
         let out_path = self.tempdir.path().join("cluster-create.log");
-        let out = File::create(&out_path)
-            .unwrap_or_else(|err| panic!("failed to create {}: {err}", out_path.display()));
-        let err_out = out
-            .try_clone()
-            .expect("failed to duplicate the redis-cli output file handle");
+        let out =
+            File::create(&out_path).unwrap_or_else(|err| panic!("failed to create {}: {err}", out_path.display()));
+        let err_out = out.try_clone().expect("failed to duplicate the redis-cli output file handle");
         let mut cmd = Command::new(cli_bin);
         cmd.arg("--cluster").arg("create");
         for node in &self.nodes {
             cmd.arg(format!("127.0.0.1:{}", node.port()));
         }
-        cmd.args(["--cluster-replicas", "0", "--cluster-yes"])
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err_out);
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|err| panic!("failed to run {cmd:?}: {err}"));
+        cmd.args(["--cluster-replicas", "0", "--cluster-yes"]).stdin(Stdio::null()).stdout(out).stderr(err_out);
+        let mut child = cmd.spawn().unwrap_or_else(|err| panic!("failed to run {cmd:?}: {err}"));
 
         let deadline = Instant::now() + CLUSTER_CREATE_TIMEOUT;
         let status = loop {
@@ -347,10 +324,7 @@ impl RedisCluster {
             Some(status) => format!("failed ({status})"),
             None => format!("did not finish within {CLUSTER_CREATE_TIMEOUT:?}"),
         };
-        panic!(
-            "{cmd:?} {what}\n--- redis-cli output ---\n{output}\n--- node logs ---\n{}",
-            self.log()
-        );
+        panic!("{cmd:?} {what}\n--- redis-cli output ---\n{output}\n--- node logs ---\n{}", self.log());
     }
 
     fn wait_until_ok(&self) {
@@ -362,10 +336,8 @@ impl RedisCluster {
                 match raw_command(node.addr(), &["CLUSTER", "INFO"]) {
                     Ok(info) => {
                         let ok = info_field(&info, "cluster_state") == Some("ok")
-                            && info_field(&info, "cluster_slots_assigned")
-                                == Some(&*CLUSTER_SLOTS.to_string())
-                            && info_field(&info, "cluster_known_nodes")
-                                == Some(&*self.nodes.len().to_string());
+                            && info_field(&info, "cluster_slots_assigned") == Some(&*CLUSTER_SLOTS.to_string())
+                            && info_field(&info, "cluster_known_nodes") == Some(&*self.nodes.len().to_string());
                         if !ok {
                             all_ok = false;
                             last = format!("CLUSTER INFO on {}:\n{info}", node.addr());
@@ -420,14 +392,7 @@ impl LocalNode {
     /// Spawns a server on a free port, retrying on other ports when the chosen
     /// one turns out to be taken.
     fn start(bin: PathBuf, dir: PathBuf, cluster: bool) -> LocalNode {
-        let mut node = LocalNode {
-            bin,
-            dir,
-            port: 0,
-            cluster,
-            child: None,
-            log_offset: 0,
-        };
+        let mut node = LocalNode { bin, dir, port: 0, cluster, child: None, log_offset: 0 };
         let mut tried = Vec::new();
         for _ in 0..START_ATTEMPTS {
             node.port = pick_free_port(cluster);
@@ -458,16 +423,12 @@ impl LocalNode {
                 Err(StartFailure::PortInUse) if Instant::now() < deadline => {
                     thread::sleep(Duration::from_millis(200));
                 }
-                Err(StartFailure::PortInUse) => panic!(
-                    "restarting redis-server: port {} stayed in use\n{}",
-                    self.port,
-                    self.log()
-                ),
-                Err(StartFailure::Other(why)) => panic!(
-                    "restarting redis-server on port {}: {why}\n{}",
-                    self.port,
-                    self.log()
-                ),
+                Err(StartFailure::PortInUse) => {
+                    panic!("restarting redis-server: port {} stayed in use\n{}", self.port, self.log())
+                }
+                Err(StartFailure::Other(why)) => {
+                    panic!("restarting redis-server on port {}: {why}\n{}", self.port, self.log())
+                }
             }
         }
     }
@@ -528,15 +489,10 @@ impl LocalNode {
             .create(true)
             .append(true)
             .open(self.stdio_path())
-            .map_err(|err| {
-                StartFailure::Other(format!(
-                    "cannot open {}: {err}",
-                    self.stdio_path().display()
-                ))
-            })?;
-        let stdio_err = stdio.try_clone().map_err(|err| {
-            StartFailure::Other(format!("cannot duplicate the stdio file handle: {err}"))
-        })?;
+            .map_err(|err| StartFailure::Other(format!("cannot open {}: {err}", self.stdio_path().display())))?;
+        let stdio_err = stdio
+            .try_clone()
+            .map_err(|err| StartFailure::Other(format!("cannot duplicate the stdio file handle: {err}")))?;
 
         let mut cmd = Command::new(&self.bin);
         cmd.arg("--port")
@@ -553,9 +509,7 @@ impl LocalNode {
                 .arg(conf);
         }
         cmd.stdin(Stdio::null()).stdout(stdio).stderr(stdio_err);
-        let child = cmd
-            .spawn()
-            .map_err(|err| StartFailure::Other(format!("failed to run {cmd:?}: {err}")))?;
+        let child = cmd.spawn().map_err(|err| StartFailure::Other(format!("failed to run {cmd:?}: {err}")))?;
         self.child = Some(child);
         Ok(())
     }
@@ -566,23 +520,18 @@ impl LocalNode {
         let addr = SocketAddr::new(LOCALHOST, self.port);
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
-            let child = self
-                .child
-                .as_mut()
-                .expect("wait_ready called without a spawned redis-server");
+            let child = self.child.as_mut().expect("wait_ready called without a spawned redis-server");
             let pid = child.id();
-            let exited: Option<ExitStatus> = child.try_wait().map_err(|err| {
-                StartFailure::Other(format!("cannot poll redis-server (pid {pid}): {err}"))
-            })?;
+            let exited: Option<ExitStatus> = child
+                .try_wait()
+                .map_err(|err| StartFailure::Other(format!("cannot poll redis-server (pid {pid}): {err}")))?;
             if let Some(status) = exited {
                 self.child = None;
                 let log = self.log_since_spawn();
                 if log.contains("Address already in use") {
                     return Err(StartFailure::PortInUse);
                 }
-                return Err(StartFailure::Other(format!(
-                    "redis-server exited during startup ({status})"
-                )));
+                return Err(StartFailure::Other(format!("redis-server exited during startup ({status})")));
             }
             if probe_pid(addr) == Some(pid) {
                 return Ok(());
@@ -629,12 +578,8 @@ fn probe_pid(addr: SocketAddr) -> Option<u32> {
 /// cluster nodes the bus port (`port + 10000`) must be valid and free too.
 fn pick_free_port(cluster: bool) -> u16 {
     for _ in 0..1000 {
-        let listener =
-            TcpListener::bind((LOCALHOST, 0)).expect("cannot bind an ephemeral port on 127.0.0.1");
-        let port = listener
-            .local_addr()
-            .expect("cannot read the local address of a bound listener")
-            .port();
+        let listener = TcpListener::bind((LOCALHOST, 0)).expect("cannot bind an ephemeral port on 127.0.0.1");
+        let port = listener.local_addr().expect("cannot read the local address of a bound listener").port();
         if port == SHARED_REDIS_PORT {
             continue;
         }
@@ -687,16 +632,10 @@ impl DockerRedis {
             .name("redis-container".into())
             .spawn(move || docker_worker(ready_tx, req_rx))
             .expect("failed to spawn the redis container thread");
-        let ready = ready_rx
-            .recv()
-            .unwrap_or_else(|_| Err("the redis container thread died during startup".to_string()));
+        let ready =
+            ready_rx.recv().unwrap_or_else(|_| Err("the redis container thread died during startup".to_string()));
         match ready {
-            Ok(addr) => DockerRedis {
-                addr,
-                running: true,
-                requests: Some(req_tx),
-                worker: Some(worker),
-            },
+            Ok(addr) => DockerRedis { addr, running: true, requests: Some(req_tx), worker: Some(worker) },
             Err(why) => {
                 drop(req_tx);
                 let _ = worker.join();
@@ -707,20 +646,13 @@ impl DockerRedis {
 
     fn call(&self, op: DockerOp) -> Result<String, String> {
         let (tx, rx) = mpsc::channel();
-        let requests = self
-            .requests
-            .as_ref()
-            .ok_or_else(|| "redis container already shut down".to_string())?;
-        requests
-            .send(DockerRequest { op, reply: tx })
-            .map_err(|_| "the redis container thread is gone".to_string())?;
-        rx.recv()
-            .map_err(|_| "the redis container thread is gone".to_string())?
+        let requests = self.requests.as_ref().ok_or_else(|| "redis container already shut down".to_string())?;
+        requests.send(DockerRequest { op, reply: tx }).map_err(|_| "the redis container thread is gone".to_string())?;
+        rx.recv().map_err(|_| "the redis container thread is gone".to_string())?
     }
 
     fn logs(&self) -> String {
-        self.call(DockerOp::Logs)
-            .unwrap_or_else(|err| format!("<cannot read container logs: {err}>"))
+        self.call(DockerOp::Logs).unwrap_or_else(|err| format!("<cannot read container logs: {err}>"))
     }
 
     fn stop(&mut self) {
@@ -728,20 +660,14 @@ impl DockerRedis {
             return;
         }
         if let Err(err) = self.call(DockerOp::Stop) {
-            panic!(
-                "stopping the redis container failed: {err}\n{}",
-                self.logs()
-            );
+            panic!("stopping the redis container failed: {err}\n{}", self.logs());
         }
         self.running = false;
     }
 
     fn start_again(&mut self) {
         if let Err(err) = self.call(DockerOp::Start) {
-            panic!(
-                "starting the redis container again failed: {err}\n{}",
-                self.logs()
-            );
+            panic!("starting the redis container again failed: {err}\n{}", self.logs());
         }
         self.running = true;
     }
@@ -765,10 +691,7 @@ fn docker_worker(
     use testcontainers::runners::AsyncRunner;
     use testcontainers::{GenericImage, ImageExt};
 
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(err) => {
             let _ = ready.send(Err(format!("cannot build a tokio runtime: {err}")));
@@ -801,8 +724,7 @@ fn docker_worker(
                 }
                 Err(err) => {
                     let err = err.to_string();
-                    let port_clash =
-                        err.contains("already allocated") || err.contains("already in use");
+                    let port_clash = err.contains("already allocated") || err.contains("already in use");
                     errors.push(format!("host port {host_port}: {err}"));
                     if !port_clash {
                         break;
@@ -811,10 +733,8 @@ fn docker_worker(
             }
         }
         let Some((container, host_port)) = started else {
-            let _ = ready.send(Err(format!(
-                "starting a {DOCKER_IMAGE}:{DOCKER_TAG} container failed:\n{}",
-                errors.join("\n")
-            )));
+            let _ = ready
+                .send(Err(format!("starting a {DOCKER_IMAGE}:{DOCKER_TAG} container failed:\n{}", errors.join("\n"))));
             return;
         };
 
@@ -865,8 +785,7 @@ fn docker_worker(
 
 /// Checks that a Docker engine answers (`DOCKER_HOST` or the default socket).
 async fn docker_ping() -> Result<(), String> {
-    let docker =
-        testcontainers::bollard::Docker::connect_with_defaults().map_err(|err| err.to_string())?;
+    let docker = testcontainers::bollard::Docker::connect_with_defaults().map_err(|err| err.to_string())?;
     match tokio::time::timeout(Duration::from_secs(5), docker.ping()).await {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(err)) => Err(err.to_string()),
@@ -877,11 +796,7 @@ async fn docker_ping() -> Result<(), String> {
 fn resolve_ipv4_first(host: &str, port: u16) -> Option<SocketAddr> {
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let addrs: Vec<SocketAddr> = (host, port).to_socket_addrs().ok()?.collect();
-    addrs
-        .iter()
-        .find(|a| a.is_ipv4())
-        .or_else(|| addrs.first())
-        .copied()
+    addrs.iter().find(|a| a.is_ipv4()).or_else(|| addrs.first()).copied()
 }
 
 // ---------------------------------------------------------------------------
@@ -900,9 +815,7 @@ impl RespConn {
         stream.set_read_timeout(Some(PROBE_TIMEOUT))?;
         stream.set_write_timeout(Some(PROBE_TIMEOUT))?;
         stream.set_nodelay(true)?;
-        Ok(RespConn {
-            reader: BufReader::new(stream),
-        })
+        Ok(RespConn { reader: BufReader::new(stream) })
     }
 
     fn request(&mut self, args: &[&str]) -> io::Result<String> {
@@ -914,10 +827,7 @@ impl RespConn {
 
         let mut line = String::new();
         if self.reader.read_line(&mut line)? == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "connection closed",
-            ));
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed"));
         }
         let line = line.trim_end_matches(['\r', '\n']);
         let (kind, rest) = line.split_at(line.len().min(1));
@@ -925,9 +835,7 @@ impl RespConn {
             "+" | ":" => Ok(rest.to_string()),
             "-" => Err(io::Error::other(format!("redis error: {rest}"))),
             "$" => {
-                let len: i64 = rest
-                    .parse()
-                    .map_err(|_| io::Error::other(format!("bad bulk length {rest:?}")))?;
+                let len: i64 = rest.parse().map_err(|_| io::Error::other(format!("bad bulk length {rest:?}")))?;
                 if len < 0 {
                     return Ok(String::new());
                 }
@@ -974,9 +882,7 @@ fn info_field<'a>(info: &'a str, field: &str) -> Option<&'a str> {
 /// Finds an executable named `name` on `PATH`, like `which`.
 fn find_on_path(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|candidate| is_executable(candidate))
+    std::env::split_paths(&path).map(|dir| dir.join(name)).find(|candidate| is_executable(candidate))
 }
 
 #[cfg(unix)]

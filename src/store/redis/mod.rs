@@ -33,8 +33,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use super::{gcra_params, Check, LimitStore, Rule, StoreError, Verdict};
 
 /// The decision script (see its header for KEYS and ARGV).
-static DECIDE: LazyLock<redis::Script> =
-    LazyLock::new(|| redis::Script::new(include_str!("scripts/decide.lua")));
+static DECIDE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(include_str!("scripts/decide.lua")));
 
 /// How the Redis store behaves.
 #[derive(Debug, Clone)]
@@ -52,12 +51,7 @@ pub struct RedisSettings {
 impl RedisSettings {
     /// Defaults for `url`.
     pub fn new(url: &str) -> Self {
-        Self {
-            url: url.to_string(),
-            timeout: super::DEFAULT_TIMEOUT,
-            max_batch: 64,
-            max_in_flight: 4,
-        }
+        Self { url: url.to_string(), timeout: super::DEFAULT_TIMEOUT, max_batch: 64, max_in_flight: 4 }
     }
 }
 
@@ -107,30 +101,21 @@ impl RedisStore {
     /// Opens the store. Fails only when the URL is malformed; an unreachable
     /// Redis leaves the store unready until it can be reached.
     pub fn open(settings: RedisSettings) -> Result<Self, StoreError> {
-        let client = redis::Client::open(settings.url.as_str()).map_err(|e| {
-            StoreError::Internal(format!(
-                "invalid Redis URL {}: {e}",
-                redact_url(&settings.url)
-            ))
-        })?;
+        let client = redis::Client::open(settings.url.as_str())
+            .map_err(|e| StoreError::Internal(format!("invalid Redis URL {}: {e}", redact_url(&settings.url))))?;
         let config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(settings.timeout))
             .set_connection_timeout(Some(Duration::from_secs(1)))
             .set_number_of_retries(1)
             .set_min_delay(Duration::from_millis(50))
             .set_max_delay(Duration::from_secs(1));
-        let conn = ConnectionManager::new_lazy_with_config(client, config).map_err(|e| {
-            StoreError::Internal(format!("cannot set up the Redis connection: {e}"))
-        })?;
+        let conn = ConnectionManager::new_lazy_with_config(client, config)
+            .map_err(|e| StoreError::Internal(format!("cannot set up the Redis connection: {e}")))?;
         let ready = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel(settings.max_batch * settings.max_in_flight * 16);
         tokio::spawn(batcher(rx, conn.clone(), settings.clone(), ready.clone()));
         tokio::spawn(probe(conn.clone(), ready.clone(), settings.url.clone()));
-        Ok(Self {
-            jobs: tx,
-            ready,
-            conn,
-        })
+        Ok(Self { jobs: tx, ready, conn })
     }
 
     /// A connection to the same Redis (shares the multiplexed connection).
@@ -145,8 +130,7 @@ impl LimitStore for RedisStore {
         self.jobs
             .try_send(Job { check, reply })
             .map_err(|_| StoreError::Unavailable("too many decisions waiting for Redis".into()))?;
-        rx.await
-            .map_err(|_| StoreError::Unavailable("the Redis batcher stopped".into()))?
+        rx.await.map_err(|_| StoreError::Unavailable("the Redis batcher stopped".into()))?
     }
 
     fn is_ready(&self) -> bool {
@@ -158,13 +142,10 @@ impl LimitStore for RedisStore {
 async fn probe(mut conn: ConnectionManager, ready: Arc<AtomicBool>, url: String) {
     let mut was: Option<bool> = None;
     loop {
-        let ok = tokio::time::timeout(
-            Duration::from_secs(1),
-            redis::cmd("PING").query_async::<String>(&mut conn),
-        )
-        .await
-        .map(|r| r.is_ok())
-        .unwrap_or(false);
+        let ok = tokio::time::timeout(Duration::from_secs(1), redis::cmd("PING").query_async::<String>(&mut conn))
+            .await
+            .map(|r| r.is_ok())
+            .unwrap_or(false);
         ready.store(ok, Ordering::Relaxed);
         if was != Some(ok) {
             if ok {
@@ -178,12 +159,7 @@ async fn probe(mut conn: ConnectionManager, ready: Arc<AtomicBool>, url: String)
     }
 }
 
-async fn batcher(
-    mut rx: mpsc::Receiver<Job>,
-    conn: ConnectionManager,
-    s: RedisSettings,
-    ready: Arc<AtomicBool>,
-) {
+async fn batcher(mut rx: mpsc::Receiver<Job>, conn: ConnectionManager, s: RedisSettings, ready: Arc<AtomicBool>) {
     let slots = Arc::new(Semaphore::new(s.max_in_flight));
     while let Some(first) = rx.recv().await {
         let Ok(permit) = slots.clone().acquire_owned().await else {
@@ -203,9 +179,7 @@ async fn batcher(
         tokio::spawn(async move {
             let result = match tokio::time::timeout(timeout, run_batch(&mut conn, &batch)).await {
                 Ok(r) => r,
-                Err(_) => Err(StoreError::Unavailable(format!(
-                    "Redis did not answer within {timeout:?}"
-                ))),
+                Err(_) => Err(StoreError::Unavailable(format!("Redis did not answer within {timeout:?}"))),
             };
             drop(permit);
             match result {
@@ -228,37 +202,21 @@ async fn batcher(
 }
 
 /// Runs `decide.lua` once for all jobs of a batch.
-async fn run_batch(
-    conn: &mut ConnectionManager,
-    batch: &[Job],
-) -> Result<Vec<Verdict>, StoreError> {
+async fn run_batch(conn: &mut ConnectionManager, batch: &[Job]) -> Result<Vec<Verdict>, StoreError> {
     let mut inv = DECIDE.prepare_invoke();
     inv.arg(batch.len());
     for job in batch {
         let c = &job.check;
-        inv.arg(c.cost)
-            .arg(c.limits.len())
-            .arg(if c.usage_key.is_some() { "1" } else { "0" });
+        inv.arg(c.cost).arg(c.limits.len()).arg(if c.usage_key.is_some() { "1" } else { "0" });
         for l in &c.limits {
             inv.key(&l.key);
             match &l.rule {
                 Rule::Bucket(t) => {
                     let (interval, tolerance) = gcra_params(t);
-                    inv.arg("B")
-                        .arg(interval)
-                        .arg(tolerance)
-                        .arg(t.burst_limit)
-                        .arg(0);
+                    inv.arg("B").arg(interval).arg(tolerance).arg(t.burst_limit).arg(0);
                 }
-                Rule::Quota {
-                    quota,
-                    created_at_ms,
-                } => {
-                    inv.arg("Q")
-                        .arg(quota.limit)
-                        .arg(quota.offset)
-                        .arg(*created_at_ms)
-                        .arg(quota.period.code());
+                Rule::Quota { quota, created_at_ms } => {
+                    inv.arg("Q").arg(quota.limit).arg(quota.offset).arg(*created_at_ms).arg(quota.period.code());
                 }
             }
         }
@@ -293,10 +251,7 @@ mod tests {
 
     #[test]
     fn redacts_passwords() {
-        assert_eq!(
-            redact_url("redis://u:secret@h:6379/0"),
-            "redis://u:***@h:6379/0"
-        );
+        assert_eq!(redact_url("redis://u:secret@h:6379/0"), "redis://u:***@h:6379/0");
         assert_eq!(redact_url("redis://secret@h:6379"), "redis://***@h:6379");
         assert_eq!(redact_url("redis://h:6379"), "redis://h:6379");
     }
