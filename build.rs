@@ -10,7 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if env::var_os("PROTOC").is_none() {
         env::set_var("PROTOC", protoc_bin_vendored::protoc_bin_path()?);
     }
-    let protos = ["proto/tollgate/v1/authorizer.proto"];
+    let protos = ["proto/tollgate/v1/authorizer.proto", "proto/tollgate/v1/admin.proto"];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");
     }
