@@ -27,16 +27,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use envoy_types::ext_authz::v3::pb::{
-    Authorization, CheckRequest, CheckResponse, DeniedHttpResponse, HeaderAppendAction,
-    HeaderValue, HeaderValueOption, HttpResponse, HttpStatus, OkHttpResponse,
+    Authorization, CheckRequest, CheckResponse, DeniedHttpResponse, HeaderAppendAction, HeaderValue, HeaderValueOption,
+    HttpResponse, HttpStatus, OkHttpResponse,
 };
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest;
 use envoy_types::pb::google::rpc;
 use tonic::{Code, Request, Response, Status};
 
 use super::envoy_http::{
-    json_message, presented_key, rate_limit_headers, request_method, retry_after_secs, BadRequest,
-    EnvoyOptions,
+    json_message, presented_key, rate_limit_headers, request_method, retry_after_secs, BadRequest, EnvoyOptions,
 };
 use crate::limiter::{AuthorizeError, Decision, Limiter, Reason};
 use crate::model::Invalid;
@@ -66,12 +65,11 @@ impl EnvoyAuthzService {
     /// Answers one `CheckRequest`; `Err` only when the store cannot decide.
     pub async fn decide(&self, req: &CheckRequest) -> Result<CheckResponse, Status> {
         let attrs = req.attributes.as_ref();
-        let Some(http) = attrs
-            .and_then(|a| a.request.as_ref())
-            .and_then(|r| r.http.as_ref())
-        else {
+        let Some(http) = attrs.and_then(|a| a.request.as_ref()).and_then(|r| r.http.as_ref()) else {
             if !WARNED_NO_HTTP.swap(true, Ordering::Relaxed) {
-                tracing::warn!("ext_authz CheckRequest without attributes.request.http (a network filter?); denying with 400");
+                tracing::warn!(
+                    "ext_authz CheckRequest without attributes.request.http (a network filter?); denying with 400"
+                );
             }
             return Ok(bad_request(BadRequest::Malformed));
         };
@@ -96,20 +94,11 @@ impl EnvoyAuthzService {
             }
         };
         let api_key = presented_key(header(http, &self.options.api_key_header));
-        let question = crate::limiter::Request {
-            api_key,
-            stage,
-            method: &method,
-            cost: 1,
-        };
+        let question = crate::limiter::Request { api_key, stage, method: &method, cost: 1 };
         match self.limiter.authorize(question).await {
             Ok(d) => {
                 tracing::debug!(stage, method, reason = d.reason.as_str(), "ext_authz");
-                Ok(if d.allowed {
-                    self.allowed(&d)
-                } else {
-                    denied(d.reason, Some(&d))
-                })
+                Ok(if d.allowed { self.allowed(&d) } else { denied(d.reason, Some(&d)) })
             }
             Err(AuthorizeError::Invalid(i)) => Ok(invalid(&i)),
             Err(AuthorizeError::Store(e)) => {
@@ -130,18 +119,13 @@ impl EnvoyAuthzService {
             }
         }
         if !self.options.forward_api_key {
-            ok.headers_to_remove
-                .push(self.options.api_key_header.clone());
+            ok.headers_to_remove.push(self.options.api_key_header.clone());
         }
         if let Some(rate) = &d.rate {
-            ok.response_headers_to_add
-                .extend(rate_limit_headers(rate).map(|(k, v)| header_option(k, &v)));
+            ok.response_headers_to_add.extend(rate_limit_headers(rate).map(|(k, v)| header_option(k, &v)));
         }
         CheckResponse {
-            status: Some(rpc::Status {
-                code: Code::Ok as i32,
-                ..Default::default()
-            }),
+            status: Some(rpc::Status { code: Code::Ok as i32, ..Default::default() }),
             http_response: Some(HttpResponse::OkResponse(ok)),
             ..Default::default()
         }
@@ -150,10 +134,7 @@ impl EnvoyAuthzService {
 
 #[tonic::async_trait]
 impl Authorization for EnvoyAuthzService {
-    async fn check(
-        &self,
-        request: Request<CheckRequest>,
-    ) -> Result<Response<CheckResponse>, Status> {
+    async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
         self.decide(request.get_ref()).await.map(Response::new)
     }
 }
@@ -169,25 +150,18 @@ fn header<'a>(http: &'a HttpRequest, name: &str) -> Option<&'a str> {
         return Some(v);
     }
     let map = http.header_map.as_ref()?;
-    map.headers
-        .iter()
-        .find(|h| h.key.eq_ignore_ascii_case(name))
-        .and_then(|h| {
-            if h.raw_value.is_empty() {
-                Some(h.value.as_str())
-            } else {
-                std::str::from_utf8(&h.raw_value).ok()
-            }
-        })
+    map.headers.iter().find(|h| h.key.eq_ignore_ascii_case(name)).and_then(|h| {
+        if h.raw_value.is_empty() {
+            Some(h.value.as_str())
+        } else {
+            std::str::from_utf8(&h.raw_value).ok()
+        }
+    })
 }
 
 fn header_option(key: &str, value: &str) -> HeaderValueOption {
     HeaderValueOption {
-        header: Some(HeaderValue {
-            key: key.to_string(),
-            value: value.to_string(),
-            ..Default::default()
-        }),
+        header: Some(HeaderValue { key: key.to_string(), value: value.to_string(), ..Default::default() }),
         append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
         ..Default::default()
     }
@@ -195,25 +169,13 @@ fn header_option(key: &str, value: &str) -> HeaderValueOption {
 
 /// A denial: `status` (HTTP), a JSON body and headers. The gRPC status is
 /// never OK: Envoy would allow the request.
-fn denial(
-    http_status: u16,
-    code: Code,
-    why: &str,
-    message: &str,
-    extra: Vec<HeaderValueOption>,
-) -> CheckResponse {
+fn denial(http_status: u16, code: Code, why: &str, message: &str, extra: Vec<HeaderValueOption>) -> CheckResponse {
     let mut headers = vec![header_option("content-type", "application/json")];
     headers.extend(extra);
     CheckResponse {
-        status: Some(rpc::Status {
-            code: code as i32,
-            message: why.to_string(),
-            ..Default::default()
-        }),
+        status: Some(rpc::Status { code: code as i32, message: why.to_string(), ..Default::default() }),
         http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
-            status: Some(HttpStatus {
-                code: i32::from(http_status),
-            }),
+            status: Some(HttpStatus { code: i32::from(http_status) }),
             headers,
             body: json_message(message),
         })),
@@ -232,32 +194,17 @@ fn denied(reason: Reason, d: Option<&Decision>) -> CheckResponse {
     let mut extra = Vec::new();
     if let Some(d) = d {
         if let Some(ms) = d.retry_after_ms {
-            extra.push(header_option(
-                "retry-after",
-                &retry_after_secs(ms).to_string(),
-            ));
+            extra.push(header_option("retry-after", &retry_after_secs(ms).to_string()));
         }
         if let Some(rate) = &d.rate {
             extra.extend(rate_limit_headers(rate).map(|(k, v)| header_option(k, &v)));
         }
     }
-    denial(
-        reason.http_status(),
-        code,
-        reason.as_str(),
-        reason.message(),
-        extra,
-    )
+    denial(reason.http_status(), code, reason.as_str(), reason.message(), extra)
 }
 
 fn bad_request(e: BadRequest) -> CheckResponse {
-    denial(
-        e.http_status(),
-        Code::InvalidArgument,
-        "BAD_REQUEST",
-        e.message(),
-        Vec::new(),
-    )
+    denial(e.http_status(), Code::InvalidArgument, "BAD_REQUEST", e.message(), Vec::new())
 }
 
 /// A request the limiter refused as malformed. The key is checked before

@@ -52,17 +52,10 @@ impl EnvoyOptions {
         let h = settings.api_key_header.trim().to_ascii_lowercase();
         let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
         if h.is_empty() || !h.bytes().all(token) {
-            return Err(Invalid::new(
-                "api_key_header",
-                format!("{h:?} is not an HTTP header name"),
-            ));
+            return Err(Invalid::new("api_key_header", format!("{h:?} is not an HTTP header name")));
         }
-        let default_stage = settings
-            .default_stage
-            .as_deref()
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(str::to_string);
+        let default_stage =
+            settings.default_stage.as_deref().map(str::trim).filter(|s| !s.is_empty()).map(str::to_string);
         if let Some(s) = &default_stage {
             if !s.contains('/') {
                 return Err(Invalid::new(
@@ -71,21 +64,13 @@ impl EnvoyOptions {
                 ));
             }
         }
-        Ok(Self {
-            api_key_header: h,
-            default_stage,
-            forward_api_key: settings.forward_api_key,
-        })
+        Ok(Self { api_key_header: h, default_stage, forward_api_key: settings.forward_api_key })
     }
 }
 
 impl Default for EnvoyOptions {
     fn default() -> Self {
-        Self {
-            api_key_header: "x-api-key".into(),
-            default_stage: None,
-            forward_api_key: false,
-        }
+        Self { api_key_header: "x-api-key".into(), default_stage: None, forward_api_key: false }
     }
 }
 
@@ -210,8 +195,7 @@ pub fn request_method(path: &str, verb: &str) -> Result<String, BadRequest> {
 /// API Gateway. The value is never logged.
 pub fn presented_key(value: Option<&str>) -> Option<&str> {
     let v = value?.trim_matches([' ', '\t']);
-    (!v.is_empty() && v.len() <= KEY_VALUE_MAX && v.bytes().all(|b| b.is_ascii_alphanumeric()))
-        .then_some(v)
+    (!v.is_empty() && v.len() <= KEY_VALUE_MAX && v.bytes().all(|b| b.is_ascii_alphanumeric())).then_some(v)
 }
 
 /// The policy name of a limit in the RateLimit headers.
@@ -244,18 +228,8 @@ fn ceil_secs(ms: u64) -> u64 {
 pub fn rate_limit_headers(rate: &RateInfo) -> [(&'static str, String); 2] {
     let name = policy_name(rate.kind);
     [
-        (
-            "ratelimit-policy",
-            format!("\"{name}\";q={};w={}", rate.limit, rate.window_secs),
-        ),
-        (
-            "ratelimit",
-            format!(
-                "\"{name}\";r={};t={}",
-                rate.remaining,
-                ceil_secs(rate.reset_ms)
-            ),
-        ),
+        ("ratelimit-policy", format!("\"{name}\";q={};w={}", rate.limit, rate.window_secs)),
+        ("ratelimit", format!("\"{name}\";r={};t={}", rate.remaining, ceil_secs(rate.reset_ms))),
     ]
 }
 
@@ -276,36 +250,15 @@ mod tests {
     #[test]
     fn methods_from_requests() {
         assert_eq!(request_method("/pets", "GET").unwrap(), "/pets/GET");
-        assert_eq!(
-            request_method("/pets/42?limit=5&x=/y", "GET").unwrap(),
-            "/pets/42/GET"
-        );
-        assert_eq!(
-            request_method("/pets/42#frag", "get").unwrap(),
-            "/pets/42/GET"
-        );
+        assert_eq!(request_method("/pets/42?limit=5&x=/y", "GET").unwrap(), "/pets/42/GET");
+        assert_eq!(request_method("/pets/42#frag", "get").unwrap(), "/pets/42/GET");
         assert_eq!(request_method("/", "GET").unwrap(), "//GET");
         assert_eq!(request_method("/?q=1", "POST").unwrap(), "//POST");
-        assert_eq!(
-            request_method("//pets///42/", "GET").unwrap(),
-            "/pets/42/GET"
-        );
-        assert_eq!(
-            request_method("/p%65ts/%34%32", "GET").unwrap(),
-            "/pets/42/GET"
-        );
-        assert_eq!(
-            request_method("/a%2fb/c%7e", "GET").unwrap(),
-            "/a%2Fb/c~/GET"
-        );
-        assert_eq!(
-            request_method("/files/my%20doc", "PUT").unwrap(),
-            "/files/my%20doc/PUT"
-        );
-        assert_eq!(
-            request_method("/caf\u{e9}", "GET").unwrap(),
-            "/caf\u{e9}/GET"
-        );
+        assert_eq!(request_method("//pets///42/", "GET").unwrap(), "/pets/42/GET");
+        assert_eq!(request_method("/p%65ts/%34%32", "GET").unwrap(), "/pets/42/GET");
+        assert_eq!(request_method("/a%2fb/c%7e", "GET").unwrap(), "/a%2Fb/c~/GET");
+        assert_eq!(request_method("/files/my%20doc", "PUT").unwrap(), "/files/my%20doc/PUT");
+        assert_eq!(request_method("/caf\u{e9}", "GET").unwrap(), "/caf\u{e9}/GET");
     }
 
     #[test]
@@ -329,11 +282,7 @@ mod tests {
             ("/pets", "G3T"),
             ("/pets", "ABCDEFGHIJKLMNOPQ"),
         ] {
-            assert_eq!(
-                request_method(path, verb),
-                Err(BadRequest::Malformed),
-                "{path:?} {verb:?}"
-            );
+            assert_eq!(request_method(path, verb), Err(BadRequest::Malformed), "{path:?} {verb:?}");
         }
         let long = format!("/{}", "a".repeat(MAX_METHOD_LEN));
         assert_eq!(request_method(&long, "GET"), Err(BadRequest::TooLong));
@@ -356,13 +305,7 @@ mod tests {
 
     #[test]
     fn headers() {
-        let rate = RateInfo {
-            kind: LimitKind::PlanThrottle,
-            limit: 5,
-            remaining: 4,
-            reset_ms: 1001,
-            window_secs: 5,
-        };
+        let rate = RateInfo { kind: LimitKind::PlanThrottle, limit: 5, remaining: 4, reset_ms: 1001, window_secs: 5 };
         let [p, r] = rate_limit_headers(&rate);
         assert_eq!(p, ("ratelimit-policy", "\"throttle\";q=5;w=5".to_string()));
         assert_eq!(r, ("ratelimit", "\"throttle\";r=4;t=2".to_string()));

@@ -37,8 +37,8 @@ use envoy_types::pb::google::protobuf::Duration as PbDuration;
 use tonic::{Request, Response, Status};
 
 use super::envoy_http::{
-    json_message, policy_name, presented_key, rate_limit_headers, request_method, retry_after_secs,
-    BadRequest, EnvoyOptions,
+    json_message, policy_name, presented_key, rate_limit_headers, request_method, retry_after_secs, BadRequest,
+    EnvoyOptions,
 };
 use crate::limiter::{AuthorizeError, Decision, LimitKind, Limiter, RateInfo, Reason};
 use crate::store::Store;
@@ -87,17 +87,11 @@ impl EnvoyRlsService {
         Ok(response(&outcomes))
     }
 
-    async fn descriptor(
-        &self,
-        domain: &str,
-        d: &RateLimitDescriptor,
-        default_cost: u64,
-    ) -> Result<Outcome, Status> {
+    async fn descriptor(&self, domain: &str, d: &RateLimitDescriptor, default_cost: u64) -> Result<Outcome, Status> {
         if d.is_negative_hits {
             return Ok(Outcome::Skipped);
         }
-        let (mut api_key, mut method, mut stage, mut path, mut verb) =
-            (None, None, None, None, None);
+        let (mut api_key, mut method, mut stage, mut path, mut verb) = (None, None, None, None, None);
         for e in &d.entries {
             match e.key.as_str() {
                 "api_key" => api_key = Some(e.value.as_str()),
@@ -114,7 +108,9 @@ impl EnvoyRlsService {
             .or(self.options.default_stage.as_deref());
         let Some(stage) = stage else {
             if !WARNED_NO_STAGE.swap(true, Ordering::Relaxed) {
-                tracing::warn!("RLS request with an empty domain, no stage entry and no --default-stage; answering OVER_LIMIT");
+                tracing::warn!(
+                    "RLS request with an empty domain, no stage entry and no --default-stage; answering OVER_LIMIT"
+                );
             }
             return Ok(Outcome::Refused(Reason::UnknownStage.message()));
         };
@@ -147,12 +143,7 @@ impl EnvoyRlsService {
             Some(n) if n > 0 => n,
             _ => default_cost,
         };
-        let question = crate::limiter::Request {
-            api_key: presented_key(api_key),
-            stage,
-            method: &method,
-            cost,
-        };
+        let question = crate::limiter::Request { api_key: presented_key(api_key), stage, method: &method, cost };
         match self.limiter.authorize(question).await {
             Ok(dec) => {
                 tracing::debug!(stage, method, reason = dec.reason.as_str(), "RLS");
@@ -188,12 +179,7 @@ impl RateLimitService for EnvoyRlsService {
 /// the steady rate (in the smallest unit where it is at least 1) for a
 /// bucket. Only a label: Envoy shows it in its own x-ratelimit headers.
 fn current_limit(rate: &RateInfo) -> RateLimit {
-    const UNITS: [(Unit, u64); 4] = [
-        (Unit::Second, 1),
-        (Unit::Minute, 60),
-        (Unit::Hour, 3600),
-        (Unit::Day, 86_400),
-    ];
+    const UNITS: [(Unit, u64); 4] = [(Unit::Second, 1), (Unit::Minute, 60), (Unit::Hour, 3600), (Unit::Day, 86_400)];
     let (requests_per_unit, unit) = if rate.kind == LimitKind::PlanQuota {
         let unit = match rate.window_secs {
             86_400 => Unit::Day,
@@ -217,11 +203,7 @@ fn current_limit(rate: &RateInfo) -> RateLimit {
 }
 
 fn status(o: &Outcome) -> DescriptorStatus {
-    let code = if o.allowed() {
-        Code::Ok
-    } else {
-        Code::OverLimit
-    };
+    let code = if o.allowed() { Code::Ok } else { Code::OverLimit };
     let rate = match o {
         Outcome::Decided(d) => d.rate.as_ref(),
         _ => None,
@@ -229,9 +211,7 @@ fn status(o: &Outcome) -> DescriptorStatus {
     DescriptorStatus {
         code: code as i32,
         current_limit: rate.map(current_limit),
-        limit_remaining: rate
-            .map(|r| u32::try_from(r.remaining).unwrap_or(u32::MAX))
-            .unwrap_or(0),
+        limit_remaining: rate.map(|r| u32::try_from(r.remaining).unwrap_or(u32::MAX)).unwrap_or(0),
         duration_until_reset: rate.map(|r| PbDuration {
             seconds: i64::try_from(r.reset_ms / 1000).unwrap_or(i64::MAX),
             nanos: ((r.reset_ms % 1000) * 1_000_000) as i32,
@@ -241,11 +221,7 @@ fn status(o: &Outcome) -> DescriptorStatus {
 }
 
 fn header(key: &str, value: String) -> HeaderValue {
-    HeaderValue {
-        key: key.to_string(),
-        value,
-        ..Default::default()
-    }
+    HeaderValue { key: key.to_string(), value, ..Default::default() }
 }
 
 /// The whole answer. Headers and body describe one descriptor: the first
@@ -285,11 +261,7 @@ fn response(outcomes: &[Outcome]) -> RateLimitResponse {
         raw_body = json_message(message).into_bytes();
     }
     RateLimitResponse {
-        overall_code: if over.is_some() {
-            Code::OverLimit
-        } else {
-            Code::Ok
-        } as i32,
+        overall_code: if over.is_some() { Code::OverLimit } else { Code::Ok } as i32,
         statuses,
         response_headers_to_add: headers,
         raw_body,

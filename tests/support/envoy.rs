@@ -80,17 +80,10 @@ impl EnvoyProcess {
             if let Ok(Some(status)) = envoy.child.try_wait() {
                 panic!("Envoy exited at start ({status}); log:\n{}", envoy.log());
             }
-            if let Some(a) = std::fs::read_to_string(&admin_path)
-                .ok()
-                .and_then(|s| s.trim().parse().ok())
-            {
+            if let Some(a) = std::fs::read_to_string(&admin_path).ok().and_then(|s| s.trim().parse().ok()) {
                 break a;
             }
-            assert!(
-                Instant::now() < deadline,
-                "Envoy did not start within 20 s; log:\n{}",
-                envoy.log()
-            );
+            assert!(Instant::now() < deadline, "Envoy did not start within 20 s; log:\n{}", envoy.log());
             std::thread::sleep(Duration::from_millis(20));
         };
         loop {
@@ -103,11 +96,7 @@ impl EnvoyProcess {
             if ready {
                 break;
             }
-            assert!(
-                Instant::now() < deadline,
-                "Envoy not ready within 20 s; log:\n{}",
-                envoy.log()
-            );
+            assert!(Instant::now() < deadline, "Envoy not ready within 20 s; log:\n{}", envoy.log());
             std::thread::sleep(Duration::from_millis(20));
         }
         envoy.addr = envoy.listener("ingress");
@@ -125,18 +114,13 @@ impl EnvoyProcess {
         let sa = &l["local_address"]["socket_address"];
         let ip = sa["address"].as_str().unwrap_or("127.0.0.1");
         let port = sa["port_value"].as_u64().unwrap_or(0);
-        format!("{ip}:{port}")
-            .parse()
-            .unwrap_or_else(|e| panic!("listener address in {v}: {e}"))
+        format!("{ip}:{port}").parse().unwrap_or_else(|e| panic!("listener address in {v}: {e}"))
     }
 
     /// A counter or gauge from the admin interface (0 when absent).
     pub fn stat(&self, name: &str) -> u64 {
         let r = http::get(self.admin, &format!("/stats?filter=^{name}$"), &[]);
-        r.text()
-            .lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(": ")?.trim().parse().ok())
-            .unwrap_or(0)
+        r.text().lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(": ")?.trim().parse().ok()).unwrap_or(0)
     }
 
     /// Whether the process is still running.

@@ -32,19 +32,12 @@ pub struct Response {
 impl Response {
     /// The first header called `name` (any case).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
     /// Every header called `name`.
     pub fn headers_named(&self, name: &str) -> Vec<&str> {
-        self.headers
-            .iter()
-            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-            .collect()
+        self.headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str()).collect()
     }
 
     /// The body as text.
@@ -54,8 +47,7 @@ impl Response {
 
     /// The body as JSON (panics with the body when it is not).
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.text()))
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.text()))
     }
 }
 
@@ -71,18 +63,11 @@ impl Client {
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(Duration::from_secs(10)))?;
         stream.set_write_timeout(Some(Duration::from_secs(10)))?;
-        Ok(Self {
-            reader: BufReader::new(stream),
-        })
+        Ok(Self { reader: BufReader::new(stream) })
     }
 
     /// Sends `method path` with `headers` (plus `host`) and reads the answer.
-    pub fn request(
-        &mut self,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-    ) -> io::Result<Response> {
+    pub fn request(&mut self, method: &str, path: &str, headers: &[(&str, &str)]) -> io::Result<Response> {
         let mut head = format!("{method} {path} HTTP/1.1\r\nhost: test\r\n");
         for (k, v) in headers {
             head.push_str(k);
@@ -102,12 +87,7 @@ impl Client {
 }
 
 /// A one-off `method path` on a new connection.
-pub fn request(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-) -> Response {
+pub fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) -> Response {
     Client::connect(addr)
         .and_then(|mut c| c.request(method, path, headers))
         .unwrap_or_else(|e| panic!("{method} {path} via {addr}: {e}"))
@@ -121,10 +101,7 @@ pub fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Response {
 fn read_line(r: &mut impl BufRead) -> io::Result<String> {
     let mut line = String::new();
     if r.read_line(&mut line)? == 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "connection closed",
-        ));
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed"));
     }
     Ok(line.trim_end_matches(['\r', '\n']).to_string())
 }
@@ -143,12 +120,7 @@ fn read_response(r: &mut impl BufRead) -> io::Result<Response> {
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| bad(format!("bad status line {status_line:?}")))?;
     let headers = read_headers(r)?;
-    let find = |n: &str| {
-        headers
-            .iter()
-            .find(|(k, _)| k == n)
-            .map(|(_, v)| v.clone())
-    };
+    let find = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
     let body = if status == 204 || status == 304 || (100..200).contains(&status) {
         Vec::new()
     } else if find("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
@@ -168,10 +140,7 @@ fn read_response(r: &mut impl BufRead) -> io::Result<Response> {
         }
         body
     } else if let Some(len) = find("content-length") {
-        let len: usize = len
-            .trim()
-            .parse()
-            .map_err(|_| bad(format!("bad content-length {len:?}")))?;
+        let len: usize = len.trim().parse().map_err(|_| bad(format!("bad content-length {len:?}")))?;
         let mut body = vec![0; len];
         r.read_exact(&mut body)?;
         body
@@ -180,11 +149,7 @@ fn read_response(r: &mut impl BufRead) -> io::Result<Response> {
         r.read_to_end(&mut body)?;
         body
     };
-    Ok(Response {
-        status,
-        headers,
-        body,
-    })
+    Ok(Response { status, headers, body })
 }
 
 fn read_headers(r: &mut impl BufRead) -> io::Result<Vec<(String, String)>> {
@@ -194,9 +159,7 @@ fn read_headers(r: &mut impl BufRead) -> io::Result<Vec<(String, String)>> {
         if line.is_empty() {
             return Ok(headers);
         }
-        let (k, v) = line
-            .split_once(':')
-            .ok_or_else(|| bad(format!("bad header line {line:?}")))?;
+        let (k, v) = line.split_once(':').ok_or_else(|| bad(format!("bad header line {line:?}")))?;
         headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
     }
 }
@@ -215,10 +178,7 @@ pub struct Seen {
 impl Seen {
     /// The first header called `name`.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 }
 
@@ -291,16 +251,8 @@ fn serve(stream: TcpStream, seen: &Mutex<Vec<Seen>>) -> io::Result<()> {
                 .collect::<serde_json::Map<_, _>>(),
         })
         .to_string();
-        seen.lock().unwrap().push(Seen {
-            method,
-            path,
-            headers,
-        });
-        write!(
-            w,
-            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-            body.len()
-        )?;
+        seen.lock().unwrap().push(Seen { method, path, headers });
+        write!(w, "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}", body.len())?;
         w.flush()?;
     }
 }

@@ -1,8 +1,11 @@
-//! Test support: Redis fixtures ([`redis`]), tollgate servers (in this
+//! Test support: Redis fixtures ([`redis`]), a real Envoy ([`envoy`]), an
+//! HTTP/1.1 client and echoing upstream ([`http`]), tollgate servers (in this
 //! process or as child processes), and small helpers shared by the suites.
 
 #![allow(dead_code)]
 
+pub mod envoy;
+pub mod http;
 pub mod redis;
 
 use std::io::{BufRead, BufReader};
