@@ -85,6 +85,28 @@ pub struct Settings {
     #[arg(long, env = "TOLLGATE_FORWARD_API_KEY")]
     pub forward_api_key: bool,
 
+    /// The admin bearer token: Admin calls must send `authorization: Bearer
+    /// TOKEN`. Without a token (here or in --admin-token-file) the Admin
+    /// service refuses every call.
+    #[arg(long = "admin-token", env = "TOLLGATE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// A file holding the admin token (surrounding whitespace is ignored);
+    /// for secrets mounted as files.
+    #[arg(long, env = "TOLLGATE_ADMIN_TOKEN_FILE", conflicts_with = "admin_token")]
+    pub admin_token_file: Option<PathBuf>,
+
+    /// Serve the Admin service on this address only (not on --listen), e.g. to
+    /// keep it off the network gateways reach.
+    #[arg(long, env = "TOLLGATE_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+
+    /// With Redis: how often each replica checks the catalog version, in
+    /// milliseconds, besides listening for change messages (heals a lost
+    /// message or subscription).
+    #[arg(long, env = "TOLLGATE_CATALOG_POLL_MS", default_value_t = 1000)]
+    pub catalog_poll_ms: u64,
+
     /// On SIGTERM/SIGINT, how long to let in-flight calls finish before
     /// exiting anyway, in seconds.
     #[arg(long, env = "TOLLGATE_DRAIN_TIMEOUT_SECS", default_value_t = 5)]
@@ -113,8 +135,32 @@ impl Settings {
             api_key_header: "x-api-key".into(),
             default_stage: None,
             forward_api_key: false,
+            admin_token: None,
+            admin_token_file: None,
+            admin_listen: None,
+            catalog_poll_ms: 1000,
             drain_timeout_secs: 5,
             worker_threads: 0,
+        }
+    }
+
+    /// The admin token, from the flag/env or the file.
+    pub fn admin_token(&self) -> Result<Option<String>, Invalid> {
+        let token = match (&self.admin_token, &self.admin_token_file) {
+            (Some(t), _) => Some(t.trim().to_string()),
+            (None, Some(f)) => Some(
+                std::fs::read_to_string(f)
+                    .map_err(|e| Invalid::new("admin_token_file", format!("{}: {e}", f.display())))?
+                    .trim()
+                    .to_string(),
+            ),
+            (None, None) => None,
+        };
+        match token {
+            Some(t) if t.len() < 16 => {
+                Err(Invalid::new("admin_token", "must be at least 16 characters (use a random secret)"))
+            }
+            t => Ok(t),
         }
     }
 
@@ -127,10 +173,7 @@ impl Settings {
     pub fn account_throttle(&self) -> Result<Option<Throttle>, Invalid> {
         match (self.account_rate, self.account_burst) {
             (Some(rate_limit), Some(burst_limit)) => {
-                let t = Throttle {
-                    rate_limit,
-                    burst_limit,
-                };
+                let t = Throttle { rate_limit, burst_limit };
                 t.validate().map_err(|e| e.within("account"))?;
                 Ok(Some(t))
             }

@@ -16,18 +16,21 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::R
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
+use crate::api::admin::{AdminAuth, AdminService};
 use crate::api::authorizer::AuthorizerService;
 use crate::api::envoy_authz::EnvoyAuthzService;
 use crate::api::envoy_http::EnvoyOptions;
 use crate::api::envoy_rls::EnvoyRlsService;
 use crate::api::pb;
-use crate::catalog::{file, Catalog, CatalogData, CatalogHandle};
+use crate::catalog::store::CatalogService;
+use crate::catalog::{file, CatalogData};
 use crate::config::Settings;
 use crate::limiter::Limiter;
 use crate::store::keys::Keys;
 use crate::store::memory::MemoryStore;
 use crate::store::redis::{redact_url, RedisSettings, RedisStore};
 use crate::store::{LimitStore, Store};
+use crate::usage::UsageService;
 
 /// Errors that stop the server from starting.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -46,18 +49,22 @@ pub fn open_store(settings: &Settings) -> Result<Store, BoxError> {
     })
 }
 
-/// Loads the catalog file, if any.
-pub fn load_catalog(settings: &Settings) -> Result<Catalog, BoxError> {
-    let data = match &settings.config {
+/// Reads the catalog file, if any.
+pub fn read_catalog_file(settings: &Settings) -> Result<CatalogData, BoxError> {
+    Ok(match &settings.config {
         Some(path) => file::load(path, crate::model::now_ms())?,
-        None => {
-            tracing::warn!(
-                "no --config given: the catalog is empty and every request gets UNKNOWN_STAGE"
-            );
-            CatalogData::default()
-        }
-    };
-    Ok(Catalog::compile(data)?)
+        None => CatalogData::default(),
+    })
+}
+
+/// Opens the catalog the settings ask for: in memory from the file, or in
+/// Redis with the file applied as upserts.
+pub fn open_catalog(settings: &Settings, keys: &Keys) -> Result<Arc<CatalogService>, BoxError> {
+    let data = read_catalog_file(settings)?;
+    Ok(match &settings.redis_url {
+        None => CatalogService::memory(data)?,
+        Some(url) => CatalogService::redis(url, keys.clone(), Duration::from_millis(settings.catalog_poll_ms.max(50)), data)?,
+    })
 }
 
 /// Runs the server on `listener` until `shutdown` completes, then drains
@@ -67,20 +74,33 @@ pub async fn run(
     settings: Settings,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), BoxError> {
-    let catalog = load_catalog(&settings)?;
-    let store = open_store(&settings)?;
     let account = settings.account_throttle()?;
     let envoy = Arc::new(EnvoyOptions::from_settings(&settings)?);
+    let admin_token = settings.admin_token()?;
     let keys = Keys::new(&settings.redis_prefix);
-    let limiter = Arc::new(Limiter::new(
-        CatalogHandle::new(catalog),
-        store.clone(),
-        keys,
-        account,
-    ));
+    let catalog = open_catalog(&settings, &keys)?;
+    if settings.config.is_none() && settings.redis_url.is_none() {
+        tracing::warn!("no --config and no Redis: the catalog starts empty; add to it through the Admin service");
+    }
+    let store = open_store(&settings)?;
+    let limiter = Arc::new(Limiter::new(catalog.handle(), store.clone(), keys.clone(), account));
+    // 16 MiB: room for a CSV import of the largest accepted size (5 MiB), so
+    // that a too-big file gets a clear INVALID_ARGUMENT, not a transport error.
+    let admin = tonic::service::interceptor::InterceptedService::new(
+        pb::admin_server::AdminServer::new(AdminService::new(catalog.clone(), UsageService::new(store.clone(), keys)))
+            .max_decoding_message_size(16 * 1024 * 1024),
+        AdminAuth::new(admin_token.clone()),
+    );
+    if admin_token.is_none() {
+        tracing::warn!("no admin token configured (TOLLGATE_ADMIN_TOKEN or --admin-token-file): the Admin service refuses all calls");
+    }
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    tokio::spawn(watch_health(health, store.clone()));
+    let ready = {
+        let (store, catalog) = (store.clone(), catalog.clone());
+        move || store.is_ready() && catalog.is_ready()
+    };
+    tokio::spawn(watch_health(health, ready));
 
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -88,6 +108,23 @@ pub async fn run(
         .build_v1()?;
 
     let addr = listener.local_addr()?;
+    let mut main_admin = Some(admin);
+    if let Some(admin_addr) = settings.admin_listen {
+        let admin = main_admin.take().expect("set above");
+        let admin_listener = TcpListener::bind(admin_addr)
+            .await
+            .map_err(|e| format!("cannot listen on --admin-listen {admin_addr}: {e}"))?;
+        tracing::info!(admin_addr = %admin_listener.local_addr()?, "Admin service listening");
+        tokio::spawn(async move {
+            let r = tonic::transport::Server::builder()
+                .add_service(admin)
+                .serve_with_incoming(TcpListenerStream::new(admin_listener))
+                .await;
+            if let Err(e) = r {
+                tracing::error!("the Admin listener failed: {e}");
+            }
+        });
+    }
     match &settings.redis_url {
         Some(url) => {
             tracing::info!(%addr, store = "redis", redis = %redact_url(url), "tollgate listening")
@@ -103,17 +140,13 @@ pub async fn run(
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(pb::authorizer_server::AuthorizerServer::new(
-            AuthorizerService::new(limiter.clone(), settings.on_store_error),
-        ))
-        .add_service(AuthorizationServer::new(EnvoyAuthzService::new(
+        .add_service(pb::authorizer_server::AuthorizerServer::new(AuthorizerService::new(
             limiter.clone(),
-            envoy.clone(),
+            settings.on_store_error,
         )))
-        .add_service(RateLimitServiceServer::new(EnvoyRlsService::new(
-            limiter.clone(),
-            envoy,
-        )))
+        .add_service(AuthorizationServer::new(EnvoyAuthzService::new(limiter.clone(), envoy.clone())))
+        .add_service(RateLimitServiceServer::new(EnvoyRlsService::new(limiter.clone(), envoy)))
+        .add_optional_service(main_admin)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
             let _ = stop_rx.await;
         });
@@ -134,16 +167,13 @@ pub async fn run(
 
 /// Keeps the health service in step with the store: SERVING while it can
 /// answer, NOT_SERVING while it cannot.
-async fn watch_health(health: tonic_health::server::HealthReporter, store: Store) {
+async fn watch_health(health: tonic_health::server::HealthReporter, ready: impl Fn() -> bool) {
     let mut last = None;
     loop {
-        let ready = store.is_ready();
+        let ready = ready();
         if last != Some(ready) {
-            let status = if ready {
-                tonic_health::ServingStatus::Serving
-            } else {
-                tonic_health::ServingStatus::NotServing
-            };
+            let status =
+                if ready { tonic_health::ServingStatus::Serving } else { tonic_health::ServingStatus::NotServing };
             health.set_service_status("", status).await;
             for service in [
                 "tollgate.v1.Authorizer",

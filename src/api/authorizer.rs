@@ -18,10 +18,7 @@ pub struct AuthorizerService {
 impl AuthorizerService {
     /// A service deciding with `limiter`.
     pub fn new(limiter: Arc<Limiter<Store>>, on_store_error: OnStoreError) -> Self {
-        Self {
-            limiter,
-            on_store_error,
-        }
+        Self { limiter, on_store_error }
     }
 }
 
@@ -86,26 +83,12 @@ impl pb::authorizer_server::Authorizer for AuthorizerService {
         };
         match self.limiter.authorize(req).await {
             Ok(d) => Ok(Response::new(d.into())),
-            Err(crate::limiter::AuthorizeError::Store(e))
-                if self.on_store_error != OnStoreError::Unavailable =>
-            {
+            Err(crate::limiter::AuthorizeError::Store(e)) if self.on_store_error != OnStoreError::Unavailable => {
                 tracing::warn!(error = %e, policy = ?self.on_store_error, "store error; answering by policy");
                 let allowed = self.on_store_error == OnStoreError::Allow;
-                let reason = if allowed {
-                    Reason::Ok
-                } else {
-                    Reason::Throttled
-                };
+                let reason = if allowed { Reason::Ok } else { Reason::Throttled };
                 Ok(Response::new(
-                    Decision {
-                        allowed,
-                        reason,
-                        key_id: None,
-                        plan_id: None,
-                        rate: None,
-                        retry_after_ms: None,
-                    }
-                    .into(),
+                    Decision { allowed, reason, key_id: None, plan_id: None, rate: None, retry_after_ms: None }.into(),
                 ))
             }
             Err(e) => Err(e.into()),

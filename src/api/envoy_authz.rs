@@ -14,7 +14,8 @@
 //! - allowed: status OK; `x-tollgate-key-id` / `x-tollgate-plan-id` set on
 //!   the upstream request (and removed when unknown, so a client cannot
 //!   forge them), the API key header removed unless `--forward-api-key`,
-//!   `RateLimit-Policy` / `RateLimit` added to the client's response;
+//!   `RateLimit-Policy` / `RateLimit` added to the client's response and to
+//!   the upstream request;
 //! - denied: a non-OK status (Envoy 1.40 allows on an OK or absent status,
 //!   whatever else the response says) and a `DeniedHttpResponse`: the HTTP
 //!   status, `content-type: application/json`, `{"message": ...}`,
@@ -121,8 +122,16 @@ impl EnvoyAuthzService {
         if !self.options.forward_api_key {
             ok.headers_to_remove.push(self.options.api_key_header.clone());
         }
-        if let Some(rate) = &d.rate {
-            ok.response_headers_to_add.extend(rate_limit_headers(rate).map(|(k, v)| header_option(k, &v)));
+        // The RateLimit headers go to the client and, so that the service
+        // can see them too, on the upstream request (or are taken off it
+        // when there is no limit, so that a client cannot make them up).
+        match &d.rate {
+            Some(rate) => {
+                let headers = rate_limit_headers(rate).map(|(k, v)| header_option(k, &v));
+                ok.headers.extend(headers.iter().cloned());
+                ok.response_headers_to_add.extend(headers);
+            }
+            None => ok.headers_to_remove.extend(["ratelimit-policy".to_string(), "ratelimit".to_string()]),
         }
         CheckResponse {
             status: Some(rpc::Status { code: Code::Ok as i32, ..Default::default() }),

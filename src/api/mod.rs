@@ -7,6 +7,7 @@
 //! - [`envoy_http`]: what those two share (request → method, headers).
 //! - [`status`]: the one mapping of errors to gRPC statuses.
 
+pub mod admin;
 pub mod authorizer;
 pub mod envoy_authz;
 pub mod envoy_http;
@@ -19,6 +20,5 @@ pub mod pb {
     tonic::include_proto!("tollgate.v1");
 
     /// The descriptor set for gRPC reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] =
-        tonic::include_file_descriptor_set!("tollgate_descriptor");
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("tollgate_descriptor");
 }

@@ -20,9 +20,7 @@ impl From<Invalid> for Status {
 impl From<StoreError> for Status {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Unavailable(m) => {
-                Status::unavailable(format!("limit store unavailable: {m}"))
-            }
+            StoreError::Unavailable(m) => Status::unavailable(format!("limit store unavailable: {m}")),
             StoreError::Internal(m) => Status::internal(format!("limit store error: {m}")),
         }
     }

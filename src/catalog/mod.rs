@@ -10,7 +10,10 @@
 //! settings. A [`CatalogHandle`] holds the current snapshot behind an
 //! `ArcSwap`: readers take it without a lock; a change swaps in a new one.
 
+pub mod admin;
+pub mod csv_import;
 pub mod file;
+pub mod store;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -246,6 +249,11 @@ impl CatalogHandle {
     /// The current snapshot (lock-free).
     pub fn load(&self) -> arc_swap::Guard<Arc<Catalog>> {
         self.0.load()
+    }
+
+    /// The current snapshot, as an owned `Arc`.
+    pub fn load_full(&self) -> Arc<Catalog> {
+        self.0.load_full()
     }
 
     /// Replaces the snapshot.

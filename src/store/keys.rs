@@ -16,6 +16,17 @@
 //! | `P{s:API/STAGE}:tb:METHOD` | string (TAT, µs) | stage method throttle, all callers |
 //! | `P{acct}:tb` | string (TAT, µs) | account throttle |
 //!
+//! The catalog (control plane) lives under one hash tag, so that a catalog
+//! transaction (WATCH / MULTI / EXEC) touches one slot:
+//!
+//! | key | type | what |
+//! |---|---|---|
+//! | `P{cat}:version` | string (counter) | bumped by every catalog change |
+//! | `P{cat}:apis`, `:stages`, `:plans`, `:keys` | hash id → JSON | the records (keys hold value hashes only) |
+//! | `P{cat}:old_values` | hash value-hash → JSON | old values of rotated keys in their grace period |
+//! | `P{cat}:plan_keys` | set of `PLAN/KEY` | subscriptions |
+//! | `P{cat}:changes` | pub/sub channel | the new version, after each change |
+//!
 //! `P` is the configurable prefix (default `tg:`).
 
 use crate::calendar::Date;
@@ -67,6 +78,11 @@ impl Keys {
     /// Stage method throttle.
     pub fn stage_bucket(&self, stage: &StageRef, method: &str) -> String {
         format!("{}{{s:{stage}}}:tb:{method}", self.prefix)
+    }
+
+    /// A catalog key (`version`, `apis`, ...) or the change channel (`changes`).
+    pub fn catalog(&self, part: &str) -> String {
+        format!("{}{{cat}}:{part}", self.prefix)
     }
 
     /// Account throttle.

@@ -11,8 +11,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::{gcra_params, keys::dated, Check, LimitStore, Rule, StoreError, Verdict};
+use super::{gcra_params, keys::dated, Check, DayUsage, LimitStore, Rule, StoreError, Verdict};
 use crate::calendar::{period_bounds_ms, Date, DAY_MS};
+use crate::model::Quota;
 
 /// A source of the current time, in microseconds since the Unix epoch.
 pub trait Clock: Send + Sync + 'static {
@@ -273,5 +274,43 @@ impl LimitStore for MemoryStore {
 
     fn is_ready(&self) -> bool {
         true
+    }
+
+    async fn read_usage(&self, keys: Vec<String>) -> Result<Vec<Option<DayUsage>>, StoreError> {
+        let now = self.now_us();
+        let st = self.lock();
+        Ok(keys
+            .iter()
+            .map(|k| match st.get(k, now) {
+                Some(Value::Usage { n, q }) => Some(DayUsage { n, q }),
+                _ => None,
+            })
+            .collect())
+    }
+
+    async fn set_remaining(
+        &self,
+        quota_base: &str,
+        usage_base: &str,
+        quota: &Quota,
+        created_at_ms: u64,
+        remaining: u64,
+    ) -> Result<(u64, u64), StoreError> {
+        let now_us = self.now_us();
+        let now_ms = now_us / 1000;
+        let (start, end) = period_bounds_ms(quota.period, now_ms);
+        let eff = if created_at_ms >= start { quota.limit - quota.offset } else { quota.limit } as i64;
+        let used = eff - remaining as i64;
+        let mut st = self.lock();
+        st.map
+            .insert(dated(quota_base, Date::of_ms(start)), Entry { value: Value::Count(used), expires_us: end * 1000 });
+        let ukey = dated(usage_base, Date::of_ms(now_ms));
+        let n = match st.get(&ukey, now_us) {
+            Some(Value::Usage { n, .. }) => n,
+            _ => 0,
+        };
+        let expires_us = ((now_ms / DAY_MS + 1) * DAY_MS + 92 * DAY_MS) * 1000;
+        st.map.insert(ukey, Entry { value: Value::Usage { n, q: Some(used) }, expires_us });
+        Ok((remaining, end))
     }
 }

@@ -118,6 +118,32 @@ pub trait LimitStore: Send + Sync + 'static {
 
     /// Whether the store can currently answer (reported by gRPC health).
     fn is_ready(&self) -> bool;
+
+    /// Reads daily usage records (keys from [`keys::dated`] on a usage base);
+    /// `None` for a day with no record.
+    fn read_usage(&self, keys: Vec<String>) -> impl Future<Output = Result<Vec<Option<DayUsage>>, StoreError>> + Send;
+
+    /// Sets the quota left in the current period (by the store's clock) to
+    /// `remaining`, and records it in today's usage. Returns the remaining
+    /// quota and the period's end (ms since the epoch).
+    fn set_remaining(
+        &self,
+        quota_base: &str,
+        usage_base: &str,
+        quota: &Quota,
+        created_at_ms: u64,
+        remaining: u64,
+    ) -> impl Future<Output = Result<(u64, u64), StoreError>> + Send;
+}
+
+/// One day's usage record of one key in one plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DayUsage {
+    /// Units used that day.
+    pub n: i64,
+    /// Quota used in the period after the day's last change, when the plan
+    /// had a quota.
+    pub q: Option<i64>,
 }
 
 /// The store chosen at start: memory or Redis.
@@ -141,6 +167,27 @@ impl LimitStore for Store {
         match self {
             Store::Memory(m) => m.is_ready(),
             Store::Redis(r) => r.is_ready(),
+        }
+    }
+
+    async fn read_usage(&self, keys: Vec<String>) -> Result<Vec<Option<DayUsage>>, StoreError> {
+        match self {
+            Store::Memory(m) => m.read_usage(keys).await,
+            Store::Redis(r) => r.read_usage(keys).await,
+        }
+    }
+
+    async fn set_remaining(
+        &self,
+        quota_base: &str,
+        usage_base: &str,
+        quota: &Quota,
+        created_at_ms: u64,
+        remaining: u64,
+    ) -> Result<(u64, u64), StoreError> {
+        match self {
+            Store::Memory(m) => m.set_remaining(quota_base, usage_base, quota, created_at_ms, remaining).await,
+            Store::Redis(r) => r.set_remaining(quota_base, usage_base, quota, created_at_ms, remaining).await,
         }
     }
 }

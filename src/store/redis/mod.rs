@@ -30,10 +30,30 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use super::{gcra_params, Check, LimitStore, Rule, StoreError, Verdict};
+use super::{gcra_params, Check, DayUsage, LimitStore, Rule, StoreError, Verdict};
+use crate::model::Quota;
+
+/// Builds a script from its file, with `calendar.lua` inserted at its
+/// `-- @calendar` line.
+fn script(body: &str) -> redis::Script {
+    let calendar = include_str!("scripts/calendar.lua");
+    let mut out = String::with_capacity(body.len() + calendar.len());
+    for line in body.lines() {
+        if line.starts_with("-- @calendar") {
+            out.push_str(calendar);
+        } else {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    redis::Script::new(&out)
+}
 
 /// The decision script (see its header for KEYS and ARGV).
-static DECIDE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(include_str!("scripts/decide.lua")));
+static DECIDE: LazyLock<redis::Script> = LazyLock::new(|| script(include_str!("scripts/decide.lua")));
+
+/// UpdateUsage's script.
+static SET_REMAINING: LazyLock<redis::Script> = LazyLock::new(|| script(include_str!("scripts/set_remaining.lua")));
 
 /// How the Redis store behaves.
 #[derive(Debug, Clone)]
@@ -135,6 +155,40 @@ impl LimitStore for RedisStore {
 
     fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
+    }
+
+    async fn read_usage(&self, keys: Vec<String>) -> Result<Vec<Option<DayUsage>>, StoreError> {
+        let mut conn = self.conn.clone();
+        let mut out = Vec::with_capacity(keys.len());
+        // Pipelines of bounded size, so one huge read does not stall others.
+        for chunk in keys.chunks(1000) {
+            let mut pipe = redis::pipe();
+            for k in chunk {
+                pipe.cmd("HMGET").arg(k).arg("n").arg("q");
+            }
+            let rows: Vec<(Option<i64>, Option<i64>)> = pipe.query_async(&mut conn).await.map_err(classify)?;
+            out.extend(
+                rows.into_iter()
+                    .map(|(n, q)| (n.is_some() || q.is_some()).then_some(DayUsage { n: n.unwrap_or(0), q })),
+            );
+        }
+        Ok(out)
+    }
+
+    async fn set_remaining(
+        &self,
+        quota_base: &str,
+        usage_base: &str,
+        quota: &Quota,
+        created_at_ms: u64,
+        remaining: u64,
+    ) -> Result<(u64, u64), StoreError> {
+        let mut conn = self.conn.clone();
+        let mut inv = SET_REMAINING.prepare_invoke();
+        inv.key(quota_base).key(usage_base);
+        inv.arg(quota.limit).arg(quota.offset).arg(created_at_ms).arg(quota.period.code()).arg(remaining);
+        let (r, end): (u64, u64) = inv.invoke_async(&mut conn).await.map_err(classify)?;
+        Ok((r, end))
     }
 }
 

@@ -1,0 +1,517 @@
+//! `tollgate.v1.Admin`: the control plane over gRPC. Each call checks its
+//! input, runs one catalog transaction (`CatalogService::update`) or reads
+//! the snapshot, and answers; the bearer-token check is an interceptor
+//! ([`AdminAuth`]) in front of every call.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::pb;
+use crate::catalog::admin::{self as ops, AdminError, KeyPatch, NewKey, NewPlan, PlanPatch};
+use crate::catalog::csv_import;
+use crate::catalog::store::CatalogService;
+use crate::catalog::CatalogData;
+use crate::model::{ApiKey, Invalid, MethodSetting, Period, PlanStage, Quota, Stage, StageRef, Throttle, UsagePlan};
+use crate::usage::UsageService;
+
+/// Checks `authorization: Bearer TOKEN` on every Admin call.
+#[derive(Clone)]
+pub struct AdminAuth {
+    token: Option<Arc<str>>,
+}
+
+impl AdminAuth {
+    /// Accepts `token`; with `None`, refuses every call and says how to set one.
+    pub fn new(token: Option<String>) -> Self {
+        Self { token: token.map(Arc::from) }
+    }
+}
+
+/// Compares in time that does not depend on where the inputs differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl tonic::service::Interceptor for AdminAuth {
+    fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
+        let Some(expected) = &self.token else {
+            return Err(Status::failed_precondition(
+                "the Admin service is disabled because no admin token is configured: start tollgate with \
+                 TOLLGATE_ADMIN_TOKEN=<secret> or --admin-token-file FILE",
+            ));
+        };
+        let Some(header) = req.metadata().get("authorization") else {
+            return Err(Status::unauthenticated(
+                "missing `authorization: Bearer TOKEN` metadata: pass --admin-token or set TOLLGATE_ADMIN_TOKEN",
+            ));
+        };
+        let given = header
+            .to_str()
+            .ok()
+            .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+            .ok_or_else(|| Status::unauthenticated("the authorization metadata must be `Bearer TOKEN`"))?;
+        if !constant_time_eq(given.trim().as_bytes(), expected.as_bytes()) {
+            return Err(Status::permission_denied("the admin token is not valid"));
+        }
+        Ok(req)
+    }
+}
+
+/// The Admin service.
+pub struct AdminService {
+    catalog: Arc<CatalogService>,
+    usage: UsageService,
+}
+
+impl AdminService {
+    /// A service over `catalog`, reading usage through `usage`.
+    pub fn new(catalog: Arc<CatalogService>, usage: UsageService) -> Self {
+        Self { catalog, usage }
+    }
+}
+
+impl From<AdminError> for Status {
+    fn from(e: AdminError) -> Self {
+        match e {
+            AdminError::Invalid(i) => Status::invalid_argument(i.to_string()),
+            AdminError::NotFound(m) => Status::not_found(m),
+            AdminError::Conflict(m) => Status::failed_precondition(m),
+            AdminError::AlreadyExists(m) => Status::already_exists(m),
+            AdminError::Unavailable(m) => Status::unavailable(m),
+            AdminError::Internal(m) => Status::internal(m),
+        }
+    }
+}
+
+// ---- conversions ----
+
+/// A throttle from the wire, checked.
+pub fn throttle_from(field: &str, t: &pb::Throttle) -> Result<Throttle, Invalid> {
+    let burst = u32::try_from(t.burst_limit).map_err(|_| {
+        Invalid::new(format!("{field}.burst_limit"), format!("must be at most {}, got {}", u32::MAX, t.burst_limit))
+    })?;
+    let th = Throttle { rate_limit: t.rate_limit, burst_limit: burst };
+    th.validate().map_err(|e| e.within(field))?;
+    Ok(th)
+}
+
+fn throttle_to(t: &Throttle) -> pb::Throttle {
+    pb::Throttle { rate_limit: t.rate_limit, burst_limit: t.burst_limit as u64 }
+}
+
+fn quota_from(q: &pb::Quota) -> Result<Quota, Invalid> {
+    let period: Period = q.period.parse().map_err(|e: Invalid| e.within("quota"))?;
+    let quota = Quota { limit: q.limit, period, offset: q.offset };
+    quota.validate().map_err(|e| e.within("quota"))?;
+    Ok(quota)
+}
+
+fn quota_to(q: &Quota) -> pb::Quota {
+    pb::Quota { limit: q.limit, period: q.period.to_string(), offset: q.offset }
+}
+
+fn key_to(d: &CatalogData, k: &ApiKey) -> pb::ApiKey {
+    pb::ApiKey {
+        id: k.id.clone(),
+        name: k.name.clone(),
+        description: k.description.clone(),
+        enabled: k.enabled,
+        customer_id: k.customer_id.clone(),
+        value_hint: k.value_hint.clone(),
+        created_at_ms: k.created_at_ms,
+        updated_at_ms: k.updated_at_ms,
+        expires_at_ms: k.expires_at_ms.unwrap_or(0),
+        usage_plan_ids: d.plans_of_key(&k.id).map(str::to_string).collect(),
+    }
+}
+
+fn stage_to(d: &CatalogData, s: &Stage) -> pb::Stage {
+    let name = s.stage.to_string();
+    pb::Stage {
+        stage: name.clone(),
+        api_name: d.apis.get(&s.stage.api_id).map(|a| a.name.clone()).unwrap_or_default(),
+        methods: s
+            .methods
+            .iter()
+            .map(|(m, set)| pb::MethodSetting {
+                method: m.clone(),
+                throttle: set.throttle.as_ref().map(throttle_to),
+                api_key_required: Some(set.api_key_required),
+            })
+            .collect(),
+        usage_plan_ids: d
+            .plans
+            .values()
+            .filter(|p| p.api_stages.iter().any(|x| x.stage == s.stage))
+            .map(|p| p.id.clone())
+            .collect(),
+    }
+}
+
+fn plan_to(p: &UsagePlan) -> pb::UsagePlan {
+    pb::UsagePlan {
+        id: p.id.clone(),
+        name: p.name.clone(),
+        description: p.description.clone(),
+        throttle: p.throttle.as_ref().map(throttle_to),
+        quota: p.quota.as_ref().map(quota_to),
+        api_stages: p
+            .api_stages
+            .iter()
+            .map(|s| pb::PlanStage {
+                stage: s.stage.to_string(),
+                throttle: s.throttle.iter().map(|(m, t)| (m.clone(), throttle_to(t))).collect(),
+            })
+            .collect(),
+        created_at_ms: p.created_at_ms,
+    }
+}
+
+fn plan_stage_from(i: usize, s: &pb::PlanStage) -> Result<PlanStage, Invalid> {
+    let stage = StageRef::parse(&s.stage).map_err(|e| e.within(&format!("api_stages[{i}]")))?;
+    let mut throttle = std::collections::BTreeMap::new();
+    for (m, t) in &s.throttle {
+        let p = crate::model::MethodPattern::parse(m)
+            .map_err(|e| Invalid::new(format!("api_stages[{i}].throttle"), e.0))?;
+        throttle.insert(p.as_str().to_string(), throttle_from(&format!("api_stages[{i}].throttle[{m}]"), t)?);
+    }
+    Ok(PlanStage { stage, throttle })
+}
+
+fn require(field: &str, v: &str) -> Result<(), Invalid> {
+    if v.is_empty() {
+        return Err(Invalid::new(field, "is required"));
+    }
+    Ok(())
+}
+
+fn expiry(ms: u64) -> Option<u64> {
+    (ms > 0).then_some(ms)
+}
+
+type Res<T> = Result<Response<T>, Status>;
+
+#[tonic::async_trait]
+impl pb::admin_server::Admin for AdminService {
+    async fn create_api_key(&self, req: Request<pb::CreateApiKeyRequest>) -> Res<pb::CreateApiKeyResponse> {
+        let r = req.into_inner();
+        let new = NewKey {
+            name: r.name,
+            value: r.value,
+            description: r.description,
+            enabled: r.enabled.unwrap_or(true),
+            customer_id: r.customer_id,
+            expires_at_ms: expiry(r.expires_at_ms),
+        };
+        let (key, value, d) =
+            self.catalog.update(|d, now| ops::create_key(d, new.clone(), now).map(|(k, v)| (k, v, d.clone()))).await?;
+        tracing::info!(key_id = %key.id, "API key created");
+        Ok(Response::new(pb::CreateApiKeyResponse { key: Some(key_to(&d, &key)), value }))
+    }
+
+    async fn get_api_key(&self, req: Request<pb::GetApiKeyRequest>) -> Res<pb::ApiKey> {
+        let id = req.into_inner().id;
+        require("id", &id)?;
+        let snap = self.catalog.snapshot();
+        let d = snap.data();
+        let k = d.keys.get(&id).ok_or_else(|| AdminError::NotFound(format!("API key {id:?} does not exist")))?;
+        Ok(Response::new(key_to(d, k)))
+    }
+
+    async fn list_api_keys(&self, req: Request<pb::ListApiKeysRequest>) -> Res<pb::ListApiKeysResponse> {
+        let r = req.into_inner();
+        let snap = self.catalog.snapshot();
+        let d = snap.data();
+        let items = d
+            .keys
+            .values()
+            .filter(|k| k.name.starts_with(&r.name_prefix))
+            .filter(|k| r.customer_id.is_empty() || k.customer_id == r.customer_id)
+            .map(|k| (k.id.clone(), k));
+        let (keys, next) = ops::page(items, r.page_size, &r.page_token)?;
+        Ok(Response::new(pb::ListApiKeysResponse {
+            keys: keys.into_iter().map(|k| key_to(d, k)).collect(),
+            next_page_token: next,
+        }))
+    }
+
+    async fn update_api_key(&self, req: Request<pb::UpdateApiKeyRequest>) -> Res<pb::ApiKey> {
+        let r = req.into_inner();
+        require("id", &r.id)?;
+        let patch = KeyPatch {
+            name: r.name,
+            description: r.description,
+            enabled: r.enabled,
+            customer_id: r.customer_id,
+            expires_at_ms: r.expires_at_ms.map(expiry),
+        };
+        let (k, d) =
+            self.catalog.update(|d, now| ops::update_key(d, &r.id, patch.clone(), now).map(|k| (k, d.clone()))).await?;
+        tracing::info!(key_id = %k.id, enabled = k.enabled, "API key updated");
+        Ok(Response::new(key_to(&d, &k)))
+    }
+
+    async fn delete_api_key(&self, req: Request<pb::DeleteApiKeyRequest>) -> Res<pb::DeleteResponse> {
+        let id = req.into_inner().id;
+        require("id", &id)?;
+        self.catalog.update(|d, _| ops::delete_key(d, &id)).await?;
+        tracing::info!(key_id = %id, "API key deleted");
+        Ok(Response::new(pb::DeleteResponse {}))
+    }
+
+    async fn import_api_keys(&self, req: Request<pb::ImportApiKeysRequest>) -> Res<pb::ImportApiKeysResponse> {
+        let r = req.into_inner();
+        let (rows, warnings) = csv_import::parse(&r.csv)?;
+        let (ids, warnings) = self
+            .catalog
+            .update(|d, now| ops::import_keys(d, rows.clone(), warnings.clone(), r.fail_on_warnings, now))
+            .await?;
+        tracing::info!(imported = ids.len(), warnings = warnings.len(), "API keys imported");
+        Ok(Response::new(pb::ImportApiKeysResponse {
+            ids,
+            warnings: warnings.into_iter().map(|w| pb::ImportWarning { line: w.line, message: w.message }).collect(),
+        }))
+    }
+
+    async fn rotate_api_key(&self, req: Request<pb::RotateApiKeyRequest>) -> Res<pb::CreateApiKeyResponse> {
+        let r = req.into_inner();
+        require("id", &r.id)?;
+        let grace_ms =
+            r.grace_seconds.checked_mul(1000).ok_or_else(|| Invalid::new("grace_seconds", "is too large"))?;
+        let (key, value, d) = self
+            .catalog
+            .update(|d, now| ops::rotate_key(d, &r.id, r.value.clone(), grace_ms, now).map(|(k, v)| (k, v, d.clone())))
+            .await?;
+        tracing::info!(key_id = %key.id, grace_seconds = r.grace_seconds, "API key rotated");
+        Ok(Response::new(pb::CreateApiKeyResponse { key: Some(key_to(&d, &key)), value }))
+    }
+
+    async fn put_stage(&self, req: Request<pb::PutStageRequest>) -> Res<pb::Stage> {
+        let r = req.into_inner();
+        let mut methods = Vec::new();
+        for (i, m) in r.methods.iter().enumerate() {
+            let throttle =
+                m.throttle.as_ref().map(|t| throttle_from(&format!("methods[{i}].throttle"), t)).transpose()?;
+            methods.push((
+                m.method.clone(),
+                MethodSetting { throttle, api_key_required: m.api_key_required.unwrap_or(true) },
+            ));
+        }
+        let (st, d) = self
+            .catalog
+            .update(|d, _| {
+                ops::put_stage(d, &r.stage, r.api_name.clone(), methods.clone(), r.remove_methods.clone())
+                    .map(|s| (s, d.clone()))
+            })
+            .await?;
+        tracing::info!(stage = %st.stage, "stage put");
+        Ok(Response::new(stage_to(&d, &st)))
+    }
+
+    async fn get_stage(&self, req: Request<pb::GetStageRequest>) -> Res<pb::Stage> {
+        let stage = StageRef::parse(&req.into_inner().stage)?;
+        let snap = self.catalog.snapshot();
+        let d = snap.data();
+        let s = d
+            .stages
+            .get(&stage.to_string())
+            .ok_or_else(|| AdminError::NotFound(format!("stage {stage} does not exist")))?;
+        Ok(Response::new(stage_to(d, s)))
+    }
+
+    async fn list_stages(&self, req: Request<pb::ListStagesRequest>) -> Res<pb::ListStagesResponse> {
+        let api = req.into_inner().api_id;
+        let snap = self.catalog.snapshot();
+        let d = snap.data();
+        let stages =
+            d.stages.values().filter(|s| api.is_empty() || s.stage.api_id == api).map(|s| stage_to(d, s)).collect();
+        Ok(Response::new(pb::ListStagesResponse { stages }))
+    }
+
+    async fn delete_stage(&self, req: Request<pb::DeleteStageRequest>) -> Res<pb::DeleteResponse> {
+        let stage = req.into_inner().stage;
+        self.catalog.update(|d, _| ops::delete_stage(d, &stage)).await?;
+        tracing::info!(%stage, "stage deleted");
+        Ok(Response::new(pb::DeleteResponse {}))
+    }
+
+    async fn delete_api(&self, req: Request<pb::DeleteApiRequest>) -> Res<pb::DeleteResponse> {
+        let api = req.into_inner().api_id;
+        require("api_id", &api)?;
+        self.catalog.update(|d, _| ops::delete_api(d, &api)).await?;
+        tracing::info!(api_id = %api, "API deleted");
+        Ok(Response::new(pb::DeleteResponse {}))
+    }
+
+    async fn create_usage_plan(&self, req: Request<pb::CreateUsagePlanRequest>) -> Res<pb::UsagePlan> {
+        let r = req.into_inner();
+        require("name", &r.name)?;
+        let new = NewPlan {
+            id: r.id,
+            name: r.name,
+            description: r.description,
+            throttle: r.throttle.as_ref().map(|t| throttle_from("throttle", t)).transpose()?,
+            quota: r.quota.as_ref().map(quota_from).transpose()?,
+            api_stages: r
+                .api_stages
+                .iter()
+                .enumerate()
+                .map(|(i, s)| plan_stage_from(i, s))
+                .collect::<Result<_, _>>()?,
+        };
+        let plan = self.catalog.update(|d, now| ops::create_plan(d, new.clone(), now)).await?;
+        tracing::info!(plan_id = %plan.id, "usage plan created");
+        Ok(Response::new(plan_to(&plan)))
+    }
+
+    async fn get_usage_plan(&self, req: Request<pb::GetUsagePlanRequest>) -> Res<pb::UsagePlan> {
+        let id = req.into_inner().id;
+        require("id", &id)?;
+        let snap = self.catalog.snapshot();
+        let p = snap
+            .data()
+            .plans
+            .get(&id)
+            .ok_or_else(|| AdminError::NotFound(format!("usage plan {id:?} does not exist")))?;
+        Ok(Response::new(plan_to(p)))
+    }
+
+    async fn list_usage_plans(&self, req: Request<pb::ListUsagePlansRequest>) -> Res<pb::ListUsagePlansResponse> {
+        let r = req.into_inner();
+        let snap = self.catalog.snapshot();
+        let d = snap.data();
+        let of_key: Option<Vec<&str>> = (!r.key_id.is_empty()).then(|| d.plans_of_key(&r.key_id).collect());
+        let items = d
+            .plans
+            .values()
+            .filter(|p| of_key.as_ref().is_none_or(|ids| ids.contains(&p.id.as_str())))
+            .map(|p| (p.id.clone(), p));
+        let (plans, next) = ops::page(items, r.page_size, &r.page_token)?;
+        Ok(Response::new(pb::ListUsagePlansResponse {
+            plans: plans.into_iter().map(plan_to).collect(),
+            next_page_token: next,
+        }))
+    }
+
+    async fn update_usage_plan(&self, req: Request<pb::UpdateUsagePlanRequest>) -> Res<pb::UsagePlan> {
+        let r = req.into_inner();
+        require("id", &r.id)?;
+        if r.clear_throttle && r.throttle.is_some() {
+            return Err(Invalid::new("throttle", "give either throttle or clear_throttle, not both").into());
+        }
+        if r.clear_quota && r.quota.is_some() {
+            return Err(Invalid::new("quota", "give either quota or clear_quota, not both").into());
+        }
+        if let Some(n) = &r.name {
+            require("name", n)?;
+        }
+        let throttle = match (&r.throttle, r.clear_throttle) {
+            (Some(t), _) => Some(Some(throttle_from("throttle", t)?)),
+            (None, true) => Some(None),
+            (None, false) => None,
+        };
+        let quota = match (&r.quota, r.clear_quota) {
+            (Some(q), _) => Some(Some(quota_from(q)?)),
+            (None, true) => Some(None),
+            (None, false) => None,
+        };
+        let mut set = Vec::new();
+        for (i, m) in r.set_method_throttles.iter().enumerate() {
+            let t = m
+                .throttle
+                .as_ref()
+                .ok_or_else(|| Invalid::new(format!("set_method_throttles[{i}].throttle"), "is required"))?;
+            set.push((
+                m.stage.clone(),
+                m.method.clone(),
+                throttle_from(&format!("set_method_throttles[{i}].throttle"), t)?,
+            ));
+        }
+        let patch = PlanPatch {
+            name: r.name,
+            description: r.description,
+            throttle,
+            quota,
+            add_stages: r
+                .add_stages
+                .iter()
+                .enumerate()
+                .map(|(i, s)| plan_stage_from(i, s))
+                .collect::<Result<_, _>>()?,
+            remove_stages: r.remove_stages,
+            set_method_throttles: set,
+            remove_method_throttles: r.remove_method_throttles.into_iter().map(|m| (m.stage, m.method)).collect(),
+        };
+        let plan = self.catalog.update(|d, _| ops::update_plan(d, &r.id, patch.clone())).await?;
+        tracing::info!(plan_id = %plan.id, "usage plan updated");
+        Ok(Response::new(plan_to(&plan)))
+    }
+
+    async fn delete_usage_plan(&self, req: Request<pb::DeleteUsagePlanRequest>) -> Res<pb::DeleteResponse> {
+        let id = req.into_inner().id;
+        require("id", &id)?;
+        self.catalog.update(|d, _| ops::delete_plan(d, &id)).await?;
+        tracing::info!(plan_id = %id, "usage plan deleted");
+        Ok(Response::new(pb::DeleteResponse {}))
+    }
+
+    async fn add_usage_plan_key(&self, req: Request<pb::UsagePlanKeyRequest>) -> Res<pb::UsagePlanKey> {
+        let r = req.into_inner();
+        require("usage_plan_id", &r.usage_plan_id)?;
+        require("key_id", &r.key_id)?;
+        let (k, d) = self
+            .catalog
+            .update(|d, _| ops::add_plan_key(d, &r.usage_plan_id, &r.key_id).map(|k| (k, d.clone())))
+            .await?;
+        tracing::info!(plan_id = %r.usage_plan_id, key_id = %r.key_id, "key added to usage plan");
+        Ok(Response::new(pb::UsagePlanKey { usage_plan_id: r.usage_plan_id, key: Some(key_to(&d, &k)) }))
+    }
+
+    async fn remove_usage_plan_key(&self, req: Request<pb::UsagePlanKeyRequest>) -> Res<pb::DeleteResponse> {
+        let r = req.into_inner();
+        require("usage_plan_id", &r.usage_plan_id)?;
+        require("key_id", &r.key_id)?;
+        self.catalog.update(|d, _| ops::remove_plan_key(d, &r.usage_plan_id, &r.key_id)).await?;
+        tracing::info!(plan_id = %r.usage_plan_id, key_id = %r.key_id, "key removed from usage plan");
+        Ok(Response::new(pb::DeleteResponse {}))
+    }
+
+    async fn list_usage_plan_keys(
+        &self,
+        req: Request<pb::ListUsagePlanKeysRequest>,
+    ) -> Res<pb::ListUsagePlanKeysResponse> {
+        let r = req.into_inner();
+        require("usage_plan_id", &r.usage_plan_id)?;
+        let snap = self.catalog.snapshot();
+        let d = snap.data();
+        if !d.plans.contains_key(&r.usage_plan_id) {
+            return Err(AdminError::NotFound(format!("usage plan {:?} does not exist", r.usage_plan_id)).into());
+        }
+        let items = d
+            .plan_keys
+            .iter()
+            .filter(|pk| pk.plan_id == r.usage_plan_id)
+            .filter_map(|pk| d.keys.get(&pk.key_id))
+            .filter(|k| k.name.starts_with(&r.name_prefix))
+            .map(|k| (k.id.clone(), k));
+        let (keys, next) = ops::page(items, r.page_size, &r.page_token)?;
+        Ok(Response::new(pb::ListUsagePlanKeysResponse {
+            keys: keys.into_iter().map(|k| key_to(d, k)).collect(),
+            next_page_token: next,
+        }))
+    }
+
+    async fn get_usage(&self, req: Request<pb::GetUsageRequest>) -> Res<pb::Usage> {
+        let r = req.into_inner();
+        Ok(Response::new(self.usage.get_usage(&self.catalog.snapshot(), r).await?))
+    }
+
+    async fn update_usage(&self, req: Request<pb::UpdateUsageRequest>) -> Res<pb::UsageUpdated> {
+        let r = req.into_inner();
+        Ok(Response::new(self.usage.update_usage(&self.catalog.snapshot(), r).await?))
+    }
+}

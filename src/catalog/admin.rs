@@ -1,0 +1,681 @@
+//! The control plane's operations on catalog records: pure functions on
+//! [`CatalogData`], run inside a catalog transaction
+//! (`CatalogService::update`), which then checks the whole catalog (every
+//! reference, the one-plan-per-stage rule) before storing it.
+
+use std::collections::{BTreeMap, HashMap};
+
+use super::{CatalogData, CatalogError, OldValue, PlanKey};
+use crate::model::{
+    generate_id, generate_key_value, validate_id, validate_key_value, value_hint, Api, ApiKey, Invalid, KeyHash,
+    MethodPattern, MethodSetting, PlanStage, Quota, Stage, StageRef, Throttle, UsagePlan,
+};
+
+/// Why an admin operation failed; each maps to one gRPC status.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AdminError {
+    /// Bad input: INVALID_ARGUMENT.
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+    /// No such thing: NOT_FOUND.
+    #[error("{0}")]
+    NotFound(String),
+    /// The change would break a rule of the catalog: FAILED_PRECONDITION.
+    #[error("{0}")]
+    Conflict(String),
+    /// It exists already: ALREADY_EXISTS.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// The catalog store cannot be reached: UNAVAILABLE.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Something unexpected: INTERNAL.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<CatalogError> for AdminError {
+    fn from(e: CatalogError) -> Self {
+        match e {
+            CatalogError::Invalid(i) => AdminError::Invalid(i),
+            CatalogError::Conflict(m) => AdminError::Conflict(m),
+        }
+    }
+}
+
+fn not_found(what: &str, id: &str) -> AdminError {
+    AdminError::NotFound(format!("{what} {id:?} does not exist"))
+}
+
+fn validate_name(name: &str) -> Result<(), Invalid> {
+    if name.trim().is_empty() || name.chars().count() > 1024 {
+        return Err(Invalid::new("name", "must be 1 to 1024 characters"));
+    }
+    Ok(())
+}
+
+fn validate_text(field: &str, s: &str, max: usize) -> Result<(), Invalid> {
+    if s.chars().count() > max {
+        return Err(Invalid::new(field, format!("must be at most {max} characters")));
+    }
+    Ok(())
+}
+
+/// A key to create.
+#[derive(Debug, Clone, Default)]
+pub struct NewKey {
+    /// 1–1024 characters.
+    pub name: String,
+    /// The value; generated when `None`.
+    pub value: Option<String>,
+    /// Free text.
+    pub description: String,
+    /// Default true.
+    pub enabled: bool,
+    /// Customer reference.
+    pub customer_id: String,
+    /// Expiry, ms since the epoch.
+    pub expires_at_ms: Option<u64>,
+}
+
+fn unique_id(taken: impl Fn(&str) -> bool) -> String {
+    loop {
+        let id = generate_id();
+        if !taken(&id) {
+            return id;
+        }
+    }
+}
+
+/// Creates a key; returns it and its value (shown once).
+pub fn create_key(d: &mut CatalogData, new: NewKey, now: u64) -> Result<(ApiKey, String), AdminError> {
+    validate_name(&new.name)?;
+    validate_text("description", &new.description, 4096)?;
+    validate_text("customer_id", &new.customer_id, 1024)?;
+    let value = match new.value {
+        Some(v) => {
+            validate_key_value("value", &v)?;
+            v
+        }
+        None => generate_key_value(),
+    };
+    let hash = KeyHash::of(&value);
+    if let Some(k) = d.key_by_hash(&hash) {
+        return Err(AdminError::AlreadyExists(format!(
+            "an API key with this value already exists (id {:?}); values are unique (keys import updates keys by value)",
+            k.id
+        )));
+    }
+    if d.old_values.contains_key(&hash.to_hex()) {
+        return Err(AdminError::AlreadyExists(
+            "this value belongs to a rotated key still in its grace period; choose another".into(),
+        ));
+    }
+    let key = ApiKey {
+        id: unique_id(|id| d.keys.contains_key(id)),
+        name: new.name,
+        description: new.description,
+        enabled: new.enabled,
+        customer_id: new.customer_id,
+        value_hash: hash,
+        value_hint: value_hint(&value),
+        created_at_ms: now,
+        updated_at_ms: now,
+        expires_at_ms: new.expires_at_ms,
+    };
+    d.keys.insert(key.id.clone(), key.clone());
+    Ok((key, value))
+}
+
+/// Fields of a key to change (`None`: keep).
+#[derive(Debug, Clone, Default)]
+pub struct KeyPatch {
+    /// New name.
+    pub name: Option<String>,
+    /// New description.
+    pub description: Option<String>,
+    /// Enable or disable.
+    pub enabled: Option<bool>,
+    /// New customer reference.
+    pub customer_id: Option<String>,
+    /// New expiry; `Some(None)` clears it.
+    pub expires_at_ms: Option<Option<u64>>,
+}
+
+/// Changes a key.
+pub fn update_key(d: &mut CatalogData, id: &str, p: KeyPatch, now: u64) -> Result<ApiKey, AdminError> {
+    let key = d.keys.get_mut(id).ok_or_else(|| not_found("API key", id))?;
+    if let Some(n) = p.name {
+        validate_name(&n)?;
+        key.name = n;
+    }
+    if let Some(s) = p.description {
+        validate_text("description", &s, 4096)?;
+        key.description = s;
+    }
+    if let Some(e) = p.enabled {
+        key.enabled = e;
+    }
+    if let Some(c) = p.customer_id {
+        validate_text("customer_id", &c, 1024)?;
+        key.customer_id = c;
+    }
+    if let Some(x) = p.expires_at_ms {
+        key.expires_at_ms = x;
+    }
+    key.updated_at_ms = now;
+    Ok(key.clone())
+}
+
+/// Deletes a key with its subscriptions and old values.
+pub fn delete_key(d: &mut CatalogData, id: &str) -> Result<(), AdminError> {
+    d.keys.remove(id).ok_or_else(|| not_found("API key", id))?;
+    d.plan_keys.retain(|pk| pk.key_id != id);
+    d.old_values.retain(|_, o| o.key_id != id);
+    Ok(())
+}
+
+/// Gives a key a new value; the old one keeps working for `grace_ms`.
+pub fn rotate_key(
+    d: &mut CatalogData,
+    id: &str,
+    value: Option<String>,
+    grace_ms: u64,
+    now: u64,
+) -> Result<(ApiKey, String), AdminError> {
+    let value = match value {
+        Some(v) => {
+            validate_key_value("value", &v)?;
+            v
+        }
+        None => generate_key_value(),
+    };
+    let hash = KeyHash::of(&value);
+    if d.key_by_hash(&hash).is_some() || d.old_values.contains_key(&hash.to_hex()) {
+        return Err(AdminError::AlreadyExists("that value is already in use; choose another".into()));
+    }
+    let key = d.keys.get_mut(id).ok_or_else(|| not_found("API key", id))?;
+    let old = key.value_hash;
+    key.value_hash = hash;
+    key.value_hint = value_hint(&value);
+    key.updated_at_ms = now;
+    let key = key.clone();
+    if grace_ms > 0 {
+        d.old_values.insert(old.to_hex(), OldValue { key_id: id.to_string(), valid_until_ms: now + grace_ms });
+    }
+    Ok((key, value))
+}
+
+/// Drops old values whose grace period is over.
+pub fn prune_old_values(d: &mut CatalogData, now: u64) {
+    d.old_values.retain(|_, o| o.valid_until_ms > now);
+}
+
+/// Creates or changes an API and one of its stages.
+pub fn put_stage(
+    d: &mut CatalogData,
+    stage: &str,
+    api_name: Option<String>,
+    methods: Vec<(String, MethodSetting)>,
+    remove: Vec<String>,
+) -> Result<Stage, AdminError> {
+    let sr = StageRef::parse(stage)?;
+    if let Some(n) = &api_name {
+        validate_name(n).map_err(|e| Invalid::new("api_name", e.message))?;
+    }
+    let api = d.apis.entry(sr.api_id.clone()).or_insert_with(|| Api { id: sr.api_id.clone(), name: sr.api_id.clone() });
+    if let Some(n) = api_name {
+        api.name = n;
+    }
+    let st = d.stages.entry(sr.to_string()).or_insert_with(|| Stage { stage: sr.clone(), methods: BTreeMap::new() });
+    for m in remove {
+        let p = MethodPattern::parse(&m).map_err(|e| Invalid::new("remove_methods", e.0))?;
+        if st.methods.remove(p.as_str()).is_none() {
+            return Err(AdminError::NotFound(format!("stage {sr} has no settings for method {:?}", p.as_str())));
+        }
+    }
+    for (m, setting) in methods {
+        let p = MethodPattern::parse(&m).map_err(|e| Invalid::new("methods.method", e.0))?;
+        if let Some(t) = &setting.throttle {
+            t.validate().map_err(|e| e.within("methods.throttle"))?;
+        }
+        st.methods.insert(p.as_str().to_string(), setting);
+    }
+    Ok(st.clone())
+}
+
+fn plans_with_stage(d: &CatalogData, stage: &str) -> Vec<String> {
+    d.plans
+        .values()
+        .filter(|p| p.api_stages.iter().any(|s| s.stage.to_string() == stage))
+        .map(|p| p.id.clone())
+        .collect()
+}
+
+/// Deletes a stage no plan contains.
+pub fn delete_stage(d: &mut CatalogData, stage: &str) -> Result<(), AdminError> {
+    let sr = StageRef::parse(stage)?;
+    let key = sr.to_string();
+    if !d.stages.contains_key(&key) {
+        return Err(not_found("stage", &key));
+    }
+    let plans = plans_with_stage(d, &key);
+    if !plans.is_empty() {
+        return Err(AdminError::Conflict(format!(
+            "stage {key} is in usage plans {plans:?}; remove it from them first"
+        )));
+    }
+    d.stages.remove(&key);
+    Ok(())
+}
+
+/// Deletes an API and its stages, when no plan contains any of them.
+pub fn delete_api(d: &mut CatalogData, api_id: &str) -> Result<(), AdminError> {
+    if !d.apis.contains_key(api_id) {
+        return Err(not_found("API", api_id));
+    }
+    let stages: Vec<String> =
+        d.stages.values().filter(|s| s.stage.api_id == api_id).map(|s| s.stage.to_string()).collect();
+    for s in &stages {
+        let plans = plans_with_stage(d, s);
+        if !plans.is_empty() {
+            return Err(AdminError::Conflict(format!(
+                "stage {s} of API {api_id:?} is in usage plans {plans:?}; remove it from them first"
+            )));
+        }
+    }
+    for s in stages {
+        d.stages.remove(&s);
+    }
+    d.apis.remove(api_id);
+    Ok(())
+}
+
+/// A plan to create.
+#[derive(Debug, Clone, Default)]
+pub struct NewPlan {
+    /// Chosen id, or generated.
+    pub id: Option<String>,
+    /// Name.
+    pub name: String,
+    /// Description.
+    pub description: String,
+    /// Throttle.
+    pub throttle: Option<Throttle>,
+    /// Quota.
+    pub quota: Option<Quota>,
+    /// Stages with per-method throttles.
+    pub api_stages: Vec<PlanStage>,
+}
+
+/// Creates a usage plan.
+pub fn create_plan(d: &mut CatalogData, new: NewPlan, now: u64) -> Result<UsagePlan, AdminError> {
+    let id = match new.id {
+        Some(id) => {
+            validate_id("id", &id)?;
+            if d.plans.contains_key(&id) {
+                return Err(AdminError::AlreadyExists(format!("usage plan {id:?} already exists")));
+            }
+            id
+        }
+        None => unique_id(|id| d.plans.contains_key(id)),
+    };
+    validate_text("description", &new.description, 4096)?;
+    let plan = UsagePlan {
+        id: id.clone(),
+        name: new.name,
+        description: new.description,
+        throttle: new.throttle,
+        quota: new.quota,
+        api_stages: new.api_stages,
+        created_at_ms: now,
+    };
+    plan.validate()?;
+    check_stages_exist(d, &plan)?;
+    d.plans.insert(id, plan.clone());
+    Ok(plan)
+}
+
+fn check_stages_exist(d: &CatalogData, plan: &UsagePlan) -> Result<(), AdminError> {
+    for s in &plan.api_stages {
+        if !d.stages.contains_key(&s.stage.to_string()) {
+            return Err(AdminError::NotFound(format!(
+                "stage {} does not exist; create it with `tollgate stages put {}`",
+                s.stage, s.stage
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Changes to a usage plan.
+#[derive(Debug, Clone, Default)]
+pub struct PlanPatch {
+    /// New name.
+    pub name: Option<String>,
+    /// New description.
+    pub description: Option<String>,
+    /// `Some(None)` removes the throttle.
+    pub throttle: Option<Option<Throttle>>,
+    /// `Some(None)` removes the quota.
+    pub quota: Option<Option<Quota>>,
+    /// Stages to add.
+    pub add_stages: Vec<PlanStage>,
+    /// Stages to remove (`API/STAGE`).
+    pub remove_stages: Vec<String>,
+    /// (stage, method, throttle) to set.
+    pub set_method_throttles: Vec<(String, String, Throttle)>,
+    /// (stage, method) to remove.
+    pub remove_method_throttles: Vec<(String, String)>,
+}
+
+/// Changes a usage plan.
+pub fn update_plan(d: &mut CatalogData, id: &str, p: PlanPatch) -> Result<UsagePlan, AdminError> {
+    let mut plan = d.plans.get(id).cloned().ok_or_else(|| not_found("usage plan", id))?;
+    if let Some(n) = p.name {
+        plan.name = n;
+    }
+    if let Some(s) = p.description {
+        validate_text("description", &s, 4096)?;
+        plan.description = s;
+    }
+    if let Some(t) = p.throttle {
+        plan.throttle = t;
+    }
+    if let Some(q) = p.quota {
+        plan.quota = q;
+    }
+    for s in p.remove_stages {
+        let sr = StageRef::parse(&s).map_err(|e| Invalid::new("remove_stages", e.message))?;
+        let before = plan.api_stages.len();
+        plan.api_stages.retain(|x| x.stage != sr);
+        if plan.api_stages.len() == before {
+            return Err(AdminError::NotFound(format!("usage plan {id:?} does not contain stage {sr}")));
+        }
+    }
+    for s in p.add_stages {
+        if plan.api_stages.iter().any(|x| x.stage == s.stage) {
+            return Err(AdminError::AlreadyExists(format!("usage plan {id:?} already contains stage {}", s.stage)));
+        }
+        plan.api_stages.push(s);
+    }
+    for (stage, method, t) in p.set_method_throttles {
+        let sr = StageRef::parse(&stage).map_err(|e| Invalid::new("set_method_throttles.stage", e.message))?;
+        let m = MethodPattern::parse(&method).map_err(|e| Invalid::new("set_method_throttles.method", e.0))?;
+        let ps = plan
+            .api_stages
+            .iter_mut()
+            .find(|x| x.stage == sr)
+            .ok_or_else(|| AdminError::NotFound(format!("usage plan {id:?} does not contain stage {sr}")))?;
+        ps.throttle.insert(m.as_str().to_string(), t);
+    }
+    for (stage, method) in p.remove_method_throttles {
+        let sr = StageRef::parse(&stage).map_err(|e| Invalid::new("remove_method_throttles.stage", e.message))?;
+        let m = MethodPattern::parse(&method).map_err(|e| Invalid::new("remove_method_throttles.method", e.0))?;
+        let ps = plan
+            .api_stages
+            .iter_mut()
+            .find(|x| x.stage == sr)
+            .ok_or_else(|| AdminError::NotFound(format!("usage plan {id:?} does not contain stage {sr}")))?;
+        if ps.throttle.remove(m.as_str()).is_none() {
+            return Err(AdminError::NotFound(format!("usage plan {id:?} has no throttle for {sr} {}", m.as_str())));
+        }
+    }
+    plan.validate()?;
+    check_stages_exist(d, &plan)?;
+    d.plans.insert(id.to_string(), plan.clone());
+    Ok(plan)
+}
+
+/// Deletes a usage plan and its subscriptions.
+pub fn delete_plan(d: &mut CatalogData, id: &str) -> Result<(), AdminError> {
+    d.plans.remove(id).ok_or_else(|| not_found("usage plan", id))?;
+    d.plan_keys.retain(|pk| pk.plan_id != id);
+    Ok(())
+}
+
+/// Checks that adding `key_id` to `plan_id` keeps one plan per stage per key.
+pub fn check_one_plan_per_stage(d: &CatalogData, plan_id: &str, key_id: &str) -> Result<(), AdminError> {
+    let plan = d.plans.get(plan_id).ok_or_else(|| not_found("usage plan", plan_id))?;
+    for other_id in d.plans_of_key(key_id) {
+        if other_id == plan_id {
+            continue;
+        }
+        let Some(other) = d.plans.get(other_id) else { continue };
+        if let Some(s) = plan.api_stages.iter().find(|s| other.api_stages.iter().any(|o| o.stage == s.stage)) {
+            return Err(AdminError::Conflict(format!(
+                "API key {key_id:?} cannot be in usage plan {plan_id:?}: it is already in usage plan {other_id:?}, which also contains stage {}; a key may have only one plan per stage",
+                s.stage
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Subscribes a key to a plan.
+pub fn add_plan_key(d: &mut CatalogData, plan_id: &str, key_id: &str) -> Result<ApiKey, AdminError> {
+    if !d.plans.contains_key(plan_id) {
+        return Err(not_found("usage plan", plan_id));
+    }
+    let key = d.keys.get(key_id).cloned().ok_or_else(|| not_found("API key", key_id))?;
+    let pk = PlanKey { plan_id: plan_id.to_string(), key_id: key_id.to_string() };
+    if d.plan_keys.contains(&pk) {
+        return Err(AdminError::AlreadyExists(format!("API key {key_id:?} is already in usage plan {plan_id:?}")));
+    }
+    check_one_plan_per_stage(d, plan_id, key_id)?;
+    d.plan_keys.insert(pk);
+    Ok(key)
+}
+
+/// Unsubscribes a key from a plan.
+pub fn remove_plan_key(d: &mut CatalogData, plan_id: &str, key_id: &str) -> Result<(), AdminError> {
+    let pk = PlanKey { plan_id: plan_id.to_string(), key_id: key_id.to_string() };
+    if !d.plan_keys.remove(&pk) {
+        if !d.plans.contains_key(plan_id) {
+            return Err(not_found("usage plan", plan_id));
+        }
+        return Err(AdminError::NotFound(format!("API key {key_id:?} is not in usage plan {plan_id:?}")));
+    }
+    Ok(())
+}
+
+/// One row of an import.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportRow {
+    /// 1-based line in the file.
+    pub line: u32,
+    /// Name.
+    pub name: String,
+    /// The value.
+    pub value: String,
+    /// Description.
+    pub description: String,
+    /// Enabled.
+    pub enabled: bool,
+    /// Plans to subscribe the key to.
+    pub plan_ids: Vec<String>,
+}
+
+/// A row that was not imported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportWarning {
+    /// 1-based line.
+    pub line: u32,
+    /// Why.
+    pub message: String,
+}
+
+/// Imports rows: a value that exists updates that key, others create keys.
+/// Rows that cannot be applied become warnings; with `fail_on_warnings`,
+/// any warning and nothing is imported.
+pub fn import_keys(
+    d: &mut CatalogData,
+    rows: Vec<ImportRow>,
+    mut warnings: Vec<ImportWarning>,
+    fail_on_warnings: bool,
+    now: u64,
+) -> Result<(Vec<String>, Vec<ImportWarning>), AdminError> {
+    let mut by_hash: HashMap<KeyHash, String> = d.keys.values().map(|k| (k.value_hash, k.id.clone())).collect();
+    let mut ids = Vec::new();
+    for row in rows {
+        let hash = KeyHash::of(&row.value);
+        if let Some(p) = row.plan_ids.iter().find(|p| !d.plans.contains_key(*p)) {
+            warnings.push(ImportWarning { line: row.line, message: format!("usage plan {p:?} does not exist") });
+            continue;
+        }
+        let id = match by_hash.get(&hash) {
+            Some(id) => {
+                let k = d.keys.get_mut(id).expect("index matches the keys");
+                k.name = row.name;
+                k.description = row.description;
+                k.enabled = row.enabled;
+                k.updated_at_ms = now;
+                id.clone()
+            }
+            None => {
+                if d.old_values.contains_key(&hash.to_hex()) {
+                    warnings.push(ImportWarning {
+                        line: row.line,
+                        message: "the value belongs to a rotated key still in its grace period".into(),
+                    });
+                    continue;
+                }
+                let id = unique_id(|id| d.keys.contains_key(id));
+                d.keys.insert(
+                    id.clone(),
+                    ApiKey {
+                        id: id.clone(),
+                        name: row.name,
+                        description: row.description,
+                        enabled: row.enabled,
+                        customer_id: String::new(),
+                        value_hash: hash,
+                        value_hint: value_hint(&row.value),
+                        created_at_ms: now,
+                        updated_at_ms: now,
+                        expires_at_ms: None,
+                    },
+                );
+                by_hash.insert(hash, id.clone());
+                id
+            }
+        };
+        let mut row_ok = true;
+        for p in &row.plan_ids {
+            if let Err(e) = check_one_plan_per_stage(d, p, &id) {
+                warnings.push(ImportWarning { line: row.line, message: e.to_string() });
+                row_ok = false;
+                break;
+            }
+            d.plan_keys.insert(PlanKey { plan_id: p.clone(), key_id: id.clone() });
+        }
+        if row_ok {
+            ids.push(id);
+        }
+    }
+    if fail_on_warnings && !warnings.is_empty() {
+        let shown: Vec<String> = warnings.iter().take(20).map(|w| format!("line {}: {}", w.line, w.message)).collect();
+        return Err(AdminError::Invalid(Invalid::new(
+            "csv",
+            format!(
+                "{} row(s) have problems and fail_on_warnings is set, so nothing was imported: {}",
+                warnings.len(),
+                shown.join("; ")
+            ),
+        )));
+    }
+    Ok((ids, warnings))
+}
+
+/// Items of a list page: those after `token` (an opaque encoding of the last
+/// id of the previous page), at most `size`; and the next token.
+pub fn page<T: Clone>(
+    items: impl Iterator<Item = (String, T)>,
+    size: u32,
+    token: &str,
+) -> Result<(Vec<T>, String), Invalid> {
+    let size = match size {
+        0 => 25,
+        1..=500 => size as usize,
+        _ => return Err(Invalid::new("page_size", format!("must be 1 to 500, got {size}"))),
+    };
+    let after = if token.is_empty() {
+        None
+    } else {
+        let raw =
+            hex::decode(token).map_err(|_| Invalid::new("page_token", "is not a token from a previous answer"))?;
+        Some(String::from_utf8(raw).map_err(|_| Invalid::new("page_token", "is not a token from a previous answer"))?)
+    };
+    let mut out = Vec::new();
+    let mut last = None;
+    let mut more = false;
+    for (id, item) in items {
+        if after.as_ref().is_some_and(|a| &id <= a) {
+            continue;
+        }
+        if out.len() == size {
+            more = true;
+            break;
+        }
+        last = Some(id);
+        out.push(item);
+    }
+    let next = if more { last.map(|l| hex::encode(l.as_bytes())).unwrap_or_default() } else { String::new() };
+    Ok((out, next))
+}
+
+/// Applies the catalog file as upserts (the YAML bootstrap): APIs, stages
+/// and plans by id (a plan keeps its creation time), keys by value (a key
+/// keeps its id), and subscriptions added. Applying it twice changes nothing.
+pub fn apply_bootstrap(d: &mut CatalogData, file: &CatalogData, now: u64) -> Result<(), AdminError> {
+    for (id, api) in &file.apis {
+        d.apis.insert(id.clone(), api.clone());
+    }
+    for (id, st) in &file.stages {
+        d.stages.insert(id.clone(), st.clone());
+    }
+    for (id, plan) in &file.plans {
+        let mut plan = plan.clone();
+        if let Some(old) = d.plans.get(id) {
+            plan.created_at_ms = old.created_at_ms;
+        }
+        d.plans.insert(id.clone(), plan);
+    }
+    let mut id_map = HashMap::new();
+    for key in file.keys.values() {
+        let id = match d.keys.values_mut().find(|k| k.value_hash == key.value_hash) {
+            Some(k) => {
+                let changed = k.name != key.name
+                    || k.description != key.description
+                    || k.enabled != key.enabled
+                    || k.customer_id != key.customer_id
+                    || k.expires_at_ms != key.expires_at_ms;
+                if changed {
+                    k.name = key.name.clone();
+                    k.description = key.description.clone();
+                    k.enabled = key.enabled;
+                    k.customer_id = key.customer_id.clone();
+                    k.expires_at_ms = key.expires_at_ms;
+                    k.updated_at_ms = now;
+                }
+                k.id.clone()
+            }
+            None => {
+                if d.keys.contains_key(&key.id) {
+                    return Err(AdminError::Conflict(format!(
+                        "the catalog file's key {:?} has id {:?}, which another key with a different value already has",
+                        key.name, key.id
+                    )));
+                }
+                d.keys.insert(key.id.clone(), key.clone());
+                key.id.clone()
+            }
+        };
+        id_map.insert(key.id.clone(), id);
+    }
+    for pk in &file.plan_keys {
+        let key_id = id_map.get(&pk.key_id).cloned().unwrap_or_else(|| pk.key_id.clone());
+        d.plan_keys.insert(PlanKey { plan_id: pk.plan_id.clone(), key_id });
+    }
+    Ok(())
+}

@@ -1,0 +1,148 @@
+//! API Gateway's CSV format for importing API keys.
+//!
+//! ```csv
+//! Name,Key,Description,Enabled,UsagePlanIds
+//! MyFirstApiKey,apikeyuniqueForMyFirstApiKey,A key for my first api,true,c7y23b
+//! MySecondApiKey,apikeyuniqueForMySecondApiKey,A key for my second api,false,"c7y23b,jbgfw7"
+//! ```
+//!
+//! `Name` and `Key` are required; `Description`, `Enabled` (default true)
+//! and `UsagePlanIds` (several ids in one quoted, comma-separated cell) are
+//! optional. Header names are case-insensitive and in any order; unknown
+//! columns are ignored. A file-level problem (empty, no header, a required
+//! column missing, not UTF-8, too big) fails the whole import; a bad row
+//! becomes a warning naming its line.
+
+use super::admin::{ImportRow, ImportWarning};
+use crate::model::{validate_key_value, Invalid};
+
+/// Largest accepted file, bytes.
+pub const MAX_CSV_BYTES: usize = 5 * 1024 * 1024;
+
+/// Parses a CSV file into rows and per-row warnings.
+pub fn parse(bytes: &[u8]) -> Result<(Vec<ImportRow>, Vec<ImportWarning>), Invalid> {
+    if bytes.len() > MAX_CSV_BYTES {
+        return Err(Invalid::new(
+            "csv",
+            format!(
+                "the file is {:.1} MiB; at most {} MiB can be imported at once: split it",
+                bytes.len() as f64 / (1024.0 * 1024.0),
+                MAX_CSV_BYTES / (1024 * 1024)
+            ),
+        ));
+    }
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        Invalid::new("csv", format!("the file is not UTF-8 text (first bad byte at offset {})", e.valid_up_to()))
+    })?;
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    if text.trim().is_empty() {
+        return Err(Invalid::new("csv", "the file is empty; line 1 must be a header with at least Name and Key"));
+    }
+    let mut rdr =
+        csv::ReaderBuilder::new().has_headers(true).flexible(true).trim(csv::Trim::All).from_reader(text.as_bytes());
+    let headers = rdr.headers().map_err(|e| Invalid::new("csv", format!("line 1: {e}")))?.clone();
+    let col = |name: &str| headers.iter().position(|h| h.eq_ignore_ascii_case(name));
+    let (Some(name_col), Some(key_col)) = (col("name"), col("key")) else {
+        let found: Vec<&str> = headers.iter().collect();
+        let missing: Vec<&str> =
+            [("Name", col("name")), ("Key", col("key"))].iter().filter(|(_, c)| c.is_none()).map(|(n, _)| *n).collect();
+        return Err(Invalid::new(
+            "csv",
+            format!(
+                "line 1: the header has no {} column (found {found:?}); Name and Key are required",
+                missing.join(" and ")
+            ),
+        ));
+    };
+    let desc_col = col("description");
+    let enabled_col = col("enabled");
+    let plans_col = col("usageplanids");
+
+    let mut rows = Vec::new();
+    let mut warnings = Vec::new();
+    for rec in rdr.records() {
+        let rec = match rec {
+            Ok(r) => r,
+            Err(e) => {
+                let line = e.position().map(|p| p.line() as u32).unwrap_or(0);
+                warnings.push(ImportWarning { line, message: format!("cannot read the row: {e}") });
+                continue;
+            }
+        };
+        let line = rec.position().map(|p| p.line() as u32).unwrap_or(0);
+        if rec.iter().all(|f| f.is_empty()) {
+            continue;
+        }
+        let get = |c: Option<usize>| c.and_then(|c| rec.get(c)).unwrap_or("");
+        let name = get(Some(name_col));
+        let value = get(Some(key_col));
+        let mut warn = |m: String| warnings.push(ImportWarning { line, message: m });
+        if name.is_empty() || name.chars().count() > 1024 {
+            warn("Name must be 1 to 1024 characters".into());
+            continue;
+        }
+        if let Err(e) = validate_key_value("Key", value) {
+            warn(e.to_string());
+            continue;
+        }
+        let enabled = match get(enabled_col).to_ascii_lowercase().as_str() {
+            "" | "true" => true,
+            "false" => false,
+            other => {
+                let shown: String = other.chars().take(20).collect();
+                warn(format!("Enabled must be true or false, got {shown:?}"));
+                continue;
+            }
+        };
+        let plan_ids: Vec<String> =
+            get(plans_col).split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect();
+        rows.push(ImportRow {
+            line,
+            name: name.to_string(),
+            value: value.to_string(),
+            description: get(desc_col).to_string(),
+            enabled,
+            plan_ids,
+        });
+    }
+    Ok((rows, warnings))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_gateway_sample() {
+        let csv = "Name,Key,Description,Enabled,UsagePlanIds\n\
+                   MyFirstApiKey,apikeyuniqueForMyFirstApiKey000,A key for my first api,true,c7y23b\n\
+                   MySecondApiKey,apikeyuniqueForMySecondApiKey00,A key for my second api,false,\"c7y23b,jbgfw7\"\n";
+        let (rows, warnings) = parse(csv.as_bytes()).unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[1].plan_ids, vec!["c7y23b", "jbgfw7"]);
+        assert!(!rows[1].enabled);
+        assert_eq!(rows[1].line, 3);
+    }
+
+    #[test]
+    fn header_case_and_order_and_unknown_columns() {
+        let csv = "key,extra,NAME\napikeyuniqueForMyFirstApiKey000,x,First\n";
+        let (rows, _) = parse(csv.as_bytes()).unwrap();
+        assert_eq!((rows[0].name.as_str(), rows[0].enabled), ("First", true));
+    }
+
+    #[test]
+    fn file_and_row_problems() {
+        assert!(parse(b"").unwrap_err().message.contains("empty"));
+        let e = parse(b"Name,Description\nx,y\n").unwrap_err();
+        assert!(e.message.contains("no Key column"), "{e}");
+        let csv = "Name,Key,Enabled\nA,apikeyuniqueForMyFirstApiKey000,maybe\nB,short,true\n";
+        let (rows, w) = parse(csv.as_bytes()).unwrap();
+        assert!(rows.is_empty());
+        assert_eq!(w.iter().map(|w| w.line).collect::<Vec<_>>(), vec![2, 3]);
+        assert!(w[0].message.contains("Enabled"));
+        let big = vec![b'a'; MAX_CSV_BYTES + 1];
+        assert!(parse(&big).unwrap_err().message.contains("MiB"));
+    }
+}

@@ -1,0 +1,172 @@
+//! Usage metering for the control plane: GetUsage and UpdateUsage
+//! (docs/semantics.md, "Usage").
+//!
+//! Decisions count usage in the same atomic step that consumes the limits
+//! (`decide.lua`): per key, per plan, per UTC day, a record of the units
+//! used that day and of the quota used in the period after the day's last
+//! call. GetUsage reads those records; for a day with no record, the quota
+//! used carries over from the previous day of the same period (or is 0 at a
+//! period's start), so `remaining` is always "the quota left at the end of
+//! that day within its period".
+
+use crate::api::pb;
+use crate::calendar::{period_days, Date, DAY_MS};
+use crate::catalog::admin::{page, AdminError};
+use crate::catalog::Catalog;
+use crate::model::{Invalid, UsagePlan};
+use crate::store::keys::{dated, Keys};
+use crate::store::{LimitStore, Store, StoreError};
+
+/// Most days one GetUsage call may cover.
+pub const MAX_DAYS: i64 = 90;
+
+/// Reads and changes usage in the limit store.
+#[derive(Clone)]
+pub struct UsageService {
+    store: Store,
+    keys: Keys,
+}
+
+impl From<StoreError> for AdminError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(m) => AdminError::Unavailable(format!("the limit store cannot be reached: {m}")),
+            StoreError::Internal(m) => AdminError::Internal(m),
+        }
+    }
+}
+
+fn parse_date(field: &str, s: &str) -> Result<Date, Invalid> {
+    Date::parse(s).ok_or_else(|| Invalid::new(field, format!("{s:?} is not a date written YYYY-MM-DD")))
+}
+
+fn plan<'a>(catalog: &'a Catalog, id: &str) -> Result<&'a UsagePlan, AdminError> {
+    if id.is_empty() {
+        return Err(Invalid::new("usage_plan_id", "is required").into());
+    }
+    catalog.data().plans.get(id).ok_or_else(|| AdminError::NotFound(format!("usage plan {id:?} does not exist")))
+}
+
+impl UsageService {
+    /// Usage kept in `store`, under `keys`.
+    pub fn new(store: Store, keys: Keys) -> Self {
+        Self { store, keys }
+    }
+
+    /// GetUsage: per key of the plan, `[used, remaining]` per day.
+    pub async fn get_usage(&self, catalog: &Catalog, r: pb::GetUsageRequest) -> Result<pb::Usage, AdminError> {
+        let plan = plan(catalog, &r.usage_plan_id)?;
+        let start = parse_date("start_date", &r.start_date)?;
+        let end = parse_date("end_date", &r.end_date)?;
+        let (s, e) = (start.days(), end.days());
+        if e < s {
+            return Err(Invalid::new("end_date", format!("{end} is before start_date {start}")).into());
+        }
+        if e - s + 1 > MAX_DAYS {
+            return Err(Invalid::new(
+                "end_date",
+                format!("the range {start} to {end} is {} days; at most {MAX_DAYS} per call", e - s + 1),
+            )
+            .into());
+        }
+        let limit = match r.limit {
+            0 => 25,
+            1..=500 => r.limit,
+            n => return Err(Invalid::new("limit", format!("must be 1 to 500, got {n}")).into()),
+        };
+        let d = catalog.data();
+        let key_ids: Vec<String> = match &r.key_id {
+            Some(k) => {
+                if !d.keys.contains_key(k) {
+                    return Err(AdminError::NotFound(format!("API key {k:?} does not exist")));
+                }
+                vec![k.clone()]
+            }
+            None => d.plan_keys.iter().filter(|pk| pk.plan_id == plan.id).map(|pk| pk.key_id.clone()).collect(),
+        };
+        let (key_ids, next) = page(key_ids.into_iter().map(|k| (k.clone(), k)), limit, &r.position)
+            .map_err(|e| Invalid::new("position", e.message))?;
+
+        // Read from the start of the period containing `start`, to carry the
+        // quota used into the first days of the range.
+        let from = plan.quota.map(|q| period_days(q.period, s).0).unwrap_or(s);
+        let days: Vec<i64> = (from..=e).collect();
+        let mut names = Vec::with_capacity(key_ids.len() * days.len());
+        for k in &key_ids {
+            let base = self.keys.usage_base(k, &plan.id);
+            names.extend(days.iter().map(|&day| dated(&base, Date::from_days(day))));
+        }
+        let records = self.store.read_usage(names).await?;
+        let mut items = std::collections::HashMap::new();
+        for (i, k) in key_ids.iter().enumerate() {
+            let recs = &records[i * days.len()..(i + 1) * days.len()];
+            let mut out = Vec::with_capacity((e - s + 1) as usize);
+            let mut used_in_period: i64 = 0;
+            let mut period_start = None;
+            for (j, &day) in days.iter().enumerate() {
+                let rec = recs[j];
+                let remaining = plan.quota.map(|q| {
+                    let (ps, _) = period_days(q.period, day);
+                    if period_start != Some(ps) {
+                        period_start = Some(ps);
+                        used_in_period = 0;
+                    }
+                    if let Some(qu) = rec.and_then(|r| r.q) {
+                        used_in_period = qu;
+                    }
+                    let created_in_period = plan.created_at_ms >= ps as u64 * DAY_MS;
+                    let eff = (if created_in_period { q.limit - q.offset } else { q.limit }) as i64;
+                    (eff - used_in_period).max(0) as u64
+                });
+                if day >= s {
+                    out.push(pb::DailyUsage { used: rec.map(|r| r.n.max(0) as u64).unwrap_or(0), remaining });
+                }
+            }
+            items.insert(k.clone(), pb::KeyUsage { days: out });
+        }
+        Ok(pb::Usage {
+            usage_plan_id: plan.id.clone(),
+            start_date: start.to_string(),
+            end_date: end.to_string(),
+            items,
+            position: next,
+        })
+    }
+
+    /// UpdateUsage: sets the key's remaining quota in the current period.
+    pub async fn update_usage(
+        &self,
+        catalog: &Catalog,
+        r: pb::UpdateUsageRequest,
+    ) -> Result<pb::UsageUpdated, AdminError> {
+        let plan = plan(catalog, &r.usage_plan_id)?;
+        if r.key_id.is_empty() {
+            return Err(Invalid::new("key_id", "is required").into());
+        }
+        if r.remaining < 0 {
+            return Err(Invalid::new("remaining", format!("must be 0 or more, got {}", r.remaining)).into());
+        }
+        let d = catalog.data();
+        if !d.keys.contains_key(&r.key_id) {
+            return Err(AdminError::NotFound(format!("API key {:?} does not exist", r.key_id)));
+        }
+        if !d.plans_of_key(&r.key_id).any(|p| p == plan.id) {
+            return Err(AdminError::NotFound(format!("API key {:?} is not in usage plan {:?}", r.key_id, plan.id)));
+        }
+        let Some(quota) = plan.quota else {
+            return Err(AdminError::Conflict(format!("usage plan {:?} has no quota to update", plan.id)));
+        };
+        let (remaining, period_end_ms) = self
+            .store
+            .set_remaining(
+                &self.keys.quota_base(&r.key_id, &plan.id),
+                &self.keys.usage_base(&r.key_id, &plan.id),
+                &quota,
+                plan.created_at_ms,
+                r.remaining as u64,
+            )
+            .await?;
+        tracing::info!(plan_id = %plan.id, key_id = %r.key_id, remaining, "usage updated");
+        Ok(pb::UsageUpdated { usage_plan_id: plan.id.clone(), key_id: r.key_id, remaining, period_end_ms })
+    }
+}
