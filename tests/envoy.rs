@@ -240,14 +240,21 @@ fn ext_authz_checks_keys_and_passes_ids_upstream() {
     assert_eq!(seen.header("x-tollgate-key-id"), Some("key-demo"));
     assert_eq!(seen.header("x-tollgate-plan-id"), Some("basic"));
     assert_eq!(seen.header("x-api-key"), None, "the key is not forwarded");
+    assert_eq!(seen.header("ratelimit"), r.header("ratelimit"), "the upstream sees the limit too");
+    assert_eq!(seen.header("ratelimit-policy"), r.header("ratelimit-policy"));
 
     // A method that needs no key: no ids upstream, even forged ones.
-    let r = http::get(s.envoy.addr, "/pets/health", &[("x-tollgate-key-id", "admin"), ("x-tollgate-plan-id", "gold")]);
+    let r = http::get(
+        s.envoy.addr,
+        "/pets/health",
+        &[("x-tollgate-key-id", "admin"), ("x-tollgate-plan-id", "gold"), ("ratelimit", "\"made-up\";r=9")],
+    );
     assert_eq!(r.status, 200, "{r:?}");
     let seen = s.upstream.last().expect("the upstream got the request");
     assert_eq!(seen.path, "/pets/health");
     assert_eq!(seen.header("x-tollgate-key-id"), None);
     assert_eq!(seen.header("x-tollgate-plan-id"), None);
+    assert_eq!(seen.header("ratelimit"), None, "no limit applies: no made-up RateLimit upstream");
     assert!(!s.tollgate.log().contains(DEMO_KEY), "key values are never logged");
 }
 
@@ -434,6 +441,7 @@ fn rls_enforces_the_same_plan_limits() {
     let r = s.get("/pets", Some(DEMO_KEY));
     assert_json_denial(&r, 429, "Too Many Requests");
     assert_eq!(r.header("x-envoy-ratelimited"), Some("true"), "{r:?}");
+    assert_eq!(r.header("x-ratelimit-limit"), None, "Envoy's own headers are off: {r:?}");
     let wait = retry_after(&r);
     assert!((99..=101).contains(&wait), "{wait}");
     assert_rate_headers(&r, "throttle", 5, 500, 0);
@@ -870,15 +878,20 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 /// Envoy, upstream and client; requests sent one at a time on keep-alive
 /// connections, the three paths interleaved so that they share the same
 /// machine conditions. `TOLLGATE_LATENCY_REQUESTS` (default 10,000) per
-/// path, after 500 warm-up requests each.
+/// path, after 500 warm-up requests each; `TOLLGATE_LATENCY_STORE=memory`
+/// for the memory store instead of a throwaway Redis.
 #[test]
 #[ignore = "a measurement, not a test: cargo nextest run --test envoy --run-ignored only --no-capture latency"]
 fn latency_envoy_plus_tollgate_vs_envoy_alone() {
     let n: usize = std::env::var("TOLLGATE_LATENCY_REQUESTS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
-    let redis = RedisServer::start();
+    let memory = std::env::var("TOLLGATE_LATENCY_STORE").is_ok_and(|v| v == "memory");
+    let redis = (!memory).then(RedisServer::start);
     let (_d, path) = write_temp("catalog.yaml", LATENCY_CATALOG);
-    let tollgate =
-        TollgateProcess::start(&["--config", path.to_str().expect("utf-8 temp path"), "--redis-url", &redis.url()]);
+    let mut args = vec!["--config".to_string(), path.to_str().expect("utf-8 temp path").to_string()];
+    if let Some(r) = &redis {
+        args.extend(["--redis-url".to_string(), r.url()]);
+    }
+    let tollgate = TollgateProcess::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let upstream = Upstream::start();
     let envoy = EnvoyProcess::start(
         &LATENCY_ENVOY
@@ -908,7 +921,8 @@ fn latency_envoy_plus_tollgate_vs_envoy_alone() {
     }
     let wall = started.elapsed();
     println!(
-        "\n{n} requests per path (+500 warm-up), interleaved, one at a time, HTTP/1.1 keep-alive; Redis store; {:.1} s in all",
+        "\n{n} requests per path (+500 warm-up), interleaved, one at a time, HTTP/1.1 keep-alive; {} store; {:.1} s in all",
+        if memory { "memory" } else { "Redis" },
         wall.as_secs_f64()
     );
     println!("{:<28} {:>10} {:>10} {:>10}", "path", "median", "p99", "mean");
