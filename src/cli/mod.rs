@@ -1,6 +1,7 @@
 //! The `tollgate` command line: `serve` runs the server; the other
 //! subcommands are clients of a running server.
 
+pub mod admin;
 pub mod authorize;
 
 use std::process::ExitCode;
@@ -26,6 +27,17 @@ pub enum Command {
     Serve(Settings),
     /// Ask a server whether a key may call a method of a stage now.
     Authorize(authorize::AuthorizeArgs),
+    /// Manage API keys (Admin service).
+    Keys(admin::keys::KeysArgs),
+    /// Manage APIs, stages and their method settings (Admin service).
+    Stages(admin::stages::StagesArgs),
+    /// Manage usage plans (Admin service).
+    Plans(admin::plans::PlansArgs),
+    /// Subscribe keys to usage plans (Admin service).
+    #[command(name = "plan-keys")]
+    PlanKeys(admin::plan_keys::PlanKeysArgs),
+    /// Read daily usage and grant quota (Admin service).
+    Usage(admin::usage::UsageArgs),
 }
 
 /// Runs the parsed command line and returns the process exit code.
@@ -55,6 +67,11 @@ pub fn main(cli: Cli) -> ExitCode {
         match cli.command {
             Command::Serve(settings) => serve(settings).await,
             Command::Authorize(args) => authorize::run(args).await,
+            Command::Keys(args) => admin::keys::run(args).await,
+            Command::Stages(args) => admin::stages::run(args).await,
+            Command::Plans(args) => admin::plans::run(args).await,
+            Command::PlanKeys(args) => admin::plan_keys::run(args).await,
+            Command::Usage(args) => admin::usage::run(args).await,
         }
     })
 }
