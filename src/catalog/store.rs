@@ -39,6 +39,9 @@ pub struct CatalogService {
     /// Serialises installs so that the version only moves forward.
     install_lock: Mutex<()>,
     ready: AtomicBool,
+    /// Whether the snapshot came from the store (a Redis catalog starts with
+    /// the file's records, which are not a base to compute changes from).
+    synced: AtomicBool,
     backend: Backend,
 }
 
@@ -66,6 +69,7 @@ impl CatalogService {
             version: AtomicU64::new(1),
             install_lock: Mutex::new(()),
             ready: AtomicBool::new(true),
+            synced: AtomicBool::new(true),
             backend: Backend::Memory(tokio::sync::Mutex::new(())),
         }))
     }
@@ -94,6 +98,7 @@ impl CatalogService {
             version: AtomicU64::new(0),
             install_lock: Mutex::new(()),
             ready: AtomicBool::new(false),
+            synced: AtomicBool::new(false),
             backend: Backend::Redis(RedisCatalog { pool, client, keys, url: url.to_string(), poll }),
         });
         tokio::spawn(sync(svc.clone(), bootstrap));
@@ -120,15 +125,21 @@ impl CatalogService {
         self.ready.load(Ordering::SeqCst)
     }
 
-    /// Installs a catalog of version `v` if it is newer than the current one.
+    /// Installs a catalog of version `v` read from the store, if it is newer
+    /// than the current one (or the current one did not come from the store).
     fn install(&self, v: u64, catalog: Catalog) -> bool {
         let _g = self.install_lock.lock().unwrap_or_else(|p| p.into_inner());
-        if v <= self.version.load(Ordering::SeqCst) {
+        if v <= self.version.load(Ordering::SeqCst) && self.synced.load(Ordering::SeqCst) {
             return false;
         }
         self.handle.store(catalog);
         self.version.store(v, Ordering::SeqCst);
+        self.synced.store(true, Ordering::SeqCst);
         true
+    }
+
+    fn synced(&self) -> bool {
+        self.synced.load(Ordering::SeqCst)
     }
 
     /// Runs a change as a transaction: `f` edits a copy of the records; the
@@ -173,7 +184,7 @@ impl CatalogService {
         let version_key = r.keys.catalog("version");
         redis::cmd("WATCH").arg(&version_key).query_async::<()>(&mut conn).await.map_err(|e| unavailable(&r.url, e))?;
         let v: u64 = conn.get::<_, Option<u64>>(&version_key).await.map_err(|e| unavailable(&r.url, e))?.unwrap_or(0);
-        if v != self.version() {
+        if v != self.version() || !self.synced() {
             let (loaded_v, data) = load(r).await?;
             if loaded_v != v {
                 let _: redis::RedisResult<()> = redis::cmd("UNWATCH").query_async(&mut conn).await;
@@ -223,7 +234,7 @@ impl CatalogService {
             .map_err(|e| unavailable(&r.url, e))?
             .unwrap_or(0);
         drop(conn);
-        if v == self.version() {
+        if v == self.version() && self.synced() {
             return Ok(false);
         }
         let (v, data) = load(r).await?;

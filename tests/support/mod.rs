@@ -144,3 +144,38 @@ pub fn quickstart() -> PathBuf {
 
 /// The demo key of the quickstart.
 pub const DEMO_KEY: &str = "tgdemo0123456789abcdefghijklmnopqrstuvw";
+
+/// The admin token the test servers are started with.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+/// An Admin client that sends `token` (if any) as a bearer token.
+pub type AdminClient = pb::admin_client::AdminClient<
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, BearerToken>,
+>;
+
+/// Adds `authorization: Bearer TOKEN` to every request.
+#[derive(Clone)]
+pub struct BearerToken(pub Option<String>);
+
+impl tonic::service::Interceptor for BearerToken {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(t) = &self.0 {
+            req.metadata_mut().insert("authorization", format!("Bearer {t}").parse().expect("ascii token"));
+        }
+        Ok(req)
+    }
+}
+
+/// An Admin client of the server at `addr`.
+pub async fn admin_client(addr: SocketAddr, token: Option<&str>) -> AdminClient {
+    let ch =
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.expect("connect");
+    pb::admin_client::AdminClient::with_interceptor(ch, BearerToken(token.map(str::to_string)))
+}
+
+impl TollgateProcess {
+    /// An Admin client with the test token.
+    pub async fn admin(&self) -> AdminClient {
+        admin_client(self.addr, Some(ADMIN_TOKEN)).await
+    }
+}
