@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod authorize;
+pub mod bench;
 
 use std::process::ExitCode;
 
@@ -38,6 +39,9 @@ pub enum Command {
     PlanKeys(admin::plan_keys::PlanKeysArgs),
     /// Read daily usage and grant quota (Admin service).
     Usage(admin::usage::UsageArgs),
+    /// Load-test a server: Authorize throughput and latency, as a ratio to
+    /// health checks measured in the same run.
+    Bench(bench::BenchArgs),
 }
 
 /// Runs the parsed command line and returns the process exit code.
@@ -67,6 +71,7 @@ pub fn main(cli: Cli) -> ExitCode {
         match cli.command {
             Command::Serve(settings) => serve(settings).await,
             Command::Authorize(args) => authorize::run(args).await,
+            Command::Bench(args) => bench::run(args).await,
             Command::Keys(args) => admin::keys::run(args).await,
             Command::Stages(args) => admin::stages::run(args).await,
             Command::Plans(args) => admin::plans::run(args).await,
