@@ -233,3 +233,18 @@ fn cli_authorize_json_and_exit_codes() {
     assert!(!out.status.success(), "a failed call exits non-zero");
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect"));
 }
+
+/// Redis Cluster is not supported yet: a cluster node is reported NOT_SERVING
+/// and the log says why, rather than failing some keys with MOVED.
+#[tokio::test]
+async fn a_redis_cluster_node_is_refused_clearly() {
+    let cluster = support::redis::RedisCluster::start(3);
+    let url = cluster.urls()[0].clone();
+    let p = TollgateProcess::start(&["--config", quickstart().to_str().unwrap(), "--redis-url", &url]);
+    wait_for_health(&p, ServingStatus::NotServing).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !p.log().contains("Redis Cluster") {
+        assert!(Instant::now() < deadline, "the log explains: {}", p.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

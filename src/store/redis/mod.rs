@@ -192,22 +192,44 @@ impl LimitStore for RedisStore {
     }
 }
 
-/// PINGs Redis every second and records whether it answered.
+/// Asks Redis every second whether it is there (`INFO cluster`, as cheap as
+/// a PING) and records the answer. A Redis Cluster node counts as not ready:
+/// cluster mode is not supported yet (docs/architecture.md), and a
+/// single-node client would get MOVED errors for most keys.
 async fn probe(mut conn: ConnectionManager, ready: Arc<AtomicBool>, url: String) {
-    let mut was: Option<bool> = None;
+    #[derive(PartialEq, Clone, Copy)]
+    enum State {
+        Up,
+        Down,
+        Cluster,
+    }
+    let mut was = None;
     loop {
-        let ok = tokio::time::timeout(Duration::from_secs(1), redis::cmd("PING").query_async::<String>(&mut conn))
-            .await
-            .map(|r| r.is_ok())
-            .unwrap_or(false);
-        ready.store(ok, Ordering::Relaxed);
-        if was != Some(ok) {
-            if ok {
-                tracing::info!(redis = %redact_url(&url), "Redis is reachable");
-            } else {
-                tracing::warn!(redis = %redact_url(&url), "Redis is not reachable; decisions answer UNAVAILABLE until it is");
+        let info = tokio::time::timeout(
+            Duration::from_secs(1),
+            redis::cmd("INFO").arg("cluster").query_async::<String>(&mut conn),
+        )
+        .await;
+        let state = match info {
+            Ok(Ok(text)) if text.contains("cluster_enabled:1") => State::Cluster,
+            Ok(Ok(_)) => State::Up,
+            _ => State::Down,
+        };
+        ready.store(state == State::Up, Ordering::Relaxed);
+        if was != Some(state) {
+            let redis = redact_url(&url);
+            match state {
+                State::Up => tracing::info!(%redis, "Redis is reachable"),
+                State::Down => {
+                    tracing::warn!(%redis, "Redis is not reachable; decisions answer UNAVAILABLE until it is")
+                }
+                State::Cluster => tracing::error!(
+                    %redis,
+                    "this Redis is a Redis Cluster node, which tollgate does not support yet: use a single Redis \
+                     (with replicas / Sentinel for availability)"
+                ),
             }
-            was = Some(ok);
+            was = Some(state);
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
