@@ -63,7 +63,9 @@ pub fn open_catalog(settings: &Settings, keys: &Keys) -> Result<Arc<CatalogServi
     let data = read_catalog_file(settings)?;
     Ok(match &settings.redis_url {
         None => CatalogService::memory(data)?,
-        Some(url) => CatalogService::redis(url, keys.clone(), Duration::from_millis(settings.catalog_poll_ms.max(50)), data)?,
+        Some(url) => {
+            CatalogService::redis(url, keys.clone(), Duration::from_millis(settings.catalog_poll_ms.max(50)), data)?
+        }
     })
 }
 

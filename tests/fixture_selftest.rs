@@ -30,26 +30,17 @@ async fn server_set_get_stop_restart() {
     assert_eq!(server.url(), format!("redis://127.0.0.1:{port}/"));
     assert_eq!(server.addr().port(), port);
 
-    let mut conn = connect(&server.url())
-        .await
-        .unwrap_or_else(|err| panic!("connect failed: {err}\n{}", server.log()));
-    let () = conn
-        .set("fixture:key", "v1")
-        .await
-        .expect("SET on a running server");
+    let mut conn = connect(&server.url()).await.unwrap_or_else(|err| panic!("connect failed: {err}\n{}", server.log()));
+    let () = conn.set("fixture:key", "v1").await.expect("SET on a running server");
     let got: Option<String> = conn.get("fixture:key").await.expect("GET");
     assert_eq!(got.as_deref(), Some("v1"));
 
     server.stop();
     assert!(!server.is_running());
-    assert!(
-        connect(&server.url()).await.is_err(),
-        "connecting to a stopped server must fail"
-    );
-    let old: redis::RedisResult<Option<String>> =
-        tokio::time::timeout(OP_TIMEOUT, conn.get("fixture:key"))
-            .await
-            .expect("GET on a dead connection must fail, not hang");
+    assert!(connect(&server.url()).await.is_err(), "connecting to a stopped server must fail");
+    let old: redis::RedisResult<Option<String>> = tokio::time::timeout(OP_TIMEOUT, conn.get("fixture:key"))
+        .await
+        .expect("GET on a dead connection must fail, not hang");
     assert!(old.is_err(), "the old connection must be broken: {old:?}");
 
     server.restart();
@@ -60,18 +51,11 @@ async fn server_set_get_stop_restart() {
         .unwrap_or_else(|err| panic!("connect after restart failed: {err}\n{}", server.log()));
     let got: Option<String> = conn.get("fixture:key").await.expect("GET after restart");
     assert_eq!(got, None, "data is not persisted across restarts");
-    let () = conn
-        .set("fixture:key", "v2")
-        .await
-        .expect("SET after restart");
+    let () = conn.set("fixture:key", "v2").await.expect("SET after restart");
     let got: Option<String> = conn.get("fixture:key").await.expect("GET after restart");
     assert_eq!(got.as_deref(), Some("v2"));
 
-    assert!(
-        server.log().contains("Ready to accept connections"),
-        "log should show the startup:\n{}",
-        server.log()
-    );
+    assert!(server.log().contains("Ready to accept connections"), "log should show the startup:\n{}", server.log());
 }
 
 #[test]
@@ -79,9 +63,7 @@ fn server_works_from_plain_tests_and_restarts_twice() {
     let mut server = RedisServer::start();
     let client = redis::Client::open(server.url()).expect("valid URL");
     for round in 0..3 {
-        let mut conn = client
-            .get_connection()
-            .unwrap_or_else(|err| panic!("round {round}: {err}\n{}", server.log()));
+        let mut conn = client.get_connection().unwrap_or_else(|err| panic!("round {round}: {err}\n{}", server.log()));
         let pong: String = redis::cmd("PING").query(&mut conn).expect("PING");
         assert_eq!(pong, "PONG");
         server.restart();
@@ -92,13 +74,7 @@ fn server_works_from_plain_tests_and_restarts_twice() {
 fn servers_started_at_once_get_different_ports() {
     let servers: Vec<RedisServer> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..6).map(|_| scope.spawn(RedisServer::start)).collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-            })
-            .collect()
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
     });
     let ports: HashSet<u16> = servers.iter().map(RedisServer::port).collect();
     assert_eq!(ports.len(), servers.len(), "ports: {ports:?}");
@@ -120,14 +96,8 @@ async fn cluster_comes_up_and_serves_requests() {
     assert!(!cluster.ports().contains(&6379));
 
     for node in cluster.nodes() {
-        let mut conn = connect(&node.url())
-            .await
-            .unwrap_or_else(|err| panic!("{err}\n{}", node.log()));
-        let info: String = redis::cmd("CLUSTER")
-            .arg("INFO")
-            .query_async(&mut conn)
-            .await
-            .expect("CLUSTER INFO");
+        let mut conn = connect(&node.url()).await.unwrap_or_else(|err| panic!("{err}\n{}", node.log()));
+        let info: String = redis::cmd("CLUSTER").arg("INFO").query_async(&mut conn).await.expect("CLUSTER INFO");
         assert!(info.contains("cluster_state:ok"), "{info}");
         assert!(info.contains("cluster_slots_assigned:16384"), "{info}");
     }
