@@ -47,7 +47,7 @@ pub struct CatalogService {
 
 enum Backend {
     Memory(tokio::sync::Mutex<()>),
-    Redis(RedisCatalog),
+    Redis(Box<RedisCatalog>),
 }
 
 struct RedisCatalog {
@@ -56,6 +56,11 @@ struct RedisCatalog {
     keys: Keys,
     url: String,
     poll: Duration,
+    /// The catalog file, applied at start and again after a Redis reset.
+    bootstrap: CatalogData,
+    /// Serialises loads, so that a late, older load never follows a newer one
+    /// (an older version then means only one thing: Redis was reset).
+    load_lock: tokio::sync::Mutex<()>,
 }
 
 const TABLES: [&str; 5] = ["apis", "stages", "plans", "keys", "old_values"];
@@ -99,9 +104,17 @@ impl CatalogService {
             install_lock: Mutex::new(()),
             ready: AtomicBool::new(false),
             synced: AtomicBool::new(false),
-            backend: Backend::Redis(RedisCatalog { pool, client, keys, url: url.to_string(), poll }),
+            backend: Backend::Redis(Box::new(RedisCatalog {
+                pool,
+                client,
+                keys,
+                url: url.to_string(),
+                poll,
+                bootstrap: bootstrap.clone(),
+                load_lock: tokio::sync::Mutex::new(()),
+            })),
         });
-        tokio::spawn(sync(svc.clone(), bootstrap));
+        tokio::spawn(sync(svc.clone()));
         Ok(svc)
     }
 
@@ -125,17 +138,26 @@ impl CatalogService {
         self.ready.load(Ordering::SeqCst)
     }
 
-    /// Installs a catalog of version `v` read from the store, if it is newer
-    /// than the current one (or the current one did not come from the store).
-    fn install(&self, v: u64, catalog: Catalog) -> bool {
+    /// Installs a catalog of version `v` read from the store, unless it is the
+    /// version we have. Loads are serialised, so a version older than ours
+    /// means the store was reset (a Redis restart without persistence, a
+    /// FLUSHALL): that catalog is installed too, and the answer says so.
+    fn install(&self, v: u64, catalog: Catalog) -> Install {
         let _g = self.install_lock.lock().unwrap_or_else(|p| p.into_inner());
-        if v <= self.version.load(Ordering::SeqCst) && self.synced.load(Ordering::SeqCst) {
-            return false;
+        let current = self.version.load(Ordering::SeqCst);
+        let synced = self.synced.load(Ordering::SeqCst);
+        if synced && v == current {
+            return Install::Same;
         }
         self.handle.store(catalog);
         self.version.store(v, Ordering::SeqCst);
         self.synced.store(true, Ordering::SeqCst);
-        true
+        if synced && v < current {
+            tracing::warn!(from = current, to = v, "the catalog version went back: Redis was reset; reloaded");
+            Install::Reset
+        } else {
+            Install::Newer
+        }
     }
 
     fn synced(&self) -> bool {
@@ -184,7 +206,9 @@ impl CatalogService {
         let version_key = r.keys.catalog("version");
         redis::cmd("WATCH").arg(&version_key).query_async::<()>(&mut conn).await.map_err(|e| unavailable(&r.url, e))?;
         let v: u64 = conn.get::<_, Option<u64>>(&version_key).await.map_err(|e| unavailable(&r.url, e))?.unwrap_or(0);
+        let mut reset = false;
         if v != self.version() || !self.synced() {
+            let _g = r.load_lock.lock().await;
             let (loaded_v, data) = load(r).await?;
             if loaded_v != v {
                 let _: redis::RedisResult<()> = redis::cmd("UNWATCH").query_async(&mut conn).await;
@@ -192,12 +216,16 @@ impl CatalogService {
             }
             let catalog = Catalog::compile(data)
                 .map_err(|e| AdminError::Internal(format!("the stored catalog is invalid: {e}")))?;
-            self.install(v, catalog);
+            reset = self.install(v, catalog) == Install::Reset;
         }
         let old = self.snapshot();
         let now = crate::model::now_ms();
         let mut data = old.data().clone();
         prune_old_values(&mut data, now);
+        if reset {
+            // Redis was reset: put the catalog file back along with this change.
+            apply_bootstrap(&mut data, &r.bootstrap, now)?;
+        }
         let out = match f(&mut data, now) {
             Ok(o) => o,
             Err(e) => {
@@ -225,27 +253,47 @@ impl CatalogService {
         Ok(Some(out))
     }
 
-    /// Loads the catalog from Redis if its version differs from ours.
+    /// Loads the catalog from Redis if its version differs from ours; after a
+    /// reset of Redis, applies the catalog file again.
     async fn refresh(&self, r: &RedisCatalog) -> Result<bool, AdminError> {
-        let mut conn = r.pool.get().await.map_err(|e| unavailable(&r.url, e))?;
-        let v: u64 = conn
-            .get::<_, Option<u64>>(r.keys.catalog("version"))
-            .await
-            .map_err(|e| unavailable(&r.url, e))?
-            .unwrap_or(0);
-        drop(conn);
-        if v == self.version() && self.synced() {
-            return Ok(false);
-        }
-        let (v, data) = load(r).await?;
-        match Catalog::compile(data) {
-            Ok(c) => Ok(self.install(v, c)),
-            Err(e) => {
-                tracing::error!(version = v, error = %e, "the catalog in Redis is invalid; keeping the previous one");
-                Ok(false)
+        let installed = {
+            let _g = r.load_lock.lock().await;
+            let mut conn = r.pool.get().await.map_err(|e| unavailable(&r.url, e))?;
+            let v: u64 = conn
+                .get::<_, Option<u64>>(r.keys.catalog("version"))
+                .await
+                .map_err(|e| unavailable(&r.url, e))?
+                .unwrap_or(0);
+            drop(conn);
+            if v == self.version() && self.synced() {
+                return Ok(false);
             }
+            let (v, data) = load(r).await?;
+            match Catalog::compile(data) {
+                Ok(c) => self.install(v, c),
+                Err(e) => {
+                    tracing::error!(version = v, error = %e, "the catalog in Redis is invalid; keeping the previous one");
+                    return Ok(false);
+                }
+            }
+        };
+        if installed == Install::Reset && r.bootstrap != CatalogData::default() {
+            self.update(|d, now| apply_bootstrap(d, &r.bootstrap, now)).await?;
+            tracing::warn!("applied the catalog file again after the Redis reset; changes made at runtime are lost");
         }
+        Ok(installed != Install::Same)
     }
+}
+
+/// What [`CatalogService::install`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Install {
+    /// Nothing: we had that version.
+    Same,
+    /// A newer version (or the first load).
+    Newer,
+    /// An older version: the store was reset.
+    Reset,
 }
 
 fn unavailable(url: &str, e: impl std::fmt::Display) -> AdminError {
@@ -337,14 +385,15 @@ async fn load(r: &RedisCatalog) -> Result<(u64, CatalogData), AdminError> {
 
 /// The background task of a Redis catalog: bootstrap, first load, then
 /// pub/sub plus polling.
-async fn sync(svc: Arc<CatalogService>, bootstrap: CatalogData) {
+async fn sync(svc: Arc<CatalogService>) {
     let Backend::Redis(r) = &svc.backend else { return };
+    let bootstrap = &r.bootstrap;
     let mut delay = Duration::from_millis(100);
     loop {
-        let result = if bootstrap == CatalogData::default() {
+        let result = if *bootstrap == CatalogData::default() {
             svc.refresh(r).await.map(|_| ())
         } else {
-            svc.update(|d, now| apply_bootstrap(d, &bootstrap, now)).await
+            svc.update(|d, now| apply_bootstrap(d, bootstrap, now)).await
         };
         match result {
             Ok(()) => break,
