@@ -70,7 +70,8 @@ pub struct Settings {
     #[arg(long, env = "TOLLGATE_ON_STORE_ERROR", value_enum, default_value_t = OnStoreError::Unavailable)]
     pub on_store_error: OnStoreError,
 
-    /// Envoy ext_authz and RLS: the request header that carries the API key.
+    /// Envoy ext_authz: the request header that carries the API key (RLS
+    /// reads the descriptor entry `api_key` instead).
     #[arg(long, env = "TOLLGATE_API_KEY_HEADER", default_value = "x-api-key")]
     pub api_key_header: String,
 

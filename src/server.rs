@@ -15,6 +15,7 @@ use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 use crate::api::admin::{AdminAuth, AdminService};
 use crate::api::authorizer::AuthorizerService;
@@ -149,7 +150,9 @@ pub async fn run(
         .add_service(AuthorizationServer::new(EnvoyAuthzService::new(limiter.clone(), envoy.clone())))
         .add_service(RateLimitServiceServer::new(EnvoyRlsService::new(limiter.clone(), envoy)))
         .add_optional_service(main_admin)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+        // TCP_NODELAY: a decision is a few small HTTP/2 frames; with Nagle
+        // on, Envoy's delayed ACK held some ext_authz answers back ~40 ms.
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), async {
             let _ = stop_rx.await;
         });
     tokio::pin!(server);
