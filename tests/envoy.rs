@@ -113,7 +113,7 @@ fn envoy_config(mode: Mode, tollgate: SocketAddr, upstream: SocketAddr, edits: &
         ("port_value: 10000", "port_value: 0"),
         ("port_value: 50051", &tollgate_port),
         ("port_value: 8080", &upstream_port),
-        ("timeout: 0.25s", "timeout: 2s"),
+        (" timeout: 0.5s ", " timeout: 2s "),
     ];
     all.extend_from_slice(edits);
     for (from, to) in all {
