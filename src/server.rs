@@ -14,7 +14,6 @@ use std::time::Duration;
 use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::server::TcpIncoming;
 
 use crate::api::admin::{AdminAuth, AdminService};
@@ -121,7 +120,7 @@ pub async fn run(
         tokio::spawn(async move {
             let r = tonic::transport::Server::builder()
                 .add_service(admin)
-                .serve_with_incoming(TcpListenerStream::new(admin_listener))
+                .serve_with_incoming(TcpIncoming::from(admin_listener).with_nodelay(Some(true)))
                 .await;
             if let Err(e) = r {
                 tracing::error!("the Admin listener failed: {e}");
