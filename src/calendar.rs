@@ -64,7 +64,8 @@ impl Date {
     /// Parses `YYYY-MM-DD`, checking that the day exists.
     pub fn parse(s: &str) -> Option<Self> {
         let b = s.as_bytes();
-        if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
+        let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);
+        if b.len() != 10 || b[4] != b'-' || b[7] != b'-' || !digits(0..4) || !digits(5..7) || !digits(8..10) {
             return None;
         }
         let year: i32 = s[0..4].parse().ok()?;
@@ -126,6 +127,10 @@ mod tests {
         assert!(Date::parse("2023-02-29").is_none());
         assert!(Date::parse("2023-13-01").is_none());
         assert!(Date::parse("2023-1-01").is_none());
+        // Digits only: `str::parse` alone would take a sign.
+        assert!(Date::parse("2023-+1-01").is_none());
+        assert!(Date::parse("+023-01-01").is_none());
+        assert!(Date::parse("2023-01-+1").is_none());
     }
 
     #[test]

@@ -20,6 +20,12 @@ use crate::store::{LimitStore, Store, StoreError};
 /// Most days one GetUsage call may cover.
 pub const MAX_DAYS: i64 = 90;
 
+/// The largest `remaining` UpdateUsage accepts: 2^53 - 1, the largest
+/// integer Redis's Lua (whose numbers are doubles) counts exactly. Above it,
+/// the Redis store would round the grant and write a usage record that
+/// GetUsage cannot read back.
+pub const MAX_REMAINING: i64 = (1 << 53) - 1;
+
 /// Reads and changes usage in the limit store.
 #[derive(Clone)]
 pub struct UsageService {
@@ -106,7 +112,7 @@ impl UsageService {
             for (j, &day) in days.iter().enumerate() {
                 let rec = recs[j];
                 let remaining = plan.quota.map(|q| {
-                    let (ps, _) = period_days(q.period, day);
+                    let (ps, pe) = period_days(q.period, day);
                     if period_start != Some(ps) {
                         period_start = Some(ps);
                         used_in_period = 0;
@@ -114,7 +120,10 @@ impl UsageService {
                     if let Some(qu) = rec.and_then(|r| r.q) {
                         used_in_period = qu;
                     }
-                    let created_in_period = plan.created_at_ms >= ps as u64 * DAY_MS;
+                    // The offset belongs to the one period containing the
+                    // plan's creation: not to the periods before it (the plan
+                    // did not exist), nor after.
+                    let created_in_period = (ps as u64 * DAY_MS..pe as u64 * DAY_MS).contains(&plan.created_at_ms);
                     let eff = (if created_in_period { q.limit - q.offset } else { q.limit }) as i64;
                     (eff - used_in_period).max(0) as u64
                 });
@@ -143,8 +152,8 @@ impl UsageService {
         if r.key_id.is_empty() {
             return Err(Invalid::new("key_id", "is required").into());
         }
-        if r.remaining < 0 {
-            return Err(Invalid::new("remaining", format!("must be 0 or more, got {}", r.remaining)).into());
+        if !(0..=MAX_REMAINING).contains(&r.remaining) {
+            return Err(Invalid::new("remaining", format!("must be 0 to {MAX_REMAINING}, got {}", r.remaining)).into());
         }
         let d = catalog.data();
         if !d.keys.contains_key(&r.key_id) {

@@ -198,7 +198,8 @@ impl MemoryStore {
                 }
                 Rule::Quota { quota, created_at_ms } => {
                     let (start, end) = period_bounds_ms(quota.period, now_ms);
-                    let eff = if *created_at_ms >= start { quota.limit - quota.offset } else { quota.limit } as i64;
+                    let first = (start..end).contains(created_at_ms);
+                    let eff = if first { quota.limit - quota.offset } else { quota.limit } as i64;
                     let key = dated(&limit.key, Date::of_ms(start));
                     let used = match st.get(&key, now_us) {
                         Some(Value::Count(c)) => c,
@@ -299,7 +300,8 @@ impl LimitStore for MemoryStore {
         let now_us = self.now_us();
         let now_ms = now_us / 1000;
         let (start, end) = period_bounds_ms(quota.period, now_ms);
-        let eff = if created_at_ms >= start { quota.limit - quota.offset } else { quota.limit } as i64;
+        let first = (start..end).contains(&created_at_ms);
+        let eff = if first { quota.limit - quota.offset } else { quota.limit } as i64;
         let used = eff - remaining as i64;
         let mut st = self.lock();
         st.map

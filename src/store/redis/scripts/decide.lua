@@ -91,7 +91,8 @@ for _ = 1, n_requests do
       local created = tonumber(ARGV[ai + 3])
       local p = period(ARGV[ai + 4])
       local eff = limit
-      if created >= p[1] then eff = limit - offset end
+      -- the offset applies in the one period containing the plan's creation
+      if created >= p[1] and created < p[2] then eff = limit - offset end
       local qkey = key .. p[3]
       local used = tonumber(redis.call('GET', qkey) or '0')
       local reset = p[2] - now_ms

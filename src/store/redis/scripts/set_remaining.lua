@@ -20,7 +20,7 @@ local created = tonumber(ARGV[3])
 local p = period(ARGV[4])
 local remaining = tonumber(ARGV[5])
 local eff = limit
-if created >= p[1] then eff = limit - offset end
+if created >= p[1] and created < p[2] then eff = limit - offset end
 local used = eff - remaining
 local qkey = KEYS[1] .. p[3]
 redis.call('SET', qkey, string.format('%d', used), 'PXAT', p[2])
