@@ -124,6 +124,9 @@ impl std::str::FromStr for Period {
     }
 }
 
+/// The largest quota limit: counters are exact in Redis's Lua up to 2^53.
+pub const MAX_QUOTA_LIMIT: u64 = (1 << 53) - 1;
+
 /// A quota: at most `limit` requests per period per key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -144,8 +147,9 @@ impl Quota {
         if self.limit == 0 {
             return Err(Invalid::new("limit", "must be at least 1"));
         }
-        if self.limit > i64::MAX as u64 / 2 {
-            return Err(Invalid::new("limit", "is too large"));
+        // Redis's Lua counts in doubles: exact up to 2^53.
+        if self.limit > MAX_QUOTA_LIMIT {
+            return Err(Invalid::new("limit", format!("must be at most {MAX_QUOTA_LIMIT}, got {}", self.limit)));
         }
         if self.offset >= self.limit {
             return Err(Invalid::new(
@@ -423,6 +427,8 @@ mod tests {
         assert!(Quota { limit: 0, period: Period::Day, offset: 0 }.validate().is_err());
         assert!(Quota { limit: 10, period: Period::Day, offset: 10 }.validate().is_err());
         assert!(Quota { limit: 10, period: Period::Day, offset: 9 }.validate().is_ok());
+        assert!(Quota { limit: MAX_QUOTA_LIMIT, period: Period::Day, offset: 0 }.validate().is_ok());
+        assert!(Quota { limit: MAX_QUOTA_LIMIT + 1, period: Period::Day, offset: 0 }.validate().is_err());
     }
 
     #[test]
