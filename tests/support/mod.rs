@@ -23,6 +23,8 @@ pub struct TollgateProcess {
     child: Child,
     /// The address it listens on.
     pub addr: SocketAddr,
+    /// The Admin service's own address, with `--admin-listen`.
+    pub admin_addr: Option<SocketAddr>,
     log: Arc<Mutex<String>>,
 }
 
@@ -45,14 +47,16 @@ impl TollgateProcess {
         let mut child = cmd.spawn().expect("spawn the tollgate binary");
         let stderr = child.stderr.take().expect("stderr is piped");
         let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
+        let (tx, rx) = std::sync::mpsc::channel::<(&str, String)>();
         {
             let log = log.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    if let Some(i) = line.find("addr=") {
-                        let a = line[i + 5..].split_whitespace().next().unwrap_or("").to_string();
-                        let _ = tx.send(a);
+                    for (marker, kind) in [("tollgate listening addr=", "main"), ("admin_addr=", "admin")] {
+                        if let Some(i) = line.find(marker) {
+                            let a = line[i + marker.len()..].split_whitespace().next().unwrap_or("").to_string();
+                            let _ = tx.send((kind, a));
+                        }
                     }
                     let mut l = log.lock().unwrap();
                     l.push_str(&line);
@@ -60,14 +64,23 @@ impl TollgateProcess {
                 }
             });
         }
-        let addr = match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(a) => a.parse().unwrap_or_else(|e| panic!("bad address {a:?} in tollgate log: {e}")),
-            Err(_) => {
-                let _ = child.kill();
-                panic!("tollgate did not start listening within 20 s; log:\n{}", log.lock().unwrap());
+        let mut admin_addr = None;
+        let addr = loop {
+            match rx.recv_timeout(Duration::from_secs(20)) {
+                Ok((kind, a)) => {
+                    let a: SocketAddr = a.parse().unwrap_or_else(|e| panic!("bad address {a:?} in tollgate log: {e}"));
+                    if kind == "main" {
+                        break a;
+                    }
+                    admin_addr = Some(a);
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("tollgate did not start listening within 20 s; log:\n{}", log.lock().unwrap());
+                }
             }
         };
-        Self { child, addr, log }
+        Self { child, addr, admin_addr, log }
     }
 
     /// `http://ADDR`.
