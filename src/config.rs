@@ -108,6 +108,10 @@ pub struct Settings {
     #[arg(long, env = "TOLLGATE_CATALOG_POLL_MS", default_value_t = 1000)]
     pub catalog_poll_ms: u64,
 
+    /// Serve Prometheus metrics at http://ADDR/metrics (off unless given).
+    #[arg(long, env = "TOLLGATE_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// On SIGTERM/SIGINT, how long to let in-flight calls finish before
     /// exiting anyway, in seconds.
     #[arg(long, env = "TOLLGATE_DRAIN_TIMEOUT_SECS", default_value_t = 5)]
@@ -140,6 +144,7 @@ impl Settings {
             admin_token_file: None,
             admin_listen: None,
             catalog_poll_ms: 1000,
+            metrics_listen: None,
             drain_timeout_secs: 5,
             worker_threads: 0,
         }

@@ -76,6 +76,9 @@ pub async fn run(
     settings: Settings,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), BoxError> {
+    if let Some(addr) = settings.metrics_listen {
+        crate::telemetry::serve_metrics(addr)?;
+    }
     let account = settings.account_throttle()?;
     let envoy = Arc::new(EnvoyOptions::from_settings(&settings)?);
     let admin_token = settings.admin_token()?;
@@ -100,7 +103,10 @@ pub async fn run(
     let (health, health_service) = tonic_health::server::health_reporter();
     let ready = {
         let (store, catalog) = (store.clone(), catalog.clone());
-        move || store.is_ready() && catalog.is_ready()
+        move || {
+            metrics::gauge!("tollgate_catalog_version").set(catalog.version() as f64);
+            store.is_ready() && catalog.is_ready()
+        }
     };
     tokio::spawn(watch_health(health, ready));
 
@@ -175,6 +181,7 @@ async fn watch_health(health: tonic_health::server::HealthReporter, ready: impl 
     let mut last = None;
     loop {
         let ready = ready();
+        metrics::gauge!("tollgate_store_ready").set(if ready { 1.0 } else { 0.0 });
         if last != Some(ready) {
             let status =
                 if ready { tonic_health::ServingStatus::Serving } else { tonic_health::ServingStatus::NotServing };

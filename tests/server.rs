@@ -248,3 +248,34 @@ async fn a_redis_cluster_node_is_refused_clearly() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// `--metrics-listen`: Prometheus counters of decisions by reason.
+#[tokio::test]
+async fn prometheus_metrics() {
+    let p = TollgateProcess::start(&["--config", quickstart().to_str().unwrap(), "--metrics-listen", "127.0.0.1:0"]);
+    let log = p.log();
+    let addr: std::net::SocketAddr = log
+        .split("metrics_addr=")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("metrics address in the log: {log}"));
+    let mut c = p.authorizer().await;
+    for _ in 0..7 {
+        c.authorize(req(Some(DEMO_KEY), "petstore/prod", "/pets/GET", None)).await.unwrap();
+    }
+    c.authorize(req(Some("wrongkey"), "petstore/prod", "/pets/GET", None)).await.unwrap();
+    let _ = c.authorize(req(Some(""), "petstore/prod", "/pets/GET", None)).await;
+    let text =
+        tokio::task::spawn_blocking(move || support::http::request(addr, "GET", "/metrics", &[]).text()).await.unwrap();
+    for line in [
+        "tollgate_decisions_total{reason=\"OK\"} 5",
+        "tollgate_decisions_total{reason=\"THROTTLED\"} 2",
+        "tollgate_decisions_total{reason=\"INVALID_API_KEY\"} 1",
+        "tollgate_decision_errors_total{kind=\"invalid\"} 1",
+        "tollgate_store_ready 1",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line:?} in:\n{text}");
+    }
+    assert!(text.contains("tollgate_store_seconds_bucket{store=\"memory\""), "{text}");
+}

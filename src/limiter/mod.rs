@@ -193,8 +193,25 @@ impl<S: LimitStore> Limiter<S> {
         &self.catalog
     }
 
-    /// Answers one request (SEMANTICS.md "Authorize", steps 1–7).
+    /// Answers one request (SEMANTICS.md "Authorize", steps 1–7), and counts
+    /// it in the metrics (`crate::telemetry`).
     pub async fn authorize(&self, req: Request<'_>) -> Result<Decision, AuthorizeError> {
+        let result = self.decide(req).await;
+        match &result {
+            Ok(d) => metrics::counter!("tollgate_decisions_total", "reason" => d.reason.as_str()).increment(1),
+            Err(e) => {
+                let kind = match e {
+                    AuthorizeError::Invalid(_) => "invalid",
+                    AuthorizeError::Store(s) if s.is_transient() => "unavailable",
+                    AuthorizeError::Store(_) => "internal",
+                };
+                metrics::counter!("tollgate_decision_errors_total", "kind" => kind).increment(1);
+            }
+        }
+        result
+    }
+
+    async fn decide(&self, req: Request<'_>) -> Result<Decision, AuthorizeError> {
         validate(&req)?;
         let (check, kinds, mut decision) = {
             let catalog = self.catalog.load();
@@ -268,7 +285,10 @@ impl<S: LimitStore> Limiter<S> {
         let verdict = if check.limits.is_empty() && check.usage_key.is_none() {
             Verdict::UNLIMITED
         } else {
-            self.store.check(check).await?
+            let started = std::time::Instant::now();
+            let verdict = self.store.check(check).await;
+            metrics::histogram!("tollgate_store_seconds", "store" => self.store.name()).record(started.elapsed());
+            verdict?
         };
         decision.allowed = verdict.allowed;
         decision.rate = verdict.index.map(|i| RateInfo {

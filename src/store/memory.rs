@@ -277,6 +277,10 @@ impl LimitStore for MemoryStore {
         true
     }
 
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+
     async fn read_usage(&self, keys: Vec<String>) -> Result<Vec<Option<DayUsage>>, StoreError> {
         let now = self.now_us();
         let st = self.lock();

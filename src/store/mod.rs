@@ -119,6 +119,9 @@ pub trait LimitStore: Send + Sync + 'static {
     /// Whether the store can currently answer (reported by gRPC health).
     fn is_ready(&self) -> bool;
 
+    /// A short name for metrics and logs (`memory`, `redis`).
+    fn name(&self) -> &'static str;
+
     /// Reads daily usage records (keys from [`keys::dated`] on a usage base);
     /// `None` for a day with no record.
     fn read_usage(&self, keys: Vec<String>) -> impl Future<Output = Result<Vec<Option<DayUsage>>, StoreError>> + Send;
@@ -167,6 +170,13 @@ impl LimitStore for Store {
         match self {
             Store::Memory(m) => m.is_ready(),
             Store::Redis(r) => r.is_ready(),
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Store::Memory(_) => "memory",
+            Store::Redis(_) => "redis",
         }
     }
 

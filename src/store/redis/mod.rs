@@ -157,6 +157,10 @@ impl LimitStore for RedisStore {
         self.ready.load(Ordering::Relaxed)
     }
 
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
     async fn read_usage(&self, keys: Vec<String>) -> Result<Vec<Option<DayUsage>>, StoreError> {
         let mut conn = self.conn.clone();
         let mut out = Vec::with_capacity(keys.len());
