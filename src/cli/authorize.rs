@@ -46,7 +46,7 @@ pub async fn run(args: AuthorizeArgs) -> ExitCode {
     let r = match client.authorize(req).await {
         Ok(r) => r.into_inner(),
         Err(s) => {
-            eprintln!("error: {}: {}", s.code(), s.message());
+            eprintln!("error: {}: {}", super::admin::code_name(s.code()), s.message());
             return ExitCode::from(2);
         }
     };
