@@ -283,28 +283,44 @@ async fn batcher(mut rx: mpsc::Receiver<Job>, conn: ConnectionManager, s: RedisS
 
 /// Runs `decide.lua` once for all jobs of a batch.
 async fn run_batch(conn: &mut ConnectionManager, batch: &[Job]) -> Result<Vec<Verdict>, StoreError> {
-    let mut inv = DECIDE.prepare_invoke();
-    inv.arg(batch.len());
-    for job in batch {
-        let c = &job.check;
-        inv.arg(c.cost).arg(c.limits.len()).arg(if c.usage_key.is_some() { "1" } else { "0" });
+    // One EVALSHA built directly: a `Cmd` keeps its arguments in one buffer,
+    // where `Script::prepare_invoke` allocates (and later copies) every
+    // argument on its own; a batch has hundreds of them.
+    let nkeys: usize = batch.iter().map(|j| j.check.limits.len() + j.check.usage_key.is_some() as usize).sum();
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(DECIDE.get_hash()).arg(nkeys);
+    for c in batch.iter().map(|j| &j.check) {
         for l in &c.limits {
-            inv.key(&l.key);
+            cmd.arg(&l.key);
+        }
+        if let Some(u) = &c.usage_key {
+            cmd.arg(u);
+        }
+    }
+    cmd.arg(batch.len());
+    for c in batch.iter().map(|j| &j.check) {
+        cmd.arg(c.cost).arg(c.limits.len()).arg(if c.usage_key.is_some() { "1" } else { "0" });
+        for l in &c.limits {
             match &l.rule {
                 Rule::Bucket(t) => {
                     let (interval, tolerance) = gcra_params(t);
-                    inv.arg("B").arg(interval).arg(tolerance).arg(t.burst_limit).arg(0);
+                    cmd.arg("B").arg(interval).arg(tolerance).arg(t.burst_limit).arg(0);
                 }
                 Rule::Quota { quota, created_at_ms } => {
-                    inv.arg("Q").arg(quota.limit).arg(quota.offset).arg(*created_at_ms).arg(quota.period.code());
+                    cmd.arg("Q").arg(quota.limit).arg(quota.offset).arg(*created_at_ms).arg(quota.period.code());
                 }
             }
         }
-        if let Some(u) = &c.usage_key {
-            inv.key(u);
-        }
     }
-    let out: Vec<i64> = inv.invoke_async(conn).await.map_err(classify)?;
+    let out: Vec<i64> = match cmd.query_async(conn).await {
+        // NOSCRIPT: nothing ran, so loading the script and sending the same
+        // command again cannot charge anything twice.
+        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+            DECIDE.load_async(conn).await.map_err(classify)?;
+            cmd.query_async(conn).await.map_err(classify)?
+        }
+        r => r.map_err(classify)?,
+    };
     if out.len() != batch.len() * 6 {
         return Err(StoreError::Internal(format!(
             "decide.lua returned {} values for {} requests",
