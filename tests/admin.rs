@@ -24,18 +24,7 @@ fn start_redis(redis: &RedisServer, extra: &[&str]) -> TollgateProcess {
 }
 
 async fn wait_ready(p: &TollgateProcess) {
-    use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest};
-    let ch = tonic::transport::Endpoint::from_shared(p.url()).unwrap().connect().await.unwrap();
-    let mut h = HealthClient::new(ch);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let s = h.check(HealthCheckRequest { service: String::new() }).await.unwrap().into_inner().status();
-        if s == ServingStatus::Serving {
-            return;
-        }
-        assert!(Instant::now() < deadline, "not ready; log:\n{}", p.log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    p.wait_serving().await;
 }
 
 fn throttle(rate: f64, burst: u64) -> Option<pb::Throttle> {

@@ -47,6 +47,7 @@ fn replicas(redis: &RedisServer, yaml: &str, n: usize) -> (tempfile::TempDir, Ve
 async fn hammer(procs: &[TollgateProcess], callers: usize, deadline: Instant, stop_after: Option<u64>) -> (u64, u64) {
     let mut clients = Vec::new();
     for p in procs {
+        p.wait_serving().await;
         clients.push(p.authorizer().await);
     }
     let allowed = Arc::new(AtomicU64::new(0));
@@ -91,6 +92,9 @@ async fn quota_of_500_admits_exactly_500_across_three_replicas() {
 async fn bucket_admits_burst_plus_rate_times_elapsed_across_three_replicas() {
     let redis = RedisServer::start();
     let (_dir, procs) = replicas(&redis, &catalog("    throttle: { rate_limit: 50, burst_limit: 20 }"), 3);
+    for p in &procs {
+        p.wait_serving().await;
+    }
     let mut warm = procs[0].authorizer().await;
     // A request of an unknown method, to open connections; it costs a token,
     // so count it.

@@ -1023,24 +1023,9 @@ async fn replicas(redis: &RedisServer, yaml: &str, n: usize) -> (tempfile::TempD
         })
         .collect();
     for p in &procs {
-        wait_serving(p).await;
+        p.wait_serving().await;
     }
     (dir, procs)
-}
-
-async fn wait_serving(p: &TollgateProcess) {
-    use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest};
-    let ch = tonic::transport::Endpoint::from_shared(p.url()).unwrap().connect().await.unwrap();
-    let mut h = HealthClient::new(ch);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let s = h.check(HealthCheckRequest { service: String::new() }).await.unwrap().into_inner().status();
-        if s == ServingStatus::Serving {
-            return;
-        }
-        assert!(Instant::now() < deadline, "not serving; log:\n{}", p.log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 async fn authorize(p: &TollgateProcess, key_id: &str) -> pb::AuthorizeResponse {

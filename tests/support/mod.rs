@@ -93,6 +93,23 @@ impl TollgateProcess {
         self.log.lock().unwrap().clone()
     }
 
+    /// Waits until gRPC health says SERVING (the store and the catalog are
+    /// ready), up to 15 s.
+    pub async fn wait_serving(&self) {
+        use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest};
+        let ch = tonic::transport::Endpoint::from_shared(self.url()).unwrap().connect().await.expect("connect");
+        let mut h = HealthClient::new(ch);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let r = h.check(HealthCheckRequest { service: String::new() }).await;
+            if r.is_ok_and(|r| r.into_inner().status() == ServingStatus::Serving) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "tollgate never became SERVING; log:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// A client of its Authorizer service.
     pub async fn authorizer(&self) -> pb::authorizer_client::AuthorizerClient<tonic::transport::Channel> {
         authorizer_client(self.addr).await
