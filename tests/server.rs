@@ -80,6 +80,26 @@ fn malformed_catalog_file_exits_with_file_line_and_reason() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/catalog.yaml"));
 }
 
+#[test]
+fn check_config_validates_without_serving() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["check-config", quickstart().to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("ok (1 APIs, 1 stages, 1 usage plans, 1 API keys, 1 subscriptions)"), "{text}");
+
+    let (_d, path) = write_temp("bad.yaml", "usage_plans:\n  - name: P\n    quota: { limit: 5, period: YEAR }\n");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["check-config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("{}:3:", path.display())) && err.contains("YEAR"), "{err}");
+}
+
 async fn health_of(p: &TollgateProcess) -> ServingStatus {
     let ch = tonic::transport::Endpoint::from_shared(p.url()).unwrap().connect().await.unwrap();
     let r = HealthClient::new(ch).check(HealthCheckRequest { service: String::new() }).await.unwrap();

@@ -42,6 +42,38 @@ pub enum Command {
     /// Load-test a server: Authorize throughput and latency, as a ratio to
     /// health checks measured in the same run.
     Bench(bench::BenchArgs),
+    /// Check a catalog file without starting a server (exit 0 when valid;
+    /// otherwise the error with file:line, exit 1). For CI of GitOps repos.
+    CheckConfig(CheckConfigArgs),
+}
+
+/// Arguments of `tollgate check-config`.
+#[derive(Debug, clap::Args)]
+pub struct CheckConfigArgs {
+    /// The catalog file (YAML).
+    pub file: std::path::PathBuf,
+}
+
+/// `tollgate check-config FILE`.
+fn check_config(args: CheckConfigArgs) -> ExitCode {
+    match crate::catalog::file::load(&args.file, crate::model::now_ms()) {
+        Ok(d) => {
+            emit(&format!(
+                "{}: ok ({} APIs, {} stages, {} usage plans, {} API keys, {} subscriptions)\n",
+                args.file.display(),
+                d.apis.len(),
+                d.stages.len(),
+                d.plans.len(),
+                d.keys.len(),
+                d.plan_keys.len()
+            ));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Runs the parsed command line and returns the process exit code.
@@ -72,6 +104,7 @@ pub fn main(cli: Cli) -> ExitCode {
             Command::Serve(settings) => serve(settings).await,
             Command::Authorize(args) => authorize::run(args).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::CheckConfig(args) => check_config(args),
             Command::Keys(args) => admin::keys::run(args).await,
             Command::Stages(args) => admin::stages::run(args).await,
             Command::Plans(args) => admin::plans::run(args).await,
