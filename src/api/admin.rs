@@ -68,6 +68,10 @@ pub struct AdminService {
 }
 
 impl AdminService {
+    // Answers that show related records (a key's plans, a stage's plans) read
+    // them from the snapshot installed by the change, rather than copying the
+    // whole catalog out of the transaction.
+
     /// A service over `catalog`, reading usage through `usage`.
     pub fn new(catalog: Arc<CatalogService>, usage: UsageService) -> Self {
         Self { catalog, usage }
@@ -207,10 +211,9 @@ impl pb::admin_server::Admin for AdminService {
             customer_id: r.customer_id,
             expires_at_ms: expiry(r.expires_at_ms),
         };
-        let (key, value, d) =
-            self.catalog.update(|d, now| ops::create_key(d, new.clone(), now).map(|(k, v)| (k, v, d.clone()))).await?;
+        let (key, value) = self.catalog.update(|d, now| ops::create_key(d, new.clone(), now)).await?;
         tracing::info!(key_id = %key.id, "API key created");
-        Ok(Response::new(pb::CreateApiKeyResponse { key: Some(key_to(&d, &key)), value }))
+        Ok(Response::new(pb::CreateApiKeyResponse { key: Some(key_to(self.catalog.snapshot().data(), &key)), value }))
     }
 
     async fn get_api_key(&self, req: Request<pb::GetApiKeyRequest>) -> Res<pb::ApiKey> {
@@ -249,10 +252,9 @@ impl pb::admin_server::Admin for AdminService {
             customer_id: r.customer_id,
             expires_at_ms: r.expires_at_ms.map(expiry),
         };
-        let (k, d) =
-            self.catalog.update(|d, now| ops::update_key(d, &r.id, patch.clone(), now).map(|k| (k, d.clone()))).await?;
+        let k = self.catalog.update(|d, now| ops::update_key(d, &r.id, patch.clone(), now)).await?;
         tracing::info!(key_id = %k.id, enabled = k.enabled, "API key updated");
-        Ok(Response::new(key_to(&d, &k)))
+        Ok(Response::new(key_to(self.catalog.snapshot().data(), &k)))
     }
 
     async fn delete_api_key(&self, req: Request<pb::DeleteApiKeyRequest>) -> Res<pb::DeleteResponse> {
@@ -282,12 +284,10 @@ impl pb::admin_server::Admin for AdminService {
         require("id", &r.id)?;
         let grace_ms =
             r.grace_seconds.checked_mul(1000).ok_or_else(|| Invalid::new("grace_seconds", "is too large"))?;
-        let (key, value, d) = self
-            .catalog
-            .update(|d, now| ops::rotate_key(d, &r.id, r.value.clone(), grace_ms, now).map(|(k, v)| (k, v, d.clone())))
-            .await?;
+        let (key, value) =
+            self.catalog.update(|d, now| ops::rotate_key(d, &r.id, r.value.clone(), grace_ms, now)).await?;
         tracing::info!(key_id = %key.id, grace_seconds = r.grace_seconds, "API key rotated");
-        Ok(Response::new(pb::CreateApiKeyResponse { key: Some(key_to(&d, &key)), value }))
+        Ok(Response::new(pb::CreateApiKeyResponse { key: Some(key_to(self.catalog.snapshot().data(), &key)), value }))
     }
 
     async fn put_stage(&self, req: Request<pb::PutStageRequest>) -> Res<pb::Stage> {
@@ -301,15 +301,12 @@ impl pb::admin_server::Admin for AdminService {
                 MethodSetting { throttle, api_key_required: m.api_key_required.unwrap_or(true) },
             ));
         }
-        let (st, d) = self
+        let st = self
             .catalog
-            .update(|d, _| {
-                ops::put_stage(d, &r.stage, r.api_name.clone(), methods.clone(), r.remove_methods.clone())
-                    .map(|s| (s, d.clone()))
-            })
+            .update(|d, _| ops::put_stage(d, &r.stage, r.api_name.clone(), methods.clone(), r.remove_methods.clone()))
             .await?;
         tracing::info!(stage = %st.stage, "stage put");
-        Ok(Response::new(stage_to(&d, &st)))
+        Ok(Response::new(stage_to(self.catalog.snapshot().data(), &st)))
     }
 
     async fn get_stage(&self, req: Request<pb::GetStageRequest>) -> Res<pb::Stage> {
@@ -463,12 +460,12 @@ impl pb::admin_server::Admin for AdminService {
         let r = req.into_inner();
         require("usage_plan_id", &r.usage_plan_id)?;
         require("key_id", &r.key_id)?;
-        let (k, d) = self
-            .catalog
-            .update(|d, _| ops::add_plan_key(d, &r.usage_plan_id, &r.key_id).map(|k| (k, d.clone())))
-            .await?;
+        let k = self.catalog.update(|d, _| ops::add_plan_key(d, &r.usage_plan_id, &r.key_id)).await?;
         tracing::info!(plan_id = %r.usage_plan_id, key_id = %r.key_id, "key added to usage plan");
-        Ok(Response::new(pb::UsagePlanKey { usage_plan_id: r.usage_plan_id, key: Some(key_to(&d, &k)) }))
+        Ok(Response::new(pb::UsagePlanKey {
+            usage_plan_id: r.usage_plan_id,
+            key: Some(key_to(self.catalog.snapshot().data(), &k)),
+        }))
     }
 
     async fn remove_usage_plan_key(&self, req: Request<pb::UsagePlanKeyRequest>) -> Res<pb::DeleteResponse> {
