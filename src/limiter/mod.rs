@@ -224,8 +224,14 @@ impl<S: LimitStore> Limiter<S> {
                 Some((p, s)) => (p.as_str(), *s),
                 None => ("*/*", Default::default()),
             };
+            // The limits for the store, and beside them each one's kind and
+            // rule, for the numbers of the answer.
             let mut limits = Vec::with_capacity(5);
-            let mut kinds = Vec::with_capacity(5);
+            let mut kinds: Vec<(LimitKind, Rule)> = Vec::with_capacity(5);
+            let mut add = |kind: LimitKind, key: String, rule: Rule| {
+                limits.push(Limit { key, rule });
+                kinds.push((kind, rule));
+            };
             let mut decision = Decision::deny(Reason::Ok);
             let mut usage_key = None;
             // 3. methods that need no key: only stage and account throttles
@@ -248,40 +254,30 @@ impl<S: LimitStore> Limiter<S> {
                 decision.plan_id = Some(plan.id.clone());
                 // 6 a. the plan's per-method throttle
                 if let Some((p, t)) = sp.method_throttles.lookup(req.method) {
-                    limits.push(Limit {
-                        key: self.keys.plan_method_bucket(key_id, &plan.id, &stage.stage, p.as_str()),
-                        rule: Rule::Bucket(*t),
-                    });
-                    kinds.push(LimitKind::PlanMethodThrottle);
+                    let key = self.keys.plan_method_bucket(key_id, &plan.id, &stage.stage, p.as_str());
+                    add(LimitKind::PlanMethodThrottle, key, Rule::Bucket(*t));
                 }
                 // b. the plan's throttle
                 if let Some(t) = plan.throttle {
-                    limits.push(Limit { key: self.keys.plan_bucket(key_id, &plan.id), rule: Rule::Bucket(t) });
-                    kinds.push(LimitKind::PlanThrottle);
+                    add(LimitKind::PlanThrottle, self.keys.plan_bucket(key_id, &plan.id), Rule::Bucket(t));
                 }
                 // c. the plan's quota
                 if let Some(q) = plan.quota {
-                    limits.push(Limit {
-                        key: self.keys.quota_base(key_id, &plan.id),
-                        rule: Rule::Quota { quota: q, created_at_ms: plan.created_at_ms },
-                    });
-                    kinds.push(LimitKind::PlanQuota);
+                    let rule = Rule::Quota { quota: q, created_at_ms: plan.created_at_ms };
+                    add(LimitKind::PlanQuota, self.keys.quota_base(key_id, &plan.id), rule);
                 }
                 usage_key = Some(self.keys.usage_base(key_id, &plan.id));
             }
             // d. the stage's method throttle
             if let Some(t) = setting.throttle {
-                limits.push(Limit { key: self.keys.stage_bucket(&stage.stage, pattern), rule: Rule::Bucket(t) });
-                kinds.push(LimitKind::StageMethodThrottle);
+                add(LimitKind::StageMethodThrottle, self.keys.stage_bucket(&stage.stage, pattern), Rule::Bucket(t));
             }
             // e. the account throttle
             if let Some(t) = self.account {
-                limits.push(Limit { key: self.keys.account_bucket(), rule: Rule::Bucket(t) });
-                kinds.push(LimitKind::AccountThrottle);
+                add(LimitKind::AccountThrottle, self.keys.account_bucket(), Rule::Bucket(t));
             }
             (Check { limits, cost: req.cost, usage_key }, kinds, decision)
         };
-        let windows: Vec<u64> = check.limits.iter().map(|l| window_secs(&l.rule)).collect();
         let verdict = if check.limits.is_empty() && check.usage_key.is_none() {
             Verdict::UNLIMITED
         } else {
@@ -292,11 +288,11 @@ impl<S: LimitStore> Limiter<S> {
         };
         decision.allowed = verdict.allowed;
         decision.rate = verdict.index.map(|i| RateInfo {
-            kind: kinds[i],
+            kind: kinds[i].0,
             limit: verdict.limit,
             remaining: verdict.remaining,
             reset_ms: verdict.reset_ms,
-            window_secs: windows[i],
+            window_secs: window_secs(&kinds[i].1),
         });
         decision.reason = if verdict.allowed {
             Reason::Ok
