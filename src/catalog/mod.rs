@@ -137,6 +137,9 @@ impl Catalog {
             for (m, setting) in &s.methods {
                 let p =
                     MethodPattern::parse(m).map_err(|e| Invalid::new(format!("stage {}: methods", s.stage), e.0))?;
+                if let Some(t) = &setting.throttle {
+                    t.validate().map_err(|e| e.within(&format!("stage {}: methods[{m}].throttle", s.stage)))?;
+                }
                 methods.push((p, *setting));
             }
             let compiled = CompiledStage { stage: s.stage.clone(), methods: MethodTable::new(methods) };
@@ -259,5 +262,40 @@ impl CatalogHandle {
     /// Replaces the snapshot.
     pub fn store(&self, catalog: Catalog) {
         self.0.store(Arc::new(catalog));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{PlanStage, Stage};
+
+    /// A catalog read from Redis (written by an older version, or by hand) is
+    /// checked like a new one: a throttle out of bounds is refused, naming
+    /// the record and the field, before any decision can use it.
+    #[test]
+    fn loading_checks_every_throttle() {
+        let sr = StageRef::parse("shop/prod").unwrap();
+        let tiny = Throttle { rate_limit: 1e-16, burst_limit: 1 };
+        let mut d = CatalogData::default();
+        d.apis.insert("shop".into(), Api { id: "shop".into(), name: "shop".into() });
+        let methods = [("/x/GET".to_string(), MethodSetting { throttle: Some(tiny), api_key_required: true })];
+        d.stages.insert("shop/prod".into(), Stage { stage: sr.clone(), methods: methods.into_iter().collect() });
+        let e = Catalog::compile(d.clone()).unwrap_err().to_string();
+        assert!(e.contains("stage shop/prod: methods[/x/GET].throttle.rate_limit"), "{e}");
+
+        d.stages.get_mut("shop/prod").unwrap().methods.clear();
+        let plan = UsagePlan {
+            id: "p".into(),
+            name: "P".into(),
+            description: String::new(),
+            throttle: Some(tiny),
+            quota: None,
+            api_stages: vec![PlanStage { stage: sr, throttle: Default::default() }],
+            created_at_ms: 0,
+        };
+        d.plans.insert("p".into(), plan);
+        let e = Catalog::compile(d).unwrap_err().to_string();
+        assert!(e.contains("usage plan \"p\".throttle.rate_limit"), "{e}");
     }
 }

@@ -51,17 +51,51 @@ pub struct Throttle {
     pub burst_limit: u32,
 }
 
+/// The largest accepted `rate_limit`, requests per second.
+pub const MAX_RATE: f64 = 1e9;
+/// The smallest positive `rate_limit`: rates are kept in thousandths of a
+/// request per second ([`Throttle::rate_milli`]).
+pub const MIN_RATE: f64 = 0.001;
+/// The largest accepted `burst_limit`. Buckets count in billionths of a token
+/// (`store::NANO`), and a full bucket plus one request's cost must stay below
+/// 2^53, the largest integer Redis's Lua keeps exactly.
+pub const MAX_BURST: u32 = 1_000_000;
+
 impl Throttle {
-    /// Checks the rate is finite and not negative, and that a zero rate comes
-    /// with a zero burst (a bucket that never refills is a quota: use one).
+    /// Checks the bounds (docs/semantics.md, "Token bucket"): `rate_limit` is
+    /// 0 or a multiple of 0.001 from 0.001 to 1e9; `burst_limit` at most
+    /// 1,000,000; a zero rate only with a zero burst (a bucket that never
+    /// refills is a quota).
     pub fn validate(&self) -> Result<(), Invalid> {
-        if !self.rate_limit.is_finite() || self.rate_limit < 0.0 {
-            return Err(Invalid::new("rate_limit", format!("must be a finite number >= 0, got {}", self.rate_limit)));
+        let r = self.rate_limit;
+        if !r.is_finite() || r < 0.0 {
+            return Err(Invalid::new("rate_limit", format!("must be a finite number >= 0, got {r}")));
         }
-        if self.rate_limit > 1e9 {
-            return Err(Invalid::new("rate_limit", "must be at most 1e9 requests per second"));
+        if r > MAX_RATE {
+            return Err(Invalid::new(
+                "rate_limit",
+                format!("must be at most {MAX_RATE:e} requests per second, got {r}"),
+            ));
         }
-        if self.rate_limit == 0.0 && self.burst_limit != 0 {
+        if r != 0.0 && r < MIN_RATE {
+            return Err(Invalid::new(
+                "rate_limit",
+                format!("must be 0 or at least {MIN_RATE} (one request per 1,000 seconds), got {r}"),
+            ));
+        }
+        let milli = r * 1000.0;
+        if (milli - milli.round()).abs() > 1e-6 * milli.max(1.0) {
+            return Err(Invalid::new(
+                "rate_limit",
+                format!(
+                    "must be a multiple of {MIN_RATE} (rates are kept in thousandths of a request per second), got {r}"
+                ),
+            ));
+        }
+        if self.burst_limit > MAX_BURST {
+            return Err(Invalid::new("burst_limit", format!("must be at most {MAX_BURST}, got {}", self.burst_limit)));
+        }
+        if r == 0.0 && self.burst_limit != 0 {
             return Err(Invalid::new(
                 "rate_limit",
                 "is 0 with a burst_limit above 0: such a bucket never refills; use a quota, or set both to 0 to block all requests",
@@ -70,12 +104,22 @@ impl Throttle {
         Ok(())
     }
 
-    /// Length of the policy window in seconds (burst / rate, at least 1).
+    /// The rate in thousandths of a request per second, the unit both stores
+    /// count in: a bucket gains `rate_milli` billionths of a token per
+    /// microsecond, exactly.
+    pub fn rate_milli(&self) -> u64 {
+        // Validated rates are multiples of 0.001 up to 1e9: exact after rounding.
+        (self.rate_limit * 1000.0).round().clamp(0.0, MAX_RATE * 1000.0) as u64
+    }
+
+    /// Length of the policy window in seconds (burst / rate, rounded up, at
+    /// least 1).
     pub fn window_secs(&self) -> u64 {
-        if self.rate_limit <= 0.0 {
+        let milli = self.rate_milli();
+        if milli == 0 {
             return 1;
         }
-        ((self.burst_limit as f64 / self.rate_limit).ceil() as u64).max(1)
+        (u64::from(self.burst_limit) * 1000).div_ceil(milli).max(1)
     }
 }
 
@@ -420,6 +464,20 @@ mod tests {
         assert!(Throttle { rate_limit: 0.0, burst_limit: 3 }.validate().is_err());
         assert!(Throttle { rate_limit: 0.0, burst_limit: 0 }.validate().is_ok());
         assert!(Throttle { rate_limit: 0.5, burst_limit: 3 }.validate().is_ok());
+        // Bounds: rates in thousandths from 0.001 to 1e9, bursts up to 1e6.
+        assert!(Throttle { rate_limit: 1e-16, burst_limit: 1 }.validate().is_err());
+        assert!(Throttle { rate_limit: 0.0005, burst_limit: 1 }.validate().is_err());
+        assert!(Throttle { rate_limit: 0.3333, burst_limit: 1 }.validate().is_err());
+        assert!(Throttle { rate_limit: 1e9 + 1.0, burst_limit: 1 }.validate().is_err());
+        assert!(Throttle { rate_limit: 1.0, burst_limit: MAX_BURST + 1 }.validate().is_err());
+        for r in [0.001, 0.1, 0.3, 33.333, 2_000_001.0, 1e9] {
+            let t = Throttle { rate_limit: r, burst_limit: MAX_BURST };
+            assert!(t.validate().is_ok(), "{r}");
+            assert_eq!(t.rate_milli() as f64, (r * 1000.0).round(), "{r}");
+        }
+        assert_eq!(Throttle { rate_limit: 0.3, burst_limit: 1 }.rate_milli(), 300);
+        assert_eq!(Throttle { rate_limit: 2.0, burst_limit: 5 }.window_secs(), 3);
+        assert_eq!(Throttle { rate_limit: 0.0, burst_limit: 0 }.window_secs(), 1);
     }
 
     #[test]

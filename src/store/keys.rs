@@ -9,12 +9,12 @@
 //!
 //! | key | type | what |
 //! |---|---|---|
-//! | `P{k:KEY}:tbm:PLAN:API/STAGE:METHOD` | string (TAT, µs) | plan per-method throttle of one key |
-//! | `P{k:KEY}:tb:PLAN` | string (TAT, µs) | plan throttle of one key |
+//! | `P{k:KEY}:tbm:PLAN:API/STAGE:METHOD` | string `LEVEL:TIME` (`bucket.rs`) | plan per-method throttle of one key |
+//! | `P{k:KEY}:tb:PLAN` | string `LEVEL:TIME` (`bucket.rs`) | plan throttle of one key |
 //! | `P{k:KEY}:q:PLAN:YYYYMMDD` | string (count) | quota used in the period starting that day |
 //! | `P{k:KEY}:u:PLAN:YYYYMMDD` | hash `n` used, `q` quota used after the day's last call | daily usage, kept 92 days |
-//! | `P{s:API/STAGE}:tb:METHOD` | string (TAT, µs) | stage method throttle, all callers |
-//! | `P{acct}:tb` | string (TAT, µs) | account throttle |
+//! | `P{s:API/STAGE}:tb:METHOD` | string `LEVEL:TIME` (`bucket.rs`) | stage method throttle, all callers |
+//! | `P{acct}:tb` | string `LEVEL:TIME` (`bucket.rs`) | account throttle |
 //!
 //! The catalog (control plane) lives under one hash tag, so that a catalog
 //! transaction (WATCH / MULTI / EXEC) touches one slot:

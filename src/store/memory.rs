@@ -8,64 +8,18 @@
 //! Time comes from a [`Clock`], which tests can control.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
-use super::{gcra_params, keys::dated, Check, DayUsage, LimitStore, Rule, StoreError, Verdict};
+use super::bucket::{self, BucketState, Take};
+pub use super::clock::{Clock, ManualClock, SystemClock};
+use super::{keys::dated, Check, DayUsage, LimitStore, Rule, StoreError, Verdict};
 use crate::calendar::{period_bounds_ms, Date, DAY_MS};
 use crate::model::Quota;
 
-/// A source of the current time, in microseconds since the Unix epoch.
-pub trait Clock: Send + Sync + 'static {
-    /// Now, µs since the epoch.
-    fn now_us(&self) -> u64;
-}
-
-/// The system clock.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now_us(&self) -> u64 {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
-    }
-}
-
-/// A clock that moves only when told to (tests).
-#[derive(Debug, Default)]
-pub struct ManualClock(AtomicU64);
-
-impl ManualClock {
-    /// A clock showing `us` µs since the epoch.
-    pub fn new(us: u64) -> Self {
-        Self(AtomicU64::new(us))
-    }
-    /// Moves the clock forward.
-    pub fn advance(&self, d: std::time::Duration) {
-        self.0.fetch_add(d.as_micros() as u64, Ordering::SeqCst);
-    }
-    /// Sets the clock.
-    pub fn set_us(&self, us: u64) {
-        self.0.store(us, Ordering::SeqCst);
-    }
-}
-
-impl Clock for ManualClock {
-    fn now_us(&self) -> u64 {
-        self.0.load(Ordering::SeqCst)
-    }
-}
-
-impl<C: Clock> Clock for Arc<C> {
-    fn now_us(&self) -> u64 {
-        (**self).now_us()
-    }
-}
-
 #[derive(Debug, Clone, Copy)]
 enum Value {
-    /// GCRA theoretical arrival time, µs.
-    Tat(f64),
+    /// A token bucket (`bucket.rs`).
+    Bucket(BucketState),
     /// A counter (quota used).
     Count(i64),
     /// Daily usage: used, and quota used after the day's last call.
@@ -108,7 +62,7 @@ impl Default for MemoryStore {
 }
 
 enum Write {
-    Tat { key: String, tat: f64, expires_us: u64 },
+    Bucket { key: String, state: BucketState, expires_us: u64 },
     Count { key: String, expires_us: u64 },
 }
 
@@ -150,7 +104,6 @@ impl MemoryStore {
     pub fn decide(&self, check: &Check) -> Verdict {
         let now_us = self.clock.now_us();
         let now_ms = now_us / 1000;
-        let nowf = now_us as f64;
         let today = Date::of_ms(now_ms);
         let cost = check.cost;
         let mut st = self.lock();
@@ -166,34 +119,29 @@ impl MemoryStore {
         for (i, limit) in check.limits.iter().enumerate() {
             match &limit.rule {
                 Rule::Bucket(t) => {
-                    let (interval, tolerance) = gcra_params(t);
-                    let burst = t.burst_limit as u64;
-                    let tat = match st.get(&limit.key, now_us) {
-                        Some(Value::Tat(t)) => t.max(nowf),
-                        _ => nowf,
+                    let prev = match st.get(&limit.key, now_us) {
+                        Some(Value::Bucket(b)) => Some(b),
+                        _ => None,
                     };
-                    let new_tat = tat + cost as f64 * interval;
-                    if cost > burst || new_tat - nowf > tolerance + 1.0 {
-                        let rem = ((nowf + tolerance - tat) / interval + 1e-9).floor().max(0.0) as u64;
-                        let retry = (cost <= burst).then(|| ceil_ms(new_tat - tolerance - nowf));
-                        return Verdict {
-                            allowed: false,
-                            index: Some(i),
-                            limit: burst,
-                            remaining: rem,
-                            reset_ms: ceil_ms(tat - nowf),
-                            retry_after_ms: retry,
-                        };
-                    }
-                    let rem = ((nowf + tolerance - new_tat) / interval + 1e-9).floor().max(0.0) as u64;
-                    let reset = ceil_ms(new_tat - nowf);
-                    writes.push(Write::Tat {
-                        key: limit.key.clone(),
-                        tat: new_tat.round(),
-                        expires_us: now_us + (reset + 1) * 1000,
-                    });
-                    if best.is_none() || rem < best_rem {
-                        (best, best_limit, best_rem, best_reset) = (Some(i), burst, rem, reset);
+                    let burst = u64::from(t.burst_limit);
+                    match bucket::take(prev, t.rate_milli(), burst, cost, now_us) {
+                        Take::Deny { remaining, reset_ms, retry_after_ms } => {
+                            return Verdict {
+                                allowed: false,
+                                index: Some(i),
+                                limit: burst,
+                                remaining,
+                                reset_ms,
+                                retry_after_ms,
+                            };
+                        }
+                        Take::Allow { state, remaining, reset_ms, ttl_ms } => {
+                            let expires_us = now_us.saturating_add(ttl_ms.saturating_mul(1000));
+                            writes.push(Write::Bucket { key: limit.key.clone(), state, expires_us });
+                            if best.is_none() || remaining < best_rem {
+                                (best, best_limit, best_rem, best_reset) = (Some(i), burst, remaining, reset_ms);
+                            }
+                        }
                     }
                 }
                 Rule::Quota { quota, created_at_ms } => {
@@ -228,8 +176,8 @@ impl MemoryStore {
 
         for w in writes {
             match w {
-                Write::Tat { key, tat, expires_us } => {
-                    st.map.insert(key, Entry { value: Value::Tat(tat), expires_us });
+                Write::Bucket { key, state, expires_us } => {
+                    st.map.insert(key, Entry { value: Value::Bucket(state), expires_us });
                 }
                 Write::Count { key, expires_us } => {
                     let c = match st.get(&key, now_us) {
@@ -257,14 +205,6 @@ impl MemoryStore {
             reset_ms: best_reset,
             retry_after_ms: None,
         }
-    }
-}
-
-fn ceil_ms(us: f64) -> u64 {
-    if us <= 0.0 {
-        0
-    } else {
-        (us / 1000.0).ceil() as u64
     }
 }
 

@@ -11,11 +11,14 @@
 //! - [`redis::RedisStore`]: shared by any number of replicas; one Lua script
 //!   call per decision (or per batch of concurrent decisions).
 //!
-//! The algorithms: a token bucket is kept as GCRA's one number per bucket, the
-//! theoretical arrival time (TAT), which behaves exactly as a bucket of
-//! capacity `burst` refilled at `rate` per second, full at first use. A quota
-//! is a counter per period (calendar periods in UTC, `crate::calendar`).
+//! The algorithms: a token bucket is kept in exact integer arithmetic
+//! ([`bucket`]: its level in billionths of a token and the instant of that
+//! level), so that it admits exactly what a bucket of capacity `burst`
+//! refilled at `rate` per second, full at first use, admits. A quota is a
+//! counter per period (calendar periods in UTC, `crate::calendar`).
 
+pub mod bucket;
+pub mod clock;
 pub mod keys;
 pub mod memory;
 pub mod redis;
@@ -204,14 +207,6 @@ impl LimitStore for Store {
 
 /// The largest accepted cost of one request.
 pub const MAX_COST: u64 = 1_000_000;
-
-/// GCRA parameters of a throttle in microseconds: (emission interval,
-/// tolerance). A zero rate (only valid with a zero burst) gets an interval so
-/// large that nothing refills.
-pub(crate) fn gcra_params(t: &Throttle) -> (f64, f64) {
-    let interval = if t.rate_limit > 0.0 { 1e6 / t.rate_limit } else { 1e18 };
-    (interval, interval * t.burst_limit as f64)
-}
 
 /// The store deadline used when none is configured.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(250);

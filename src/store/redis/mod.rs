@@ -9,37 +9,56 @@
 //! all of them on a multiplexed [`ConnectionManager`], and answers each
 //! caller. At most `max_in_flight` batches run at once; while they do, new
 //! requests queue up and form the next batch, so batching grows with load and
-//! adds no wait when idle. Each request in a batch is still all-or-nothing.
+//! adds no wait when idle. Each request in a batch is still all-or-nothing,
+//! and one request's failure fails only that request (see `decide.lua`).
+//!
+//! # Deadlines
+//! A decision's deadline (`timeout`) counts from its arrival, queueing
+//! included: the caller gets UNAVAILABLE when it passes, whatever the batch
+//! is doing. Before a batch is sent, requests whose caller has gone (the
+//! client cancelled, or its own `grpc-timeout` passed and tonic dropped the
+//! call) and requests past their deadline are taken out: they are never sent,
+//! so never charged. A request already sent when its deadline passes may still
+//! be charged (Redis runs it); its caller is answered UNAVAILABLE all the same.
+//! A batch keeps its in-flight slot until Redis has answered it (or the
+//! connection gives up, after [`response_timeout`]), so a struggling Redis
+//! gets no more than `max_in_flight` script calls at once.
 //!
 //! # Failures
-//! - NOSCRIPT (after a Redis restart or `SCRIPT FLUSH`): `Script::invoke_async`
-//!   sends EVALSHA, and on NOSCRIPT loads the script and sends it again. That
-//!   is safe: a NOSCRIPT reply means nothing ran. (A script inside a pipeline
-//!   would not be retried this way; we never pipeline scripts.)
-//! - Every batch has a deadline (`timeout`); past it, or when Redis cannot be
-//!   reached, the callers get [`StoreError::Unavailable`] (gRPC UNAVAILABLE).
-//!   The connection manager reconnects by itself; a probe task PINGs Redis
-//!   every second so that health reports NOT_SERVING while Redis is away and
-//!   SERVING again when it is back.
+//! - NOSCRIPT (after a Redis restart or `SCRIPT FLUSH`): the batch's EVALSHA is
+//!   answered NOSCRIPT, the script is loaded and the same command sent again.
+//!   That is safe: a NOSCRIPT reply means nothing ran. (A script inside a
+//!   pipeline would not be retried this way; we never pipeline scripts.)
+//! - When Redis cannot be reached, callers get [`StoreError::Unavailable`]
+//!   (gRPC UNAVAILABLE). The connection manager reconnects by itself.
+//! - Readiness (gRPC health) follows a probe, and changes only on a sustained
+//!   condition: NOT_SERVING once Redis has failed every probe for
+//!   [`UNREADY_AFTER`] (at least [`UNREADY_AFTER_PROBES`] probes in a row),
+//!   SERVING again at the first probe that succeeds. A single slow or failed
+//!   batch does not flip it (it only makes the probe look at once), so a fleet
+//!   behind a load balancer does not flap.
 //! - Redis unreachable at start is not fatal: the store starts, unready.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 
-use super::{gcra_params, Check, DayUsage, LimitStore, Rule, StoreError, Verdict};
+use super::{Check, DayUsage, LimitStore, Rule, StoreError, Verdict};
 use crate::model::Quota;
 
-/// Builds a script from its file, with `calendar.lua` inserted at its
-/// `-- @calendar` line.
+/// Builds a script from its file, with `clock.lua` and `calendar.lua`
+/// inserted at its `-- @clock` and `-- @calendar` lines.
 fn script(body: &str) -> redis::Script {
+    let clock = include_str!("scripts/clock.lua");
     let calendar = include_str!("scripts/calendar.lua");
-    let mut out = String::with_capacity(body.len() + calendar.len());
+    let mut out = String::with_capacity(body.len() + clock.len() + calendar.len());
     for line in body.lines() {
-        if line.starts_with("-- @calendar") {
+        if line.starts_with("-- @clock") {
+            out.push_str(clock);
+        } else if line.starts_with("-- @calendar") {
             out.push_str(calendar);
         } else {
             out.push_str(line);
@@ -55,29 +74,79 @@ static DECIDE: LazyLock<redis::Script> = LazyLock::new(|| script(include_str!("s
 /// UpdateUsage's script.
 static SET_REMAINING: LazyLock<redis::Script> = LazyLock::new(|| script(include_str!("scripts/set_remaining.lua")));
 
+/// How often the probe asks Redis whether it is there, while it is.
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the probe asks while Redis is failing.
+pub const FAILING_PROBE_INTERVAL: Duration = Duration::from_millis(250);
+/// How long Redis must have failed every probe before health says NOT_SERVING.
+pub const UNREADY_AFTER: Duration = Duration::from_secs(1);
+/// How many probes in a row must have failed before health says NOT_SERVING.
+pub const UNREADY_AFTER_PROBES: u32 = 3;
+
+/// The connection's own limit on waiting for a reply: four store deadlines,
+/// at least a second. Callers are answered at their deadline; this only
+/// bounds how long a batch may keep its in-flight slot while Redis is stuck.
+pub fn response_timeout(timeout: Duration) -> Duration {
+    (timeout * 4).max(Duration::from_secs(1))
+}
+
+/// A clock the Redis store reads instead of Redis's `TIME` (builds with the
+/// `test-clock` feature only: the model-based tests).
+#[cfg(feature = "test-clock")]
+#[derive(Clone)]
+pub struct TestClock(pub Arc<dyn super::clock::Clock>);
+
+#[cfg(feature = "test-clock")]
+impl std::fmt::Debug for TestClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TestClock({} µs)", self.0.now_us())
+    }
+}
+
 /// How the Redis store behaves.
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
     /// `redis://[user:pass@]host:port[/db]` or `rediss://…`.
     pub url: String,
-    /// Deadline of one decision's round trip to Redis.
+    /// Deadline of one decision, from its arrival to its answer.
     pub timeout: Duration,
     /// Most requests decided by one script call.
     pub max_batch: usize,
     /// Most script calls in flight at once.
     pub max_in_flight: usize,
+    /// The scripts' clock instead of Redis's `TIME` (tests only).
+    #[cfg(feature = "test-clock")]
+    pub clock: Option<TestClock>,
 }
 
 impl RedisSettings {
     /// Defaults for `url`.
     pub fn new(url: &str) -> Self {
-        Self { url: url.to_string(), timeout: super::DEFAULT_TIMEOUT, max_batch: 64, max_in_flight: 4 }
+        Self {
+            url: url.to_string(),
+            timeout: super::DEFAULT_TIMEOUT,
+            max_batch: 64,
+            max_in_flight: 4,
+            #[cfg(feature = "test-clock")]
+            clock: None,
+        }
+    }
+
+    /// The scripts' clock argument (`clock.lua`): empty for Redis's `TIME`.
+    fn clock_arg(&self) -> String {
+        #[cfg(feature = "test-clock")]
+        if let Some(c) = &self.clock {
+            return c.0.now_us().to_string();
+        }
+        String::new()
     }
 }
 
 struct Job {
     check: Check,
     reply: oneshot::Sender<Result<Verdict, StoreError>>,
+    /// Arrival + the store deadline.
+    deadline: Instant,
 }
 
 /// Limits in Redis, shared by every replica that points at it.
@@ -85,6 +154,7 @@ pub struct RedisStore {
     jobs: mpsc::Sender<Job>,
     ready: Arc<AtomicBool>,
     conn: ConnectionManager,
+    settings: RedisSettings,
 }
 
 /// Classifies a Redis error: connection trouble and timeouts are transient
@@ -124,7 +194,7 @@ impl RedisStore {
         let client = redis::Client::open(settings.url.as_str())
             .map_err(|e| StoreError::Internal(format!("invalid Redis URL {}: {e}", redact_url(&settings.url))))?;
         let config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(settings.timeout))
+            .set_response_timeout(Some(response_timeout(settings.timeout)))
             .set_connection_timeout(Some(Duration::from_secs(1)))
             .set_number_of_retries(1)
             .set_min_delay(Duration::from_millis(50))
@@ -132,25 +202,43 @@ impl RedisStore {
         let conn = ConnectionManager::new_lazy_with_config(client, config)
             .map_err(|e| StoreError::Internal(format!("cannot set up the Redis connection: {e}")))?;
         let ready = Arc::new(AtomicBool::new(false));
+        let look_now = Arc::new(Notify::new());
         let (tx, rx) = mpsc::channel(settings.max_batch * settings.max_in_flight * 16);
-        tokio::spawn(batcher(rx, conn.clone(), settings.clone(), ready.clone()));
-        tokio::spawn(probe(conn.clone(), ready.clone(), settings.url.clone()));
-        Ok(Self { jobs: tx, ready, conn })
+        tokio::spawn(batcher(rx, conn.clone(), settings.clone(), look_now.clone()));
+        tokio::spawn(probe(conn.clone(), ready.clone(), settings.url.clone(), look_now));
+        Ok(Self { jobs: tx, ready, conn, settings })
     }
 
     /// A connection to the same Redis (shares the multiplexed connection).
     pub fn connection(&self) -> ConnectionManager {
         self.conn.clone()
     }
+
+    /// Decides `checks` in ONE script call, in their order, outside the
+    /// batcher: what the batcher does with each batch. One answer per check;
+    /// `Err` as a whole when Redis could not be asked. (The model-based tests
+    /// use it to control exactly which requests share a script call.)
+    pub async fn check_batch(&self, checks: &[Check]) -> Result<Vec<Result<Verdict, StoreError>>, StoreError> {
+        let mut conn = self.conn.clone();
+        run_batch(&mut conn, checks.iter(), &self.settings.clock_arg()).await
+    }
 }
 
 impl LimitStore for RedisStore {
     async fn check(&self, check: Check) -> Result<Verdict, StoreError> {
+        let timeout = self.settings.timeout;
+        let deadline = Instant::now() + timeout;
         let (reply, rx) = oneshot::channel();
         self.jobs
-            .try_send(Job { check, reply })
+            .try_send(Job { check, reply, deadline })
             .map_err(|_| StoreError::Unavailable("too many decisions waiting for Redis".into()))?;
-        rx.await.map_err(|_| StoreError::Unavailable("the Redis batcher stopped".into()))?
+        // Dropping `rx` (our caller gave up, or the deadline passed) tells the
+        // batcher not to send this request if it has not yet.
+        match tokio::time::timeout_at(deadline.into(), rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(StoreError::Unavailable("the Redis batcher stopped".into())),
+            Err(_) => Err(StoreError::Unavailable(format!("Redis did not answer within {timeout:?}"))),
+        }
     }
 
     fn is_ready(&self) -> bool {
@@ -190,88 +278,120 @@ impl LimitStore for RedisStore {
         let mut conn = self.conn.clone();
         let mut inv = SET_REMAINING.prepare_invoke();
         inv.key(quota_base).key(usage_base);
+        inv.arg(self.settings.clock_arg());
         inv.arg(quota.limit).arg(quota.offset).arg(created_at_ms).arg(quota.period.code()).arg(remaining);
         let (r, end): (u64, u64) = inv.invoke_async(&mut conn).await.map_err(classify)?;
         Ok((r, end))
     }
 }
 
-/// Asks Redis every second whether it is there (`INFO cluster`, as cheap as
-/// a PING) and records the answer. A Redis Cluster node counts as not ready:
-/// cluster mode is not supported yet (docs/architecture.md), and a
-/// single-node client would get MOVED errors for most keys.
-async fn probe(mut conn: ConnectionManager, ready: Arc<AtomicBool>, url: String) {
-    #[derive(PartialEq, Clone, Copy)]
-    enum State {
-        Up,
-        Down,
-        Cluster,
-    }
+/// What one probe saw.
+#[derive(PartialEq, Clone, Copy, Debug)]
+enum Seen {
+    Up,
+    Down,
+    Cluster,
+}
+
+/// Asks Redis whether it is there (`INFO cluster`, as cheap as a PING) every
+/// [`PROBE_INTERVAL`], or at once when a decision failed (`look_now`), and
+/// sets `ready` by the rules in the module docs. A Redis Cluster node counts
+/// as not ready at once: cluster mode is not supported yet
+/// (docs/architecture.md), and a single-node client would get MOVED errors.
+async fn probe(mut conn: ConnectionManager, ready: Arc<AtomicBool>, url: String, look_now: Arc<Notify>) {
     let mut was = None;
+    let mut failing: Option<(Instant, u32)> = None;
     loop {
         let info = tokio::time::timeout(
             Duration::from_secs(1),
             redis::cmd("INFO").arg("cluster").query_async::<String>(&mut conn),
         )
         .await;
-        let state = match info {
-            Ok(Ok(text)) if text.contains("cluster_enabled:1") => State::Cluster,
-            Ok(Ok(_)) => State::Up,
-            _ => State::Down,
+        let seen = match info {
+            Ok(Ok(text)) if text.contains("cluster_enabled:1") => Seen::Cluster,
+            Ok(Ok(_)) => Seen::Up,
+            _ => Seen::Down,
         };
-        ready.store(state == State::Up, Ordering::Relaxed);
-        if was != Some(state) {
-            let redis = redact_url(&url);
-            match state {
-                State::Up => tracing::info!(%redis, "Redis is reachable"),
-                State::Down => {
-                    tracing::warn!(%redis, "Redis is not reachable; decisions answer UNAVAILABLE until it is")
-                }
-                State::Cluster => tracing::error!(
-                    %redis,
-                    "this Redis is a Redis Cluster node, which tollgate does not support yet: use a single Redis \
-                     (with replicas / Sentinel for availability)"
-                ),
+        let now = Instant::now();
+        let is_ready = match seen {
+            Seen::Up => {
+                failing = None;
+                true
             }
-            was = Some(state);
+            Seen::Cluster => false,
+            Seen::Down => {
+                let (since, n) = failing.get_or_insert((now, 0));
+                *n += 1;
+                let sustained = *n >= UNREADY_AFTER_PROBES && now.duration_since(*since) >= UNREADY_AFTER;
+                ready.load(Ordering::Relaxed) && !sustained
+            }
+        };
+        ready.store(is_ready, Ordering::Relaxed);
+        report(&url, seen, &mut was);
+        let pause = if seen == Seen::Down { FAILING_PROBE_INTERVAL } else { PROBE_INTERVAL };
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = look_now.notified() => {}
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
-async fn batcher(mut rx: mpsc::Receiver<Job>, conn: ConnectionManager, s: RedisSettings, ready: Arc<AtomicBool>) {
+/// Logs a change of what the probe sees.
+fn report(url: &str, seen: Seen, was: &mut Option<Seen>) {
+    if *was == Some(seen) {
+        return;
+    }
+    let redis = redact_url(url);
+    match seen {
+        Seen::Up => tracing::info!(%redis, "Redis is reachable"),
+        Seen::Down => tracing::warn!(
+            %redis,
+            "Redis is not reachable; decisions answer UNAVAILABLE until it is (health: NOT_SERVING if it lasts)"
+        ),
+        Seen::Cluster => tracing::error!(
+            %redis,
+            "this Redis is a Redis Cluster node, which tollgate does not support yet: use a single Redis \
+             (with replicas / Sentinel for availability)"
+        ),
+    }
+    *was = Some(seen);
+}
+
+async fn batcher(mut rx: mpsc::Receiver<Job>, conn: ConnectionManager, s: RedisSettings, look_now: Arc<Notify>) {
     let slots = Arc::new(Semaphore::new(s.max_in_flight));
     while let Some(first) = rx.recv().await {
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
         };
+        // What is pending now forms the batch; jobs whose caller is gone or
+        // whose deadline passed while they waited are never sent.
+        let now = Instant::now();
         let mut batch = Vec::with_capacity(8);
-        batch.push(first);
+        admit(first, now, &mut batch);
         while batch.len() < s.max_batch {
             match rx.try_recv() {
-                Ok(j) => batch.push(j),
+                Ok(j) => admit(j, now, &mut batch),
                 Err(_) => break,
             }
         }
+        if batch.is_empty() {
+            continue;
+        }
         let mut conn = conn.clone();
-        let timeout = s.timeout;
-        let ready = ready.clone();
+        let clock = s.clock_arg();
+        let look_now = look_now.clone();
         tokio::spawn(async move {
-            let result = match tokio::time::timeout(timeout, run_batch(&mut conn, &batch)).await {
-                Ok(r) => r,
-                Err(_) => Err(StoreError::Unavailable(format!("Redis did not answer within {timeout:?}"))),
-            };
+            let result = run_batch(&mut conn, batch.iter().map(|j| &j.check), &clock).await;
+            // The slot is held until Redis answered (or the connection gave up).
             drop(permit);
             match result {
                 Ok(verdicts) => {
                     for (job, v) in batch.into_iter().zip(verdicts) {
-                        let _ = job.reply.send(Ok(v));
+                        let _ = job.reply.send(v);
                     }
                 }
                 Err(e) => {
-                    if e.is_transient() {
-                        ready.store(false, Ordering::Relaxed);
-                    }
+                    look_now.notify_one();
                     for job in batch {
                         let _ = job.reply.send(Err(e.clone()));
                     }
@@ -281,30 +401,42 @@ async fn batcher(mut rx: mpsc::Receiver<Job>, conn: ConnectionManager, s: RedisS
     }
 }
 
-/// Runs `decide.lua` once for all jobs of a batch.
-async fn run_batch(conn: &mut ConnectionManager, batch: &[Job]) -> Result<Vec<Verdict>, StoreError> {
-    // One EVALSHA built directly: a `Cmd` keeps its arguments in one buffer,
-    // where `Script::prepare_invoke` allocates (and later copies) every
-    // argument on its own; a batch has hundreds of them.
-    let nkeys: usize = batch.iter().map(|j| j.check.limits.len() + j.check.usage_key.is_some() as usize).sum();
+/// Puts `job` into `batch` unless its caller is gone or its deadline passed.
+fn admit(job: Job, now: Instant, batch: &mut Vec<Job>) {
+    if job.reply.is_closed() {
+        metrics::counter!("tollgate_store_dropped_total", "why" => "cancelled").increment(1);
+    } else if now >= job.deadline {
+        metrics::counter!("tollgate_store_dropped_total", "why" => "expired").increment(1);
+        let _ = job.reply.send(Err(StoreError::Unavailable("the deadline passed before Redis was asked".into())));
+    } else {
+        batch.push(job);
+    }
+}
+
+/// Builds the one EVALSHA of `decide.lua` for `checks`. A `Cmd` keeps its
+/// arguments in one buffer, where `Script::prepare_invoke` allocates (and
+/// later copies) every argument on its own; a batch has hundreds of them.
+fn decide_cmd<'a>(checks: impl Iterator<Item = &'a Check> + Clone, clock: &str) -> (redis::Cmd, usize) {
+    let nkeys: usize = checks.clone().map(|c| c.limits.len() + c.usage_key.is_some() as usize).sum();
     let mut cmd = redis::cmd("EVALSHA");
     cmd.arg(DECIDE.get_hash()).arg(nkeys);
-    for c in batch.iter().map(|j| &j.check) {
+    let mut n = 0;
+    for c in checks.clone() {
         for l in &c.limits {
             cmd.arg(&l.key);
         }
         if let Some(u) = &c.usage_key {
             cmd.arg(u);
         }
+        n += 1;
     }
-    cmd.arg(batch.len());
-    for c in batch.iter().map(|j| &j.check) {
+    cmd.arg(clock).arg(n);
+    for c in checks {
         cmd.arg(c.cost).arg(c.limits.len()).arg(if c.usage_key.is_some() { "1" } else { "0" });
         for l in &c.limits {
             match &l.rule {
                 Rule::Bucket(t) => {
-                    let (interval, tolerance) = gcra_params(t);
-                    cmd.arg("B").arg(interval).arg(tolerance).arg(t.burst_limit).arg(0);
+                    cmd.arg("B").arg(t.rate_milli()).arg(t.burst_limit).arg(0).arg(0);
                 }
                 Rule::Quota { quota, created_at_ms } => {
                     cmd.arg("Q").arg(quota.limit).arg(quota.offset).arg(*created_at_ms).arg(quota.period.code());
@@ -312,7 +444,17 @@ async fn run_batch(conn: &mut ConnectionManager, batch: &[Job]) -> Result<Vec<Ve
             }
         }
     }
-    let out: Vec<i64> = match cmd.query_async(conn).await {
+    (cmd, n)
+}
+
+/// Runs `decide.lua` once for `checks`: one answer per check.
+async fn run_batch<'a>(
+    conn: &mut ConnectionManager,
+    checks: impl Iterator<Item = &'a Check> + Clone,
+    clock: &str,
+) -> Result<Vec<Result<Verdict, StoreError>>, StoreError> {
+    let (cmd, n) = decide_cmd(checks, clock);
+    let out: Vec<redis::Value> = match cmd.query_async(conn).await {
         // NOSCRIPT: nothing ran, so loading the script and sending the same
         // command again cannot charge anything twice.
         Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
@@ -321,24 +463,37 @@ async fn run_batch(conn: &mut ConnectionManager, batch: &[Job]) -> Result<Vec<Ve
         }
         r => r.map_err(classify)?,
     };
-    if out.len() != batch.len() * 6 {
-        return Err(StoreError::Internal(format!(
-            "decide.lua returned {} values for {} requests",
-            out.len(),
-            batch.len()
-        )));
+    if out.len() != n * 6 {
+        return Err(StoreError::Internal(format!("decide.lua returned {} values for {n} requests", out.len())));
     }
-    Ok(out
-        .chunks_exact(6)
-        .map(|r| Verdict {
+    Ok(out.chunks_exact(6).map(verdict).collect())
+}
+
+/// One request's six values from `decide.lua`.
+fn verdict(r: &[redis::Value]) -> Result<Verdict, StoreError> {
+    let int = |v: &redis::Value| match v {
+        redis::Value::Int(i) => Some(*i),
+        _ => None,
+    };
+    let nums: Option<Vec<i64>> = r.iter().map(int).collect();
+    match nums {
+        Some(r) if r[0] >= 0 => Ok(Verdict {
             allowed: r[0] == 1,
             index: (r[1] > 0).then(|| r[1] as usize - 1),
             limit: r[2].max(0) as u64,
             remaining: r[3].max(0) as u64,
             reset_ms: r[4].max(0) as u64,
             retry_after_ms: (r[5] >= 0).then_some(r[5] as u64),
-        })
-        .collect())
+        }),
+        _ => {
+            let why = match &r[1] {
+                redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+                other => format!("{other:?}"),
+            };
+            tracing::error!(error = %why, "decide.lua could not decide a request; it was not charged");
+            Err(StoreError::Internal(format!("decide.lua: {why}")))
+        }
+    }
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 -- each of them when they are loaded; see src/store/redis/mod.rs). It mirrors
 -- src/calendar.rs; the conformance suite keeps the two in step.
 --
--- Needs `today` (days since 1970-01-01, from TIME) defined before it.
+-- Needs `today` (days since 1970-01-01) defined before it (clock.lua).
 
 local DAY_MS = 86400000
 local USAGE_KEEP_MS = 92 * DAY_MS
