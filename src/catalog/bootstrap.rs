@@ -207,13 +207,11 @@ impl Applied {
     pub fn log(&self, file: &str, digest: &str) {
         for (rec, outcome) in &self.report {
             match outcome {
-                Outcome::Conflict(why) => tracing::warn!(%rec, "catalog file conflict: {rec}: {why}"),
+                Outcome::Conflict(why) => tracing::warn!("catalog file conflict: {rec}: {why}"),
                 Outcome::DeletedAtRuntime => tracing::info!(
-                    %rec,
                     "catalog file: {rec} was deleted at runtime after a catalog file created it; not created again"
                 ),
                 Outcome::NoLongerInFile => tracing::info!(
-                    %rec,
                     "catalog file: {rec} is no longer in the file; left as it is (the file never deletes; delete it with `{}`)",
                     rec.delete_command()
                 ),
