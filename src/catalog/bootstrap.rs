@@ -191,7 +191,7 @@ pub struct Applied {
 }
 
 impl Applied {
-    /// How many records ended in `outcome`'s kind.
+    /// How many records had an outcome for which `pred` holds.
     pub fn count(&self, pred: impl Fn(&Outcome) -> bool) -> usize {
         self.report.iter().filter(|(_, o)| pred(o)).count()
     }
