@@ -20,7 +20,8 @@
 //! ```
 //!
 //! - [`model`]: the things and their validation; [`model::method`] matching.
-//! - [`catalog`]: records, the compiled snapshot, the YAML file.
+//! - [`catalog`]: records, the compiled snapshot, the YAML file and the rules
+//!   that apply it to a catalog in Redis.
 //! - [`limiter`]: the decision.
 //! - [`store`]: limit storage ([`store::LimitStore`]), with `keys.rs`
 //!   naming every key and `redis/scripts/*.lua`.

@@ -22,8 +22,8 @@ use crate::api::envoy_authz::EnvoyAuthzService;
 use crate::api::envoy_http::EnvoyOptions;
 use crate::api::envoy_rls::EnvoyRlsService;
 use crate::api::pb;
+use crate::catalog::file::{self, CatalogFile};
 use crate::catalog::store::CatalogService;
-use crate::catalog::{file, CatalogData};
 use crate::config::Settings;
 use crate::limiter::Limiter;
 use crate::store::keys::Keys;
@@ -50,21 +50,22 @@ pub fn open_store(settings: &Settings) -> Result<Store, BoxError> {
 }
 
 /// Reads the catalog file, if any.
-pub fn read_catalog_file(settings: &Settings) -> Result<CatalogData, BoxError> {
+pub fn read_catalog_file(settings: &Settings) -> Result<Option<CatalogFile>, BoxError> {
     Ok(match &settings.config {
-        Some(path) => file::load(path, crate::model::now_ms())?,
-        None => CatalogData::default(),
+        Some(path) => Some(file::read(path, crate::model::now_ms())?),
+        None => None,
     })
 }
 
 /// Opens the catalog the settings ask for: in memory from the file, or in
-/// Redis with the file applied as upserts.
+/// Redis with the file as a bootstrap (docs/admin.md, "The catalog file at
+/// start").
 pub fn open_catalog(settings: &Settings, keys: &Keys) -> Result<Arc<CatalogService>, BoxError> {
-    let data = read_catalog_file(settings)?;
+    let file = read_catalog_file(settings)?;
     Ok(match &settings.redis_url {
-        None => CatalogService::memory(data)?,
+        None => CatalogService::memory(file.map(|f| f.records).unwrap_or_default())?,
         Some(url) => {
-            CatalogService::redis(url, keys.clone(), Duration::from_millis(settings.catalog_poll_ms.max(50)), data)?
+            CatalogService::redis(url, keys.clone(), Duration::from_millis(settings.catalog_poll_ms.max(50)), file)?
         }
     })
 }

@@ -14,6 +14,7 @@
 //! | `tollgate_store_seconds` | histogram | `store` (`memory`, `redis`) | time of the store's check-and-consume |
 //! | `tollgate_store_ready` | gauge | | 1 while the store and catalog can answer |
 //! | `tollgate_catalog_version` | gauge | | the catalog version this replica serves |
+//! | `tollgate_catalog_file_conflicts_total` | counter | | catalog file records not applied (`catalog::bootstrap`) |
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;

@@ -245,16 +245,37 @@ pub fn key_id_from_hash(hash: &KeyHash) -> String {
     hex::encode(&d[..5])
 }
 
+/// A catalog file as read: its records, and the digest that tells this
+/// version of the file from every other (docs/admin.md, "The catalog file at
+/// start").
+#[derive(Debug, Clone, PartialEq)]
+pub struct CatalogFile {
+    /// The file as given, for logs.
+    pub name: String,
+    /// The SHA-256 of its bytes, in hex.
+    pub digest: String,
+    /// Its records.
+    pub records: CatalogData,
+}
+
 /// Reads and checks a catalog file. `now_ms` stamps creation times.
-pub fn load(path: &Path, now_ms: u64) -> Result<CatalogData, FileError> {
-    let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| FileError {
-        file: file.clone(),
+pub fn read(path: &Path, now_ms: u64) -> Result<CatalogFile, FileError> {
+    let name = path.display().to_string();
+    let cannot_read = |e: &dyn fmt::Display| FileError {
+        file: name.clone(),
         line: None,
         column: None,
         message: format!("cannot read: {e}"),
-    })?;
-    parse(&file, &text, now_ms)
+    };
+    let bytes = std::fs::read(path).map_err(|e| cannot_read(&e))?;
+    let text = std::str::from_utf8(&bytes).map_err(|e| cannot_read(&e))?;
+    let records = parse(&name, text, now_ms)?;
+    Ok(CatalogFile { digest: super::bootstrap::digest(&bytes), name, records })
+}
+
+/// Reads and checks a catalog file's records. `now_ms` stamps creation times.
+pub fn load(path: &Path, now_ms: u64) -> Result<CatalogData, FileError> {
+    read(path, now_ms).map(|f| f.records)
 }
 
 /// Parses and checks catalog text; `file` names it in errors.

@@ -3,7 +3,7 @@
 //! I/O.
 //!
 //! [`CatalogData`] is the plain list of records, as a source (the YAML file of
-//! [`file`], later Redis) gives them. [`Catalog::compile`] checks the
+//! [`file`](mod@file), later Redis) gives them. [`Catalog::compile`] checks the
 //! references between them (every plan stage exists, every subscription names
 //! a known plan and key, a key has at most one plan per stage) and builds the
 //! lookup tables: key hash → key and its plan per stage, stage → method
@@ -11,6 +11,7 @@
 //! `ArcSwap`: readers take it without a lock; a change swaps in a new one.
 
 pub mod admin;
+pub mod bootstrap;
 pub mod csv_import;
 pub mod file;
 pub mod store;

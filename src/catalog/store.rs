@@ -16,18 +16,26 @@
 //!   is refused. Every replica hears the new version on the pub/sub channel
 //!   and reloads; it also polls the version every `poll` interval, so a lost
 //!   message or a dropped subscription heals within that interval.
+//!
+//! With Redis, the catalog file is a bootstrap: at start (and after Redis was
+//! reset) a replica applies it only if its digest was never applied, by the
+//! rules of [`super::bootstrap`], in one transaction with the file state
+//! (`file_digests`, `file_records`). A file that cannot be applied is logged;
+//! it never keeps a replica from serving the catalog Redis has.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use deadpool_redis::{Pool, Runtime, Timeouts};
+use deadpool_redis::{Connection, Pool, Runtime, Timeouts};
 use futures::StreamExt;
 use redis::AsyncCommands;
 use serde::{de::DeserializeOwned, Serialize};
 
-use super::admin::{apply_bootstrap, prune_old_values, AdminError};
+use super::admin::{prune_old_values, AdminError};
+use super::bootstrap::{self, Applied, FileState};
+use super::file::CatalogFile;
 use super::{Catalog, CatalogData, CatalogHandle, PlanKey};
 use crate::store::keys::Keys;
 use crate::store::redis::redact_url;
@@ -57,13 +65,47 @@ struct RedisCatalog {
     url: String,
     poll: Duration,
     /// The catalog file, applied at start and again after a Redis reset.
-    bootstrap: CatalogData,
+    file: Option<CatalogFile>,
+    /// An application of the file was cut short by Redis going away; the
+    /// poll tries again.
+    file_pending: AtomicBool,
     /// Serialises loads, so that a late, older load never follows a newer one
     /// (an older version then means only one thing: Redis was reset).
     load_lock: tokio::sync::Mutex<()>,
 }
 
 const TABLES: [&str; 5] = ["apis", "stages", "plans", "keys", "old_values"];
+
+/// How many times a transaction is tried before the caller is told to retry.
+const ATTEMPTS: usize = 32;
+
+/// A catalog transaction under way: the version key is watched, and `data`
+/// is a copy of the records at version `v`, to be changed and committed.
+struct Tx {
+    conn: Connection,
+    v: u64,
+    /// The snapshot `data` was copied from.
+    old: Arc<Catalog>,
+    data: CatalogData,
+    now: u64,
+    /// Loading the records showed that Redis was reset.
+    reset: bool,
+}
+
+impl Tx {
+    /// Gives up the transaction (UNWATCH), so the pooled connection is clean.
+    async fn abort(mut self) {
+        let _: redis::RedisResult<()> = redis::cmd("UNWATCH").query_async(&mut self.conn).await;
+    }
+}
+
+/// What [`CatalogService::apply_file`] did.
+enum FileOutcome {
+    /// A file with this digest was applied before, at this time (ms).
+    AlreadyApplied(u64),
+    /// Applied now.
+    Applied(Applied),
+}
 
 impl CatalogService {
     /// A catalog kept in memory, starting from `initial`.
@@ -79,10 +121,11 @@ impl CatalogService {
         }))
     }
 
-    /// A catalog in Redis. Starts unready with `bootstrap` as its snapshot;
-    /// a background task applies `bootstrap` to Redis as upserts once Redis
-    /// can be reached, loads the catalog, and then keeps it fresh.
-    pub fn redis(url: &str, keys: Keys, poll: Duration, bootstrap: CatalogData) -> Result<Arc<Self>, AdminError> {
+    /// A catalog in Redis. Starts unready with the file's records as its
+    /// snapshot; a background task loads the catalog once Redis can be
+    /// reached, applies the catalog file (if any, and if never applied
+    /// before), becomes ready, and then keeps the catalog fresh.
+    pub fn redis(url: &str, keys: Keys, poll: Duration, file: Option<CatalogFile>) -> Result<Arc<Self>, AdminError> {
         let client = redis::Client::open(url).map_err(|e| {
             AdminError::Invalid(crate::model::Invalid::new("redis_url", format!("{}: {e}", redact_url(url))))
         })?;
@@ -97,7 +140,7 @@ impl CatalogService {
         let pool = cfg
             .create_pool(Some(Runtime::Tokio1))
             .map_err(|e| AdminError::Internal(format!("cannot create the Redis pool: {e}")))?;
-        let catalog = Catalog::compile(bootstrap.clone())?;
+        let catalog = Catalog::compile(file.as_ref().map(|f| f.records.clone()).unwrap_or_default())?;
         let svc = Arc::new(Self {
             handle: CatalogHandle::new(catalog),
             version: AtomicU64::new(0),
@@ -110,7 +153,8 @@ impl CatalogService {
                 keys,
                 url: url.to_string(),
                 poll,
-                bootstrap: bootstrap.clone(),
+                file,
+                file_pending: AtomicBool::new(false),
                 load_lock: tokio::sync::Mutex::new(()),
             })),
         });
@@ -185,11 +229,11 @@ impl CatalogService {
                 Ok(out)
             }
             Backend::Redis(r) => {
-                for _ in 0..32 {
+                for _ in 0..ATTEMPTS {
                     if let Some(out) = self.try_redis_update(r, &mut f).await? {
                         return Ok(out);
                     }
-                    tokio::time::sleep(Duration::from_millis(rand::random_range(1..20))).await;
+                    backoff().await;
                 }
                 Err(AdminError::Unavailable("the catalog is changing too fast to apply this change; retry".into()))
             }
@@ -202,55 +246,149 @@ impl CatalogService {
         r: &RedisCatalog,
         f: &mut impl FnMut(&mut CatalogData, u64) -> Result<T, AdminError>,
     ) -> Result<Option<T>, AdminError> {
+        let Some(mut tx) = self.begin(r).await? else { return Ok(None) };
+        if tx.reset && r.file.is_some() {
+            // Redis was reset: put the catalog file back first, then retry.
+            tx.abort().await;
+            self.apply_file_and_log(r).await?;
+            return Ok(None);
+        }
+        let out = match f(&mut tx.data, tx.now) {
+            Ok(o) => o,
+            Err(e) => {
+                tx.abort().await;
+                return Err(e);
+            }
+        };
+        Ok(self.commit(r, tx, None).await?.then_some(out))
+    }
+
+    /// Starts a transaction: WATCH the version key and, if the snapshot is
+    /// not of that version, load the records of that version. `None` when
+    /// the version moved while loading.
+    async fn begin(&self, r: &RedisCatalog) -> Result<Option<Tx>, AdminError> {
         let mut conn = r.pool.get().await.map_err(|e| unavailable(&r.url, e))?;
         let version_key = r.keys.catalog("version");
         redis::cmd("WATCH").arg(&version_key).query_async::<()>(&mut conn).await.map_err(|e| unavailable(&r.url, e))?;
         let v: u64 = conn.get::<_, Option<u64>>(&version_key).await.map_err(|e| unavailable(&r.url, e))?.unwrap_or(0);
-        let mut reset = false;
+        let now = crate::model::now_ms();
+        let mut tx = Tx { conn, v, old: self.snapshot(), data: CatalogData::default(), now, reset: false };
         if v != self.version() || !self.synced() {
             let _g = r.load_lock.lock().await;
-            let (loaded_v, data) = load(r).await?;
-            if loaded_v != v {
-                let _: redis::RedisResult<()> = redis::cmd("UNWATCH").query_async(&mut conn).await;
-                return Ok(None);
+            let loaded = match load(r).await {
+                Ok((loaded_v, data)) if loaded_v == v => Catalog::compile(data)
+                    .map_err(|e| AdminError::Internal(format!("the stored catalog is invalid: {e}"))),
+                Ok(_) => {
+                    tx.abort().await;
+                    return Ok(None);
+                }
+                Err(e) => Err(e),
+            };
+            match loaded {
+                Ok(catalog) => tx.reset = self.install(v, catalog) == Install::Reset,
+                Err(e) => {
+                    tx.abort().await;
+                    return Err(e);
+                }
             }
-            let catalog = Catalog::compile(data)
-                .map_err(|e| AdminError::Internal(format!("the stored catalog is invalid: {e}")))?;
-            reset = self.install(v, catalog) == Install::Reset;
+            tx.old = self.snapshot();
         }
-        let old = self.snapshot();
-        let now = crate::model::now_ms();
-        let mut data = old.data().clone();
-        prune_old_values(&mut data, now);
-        if reset {
-            // Redis was reset: put the catalog file back along with this change.
-            apply_bootstrap(&mut data, &r.bootstrap, now)?;
-        }
-        let out = match f(&mut data, now) {
-            Ok(o) => o,
+        tx.data = tx.old.data().clone();
+        prune_old_values(&mut tx.data, now);
+        Ok(Some(tx))
+    }
+
+    /// Checks the changed records as a whole, writes what changed (with the
+    /// catalog file's state, `(stored, new)`, when given) and the new version
+    /// in one MULTI/EXEC, and installs the result. `false` when another
+    /// writer got in first.
+    async fn commit(
+        &self,
+        r: &RedisCatalog,
+        mut tx: Tx,
+        file_state: Option<(&FileState, &FileState)>,
+    ) -> Result<bool, AdminError> {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        let checked = Catalog::compile(tx.data.clone())
+            .map_err(AdminError::from)
+            .and_then(|c| diff_into(&mut pipe, &r.keys, tx.old.data(), &tx.data).map(|()| c));
+        let catalog = match checked {
+            Ok(c) => c,
             Err(e) => {
-                let _: redis::RedisResult<()> = redis::cmd("UNWATCH").query_async(&mut conn).await;
+                tx.abort().await;
                 return Err(e);
             }
         };
-        let catalog = match Catalog::compile(data.clone()) {
-            Ok(c) => c,
+        if let Some((stored, new)) = file_state {
+            file_state_into(&mut pipe, &r.keys, stored, new);
+        }
+        pipe.incr(r.keys.catalog("version"), 1).ignore();
+        pipe.publish(r.keys.catalog("changes"), tx.v + 1).ignore();
+        let done: Option<()> = pipe.query_async(&mut tx.conn).await.map_err(|e| unavailable(&r.url, e))?;
+        if done.is_none() {
+            return Ok(false);
+        }
+        self.install(tx.v + 1, catalog);
+        Ok(true)
+    }
+
+    /// Applies the catalog file unless a file with its digest was applied
+    /// before (docs/admin.md, "The catalog file at start").
+    async fn apply_file(&self, r: &RedisCatalog, file: &CatalogFile) -> Result<FileOutcome, AdminError> {
+        for _ in 0..ATTEMPTS {
+            if let Some(out) = self.try_apply_file(r, file).await? {
+                return Ok(out);
+            }
+            backoff().await;
+        }
+        Err(AdminError::Unavailable("the catalog is changing too fast to apply the catalog file".into()))
+    }
+
+    /// One attempt; `None` when another writer got in first. The file state
+    /// is read inside the transaction: of two replicas starting together
+    /// with a new file, one applies it and the other sees it applied.
+    async fn try_apply_file(&self, r: &RedisCatalog, file: &CatalogFile) -> Result<Option<FileOutcome>, AdminError> {
+        let Some(mut tx) = self.begin(r).await? else { return Ok(None) };
+        let state = match read_file_state(&mut tx.conn, &r.keys).await {
+            Ok(s) => s,
             Err(e) => {
-                let _: redis::RedisResult<()> = redis::cmd("UNWATCH").query_async(&mut conn).await;
-                return Err(e.into());
+                tx.abort().await;
+                return Err(e);
             }
         };
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        diff_into(&mut pipe, &r.keys, old.data(), &data)?;
-        pipe.incr(&version_key, 1).ignore();
-        pipe.publish(r.keys.catalog("changes"), v + 1).ignore();
-        let done: Option<()> = pipe.query_async(&mut conn).await.map_err(|e| unavailable(&r.url, e))?;
-        if done.is_none() {
-            return Ok(None);
+        if let Some(at) = state.applied_at(&file.digest) {
+            tx.abort().await;
+            return Ok(Some(FileOutcome::AlreadyApplied(at)));
         }
-        self.install(v + 1, catalog);
-        Ok(Some(out))
+        let applied = bootstrap::apply(&mut tx.data, &file.records, &state, &file.digest, tx.now);
+        let done = self.commit(r, tx, Some((&state, &applied.state))).await?;
+        Ok(done.then_some(FileOutcome::Applied(applied)))
+    }
+
+    /// Applies the catalog file, if there is one, and logs what happened.
+    /// Fails only when Redis cannot be reached: a file that cannot be applied
+    /// is logged, and the catalog is served as Redis has it.
+    async fn apply_file_and_log(&self, r: &RedisCatalog) -> Result<(), AdminError> {
+        let Some(file) = &r.file else { return Ok(()) };
+        let sha256 = &file.digest[..12];
+        r.file_pending.store(true, Ordering::SeqCst);
+        match self.apply_file(r, file).await {
+            Ok(FileOutcome::Applied(applied)) => applied.log(&file.name, &file.digest),
+            Ok(FileOutcome::AlreadyApplied(at)) => {
+                metrics::counter!(bootstrap::CONFLICTS_METRIC).increment(0);
+                let at = humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(at));
+                tracing::info!(file = %file.name, sha256, "catalog file already applied at {at}; not applied again");
+            }
+            Err(e @ AdminError::Unavailable(_)) => return Err(e),
+            Err(e) => tracing::error!(
+                file = %file.name,
+                sha256,
+                "the catalog file cannot be applied: {e}; serving the catalog as Redis has it"
+            ),
+        }
+        r.file_pending.store(false, Ordering::SeqCst);
+        Ok(())
     }
 
     /// Loads the catalog from Redis if its version differs from ours; after a
@@ -277,12 +415,16 @@ impl CatalogService {
                 }
             }
         };
-        if installed == Install::Reset && r.bootstrap != CatalogData::default() {
-            self.update(|d, now| apply_bootstrap(d, &r.bootstrap, now)).await?;
-            tracing::warn!("applied the catalog file again after the Redis reset; changes made at runtime are lost");
+        if installed == Install::Reset {
+            self.apply_file_and_log(r).await?;
         }
         Ok(installed != Install::Same)
     }
+}
+
+/// A short random pause before a transaction is tried again.
+async fn backoff() {
+    tokio::time::sleep(Duration::from_millis(rand::random_range(1..20))).await;
 }
 
 /// What [`CatalogService::install`] did.
@@ -383,29 +525,55 @@ async fn load(r: &RedisCatalog) -> Result<(u64, CatalogData), AdminError> {
     ))
 }
 
-/// The background task of a Redis catalog: bootstrap, first load, then
-/// pub/sub plus polling.
+/// Reads the catalog file's state (which files were applied, and what they
+/// applied to each record). A state that is not what tollgate writes is an
+/// `Internal` error (the file is then not applied), not a reason to wait.
+async fn read_file_state(conn: &mut Connection, keys: &Keys) -> Result<FileState, AdminError> {
+    let (digests, records) = (keys.catalog_file_digests(), keys.catalog_file_records());
+    let (applied, fingerprints) = redis::pipe()
+        .hgetall(&digests)
+        .hgetall(&records)
+        .query_async::<(BTreeMap<String, u64>, BTreeMap<String, String>)>(conn)
+        .await
+        .map_err(|e| {
+            if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() {
+                AdminError::Unavailable(format!("cannot read the catalog file state: {e}"))
+            } else {
+                AdminError::Internal(format!(
+                    "the catalog file state in Redis ({digests}, {records}) cannot be read: {e}; delete both keys to apply the file as if no file had been applied"
+                ))
+            }
+        })?;
+    Ok(FileState { applied, fingerprints })
+}
+
+/// Adds to `pipe` the writes that turn the stored file state into `new`.
+fn file_state_into(pipe: &mut redis::Pipeline, keys: &Keys, stored: &FileState, new: &FileState) {
+    fn hash<V: PartialEq + redis::ToRedisArgs + redis::ToSingleRedisArg>(
+        pipe: &mut redis::Pipeline,
+        key: String,
+        stored: &BTreeMap<String, V>,
+        new: &BTreeMap<String, V>,
+    ) {
+        for (field, value) in new.iter().filter(|(f, v)| stored.get(*f) != Some(*v)) {
+            pipe.hset(&key, field, value).ignore();
+        }
+        for field in stored.keys().filter(|f| !new.contains_key(*f)) {
+            pipe.hdel(&key, field).ignore();
+        }
+    }
+    hash(pipe, keys.catalog_file_digests(), &stored.applied, &new.applied);
+    hash(pipe, keys.catalog_file_records(), &stored.fingerprints, &new.fingerprints);
+}
+
+/// The background task of a Redis catalog: first load, the catalog file,
+/// then pub/sub plus polling.
 async fn sync(svc: Arc<CatalogService>) {
     let Backend::Redis(r) = &svc.backend else { return };
-    let bootstrap = &r.bootstrap;
+    first_load(&svc, r).await;
     let mut delay = Duration::from_millis(100);
-    loop {
-        let result = if *bootstrap == CatalogData::default() {
-            svc.refresh(r).await.map(|_| ())
-        } else {
-            svc.update(|d, now| apply_bootstrap(d, bootstrap, now)).await
-        };
-        match result {
-            Ok(()) => break,
-            Err(AdminError::Unavailable(m)) => {
-                tracing::warn!("catalog not loaded yet: {m}; retrying in {delay:?}");
-            }
-            Err(e) => {
-                tracing::error!(
-                    "the catalog file cannot be applied to the catalog in Redis: {e}; retrying in {delay:?}"
-                );
-            }
-        }
+    while let Err(e) = svc.apply_file_and_log(r).await {
+        tracing::warn!("the catalog file is not applied yet: {e}; retrying in {delay:?}");
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(5));
     }
@@ -424,11 +592,32 @@ async fn sync(svc: Arc<CatalogService>) {
     });
     loop {
         tokio::time::sleep(r.poll).await;
+        if r.file_pending.load(Ordering::SeqCst) {
+            if let Err(e) = svc.apply_file_and_log(r).await {
+                tracing::warn!("the catalog file is not applied again yet after the Redis reset: {e}");
+            }
+        }
         match svc.refresh(r).await {
             Ok(true) => tracing::info!(version = svc.version(), "catalog reloaded (poll)"),
             Ok(false) => {}
             Err(e) => tracing::debug!("catalog poll failed: {e}"),
         }
+    }
+}
+
+/// Loads the catalog from Redis, retrying until Redis answers with a valid
+/// catalog.
+async fn first_load(svc: &CatalogService, r: &RedisCatalog) {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match svc.refresh(r).await {
+            Ok(_) if svc.synced() => return,
+            // `refresh` logged why the stored catalog cannot be used.
+            Ok(_) => {}
+            Err(e) => tracing::warn!("catalog not loaded yet: {e}; retrying in {delay:?}"),
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
     }
 }
 

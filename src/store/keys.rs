@@ -26,6 +26,8 @@
 //! | `P{cat}:old_values` | hash value-hash → JSON | old values of rotated keys in their grace period |
 //! | `P{cat}:plan_keys` | set of `PLAN/KEY` | subscriptions |
 //! | `P{cat}:changes` | pub/sub channel | the new version, after each change |
+//! | `P{cat}:file_digests` | hash digest → ms | the catalog files applied (SHA-256 of their bytes, hex) and when; the last 100 |
+//! | `P{cat}:file_records` | hash record → fingerprint | for each record a catalog file applied (`api:ID`, `stage:API/STAGE`, `plan:ID`, `key:ID`, `sub:PLAN/KEY`), a hash of what the file last applied to it |
 //!
 //! `P` is the configurable prefix (default `tg:`).
 
@@ -85,6 +87,18 @@ impl Keys {
         format!("{}{{cat}}:{part}", self.prefix)
     }
 
+    /// The digests of the catalog files applied, with when (the catalog
+    /// file's bootstrap state, part one).
+    pub fn catalog_file_digests(&self) -> String {
+        self.catalog("file_digests")
+    }
+
+    /// The fingerprint of what a catalog file last applied to each record
+    /// (the catalog file's bootstrap state, part two).
+    pub fn catalog_file_records(&self) -> String {
+        self.catalog("file_records")
+    }
+
     /// Account throttle.
     pub fn account_bucket(&self) -> String {
         format!("{}{{acct}}:tb", self.prefix)
@@ -94,4 +108,19 @@ impl Keys {
 /// Appends a date to a base key, as the stores do: `BASE:YYYYMMDD`.
 pub fn dated(base: &str, date: Date) -> String {
     format!("{base}:{}", date.compact())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The catalog's keys are a contract with operators (docs/admin.md tells
+    /// them to delete the file state by name): pinned here.
+    #[test]
+    fn catalog_keys_share_one_hash_tag() {
+        let k = Keys::default();
+        assert_eq!(k.catalog("version"), "tg:{cat}:version");
+        assert_eq!(k.catalog_file_digests(), "tg:{cat}:file_digests");
+        assert_eq!(k.catalog_file_records(), "tg:{cat}:file_records");
+    }
 }
