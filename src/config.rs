@@ -1,11 +1,14 @@
 //! Server settings: one struct, every field with its flag, environment
-//! variable and default (`tollgate serve --help` prints the same).
+//! variable and default (`tollgate serve --help` prints the same). Each
+//! default that other code needs too is a named constant here.
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::str::FromStr;
 use std::time::Duration;
 
-use clap::{Args, ValueEnum};
+use clap::{ArgAction, Args, ValueEnum};
 
 use crate::model::{Invalid, Throttle};
 
@@ -21,6 +24,78 @@ pub enum OnStoreError {
     Deny,
 }
 
+/// Default of `--listen`: the data plane (Authorizer, Envoy ext_authz and
+/// RLS, health, reflection). `tollgate authorize` and `bench` connect here
+/// by default.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
+
+/// Default of `--admin-listen`: the Admin service, on loopback only. The
+/// admin commands (`keys`, `stages`, `plans`, `plan-keys`, `usage`) connect
+/// here by default.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:50052";
+
+/// Default of `--max-concurrent-streams`: HTTP/2 streams (calls in flight)
+/// per connection. Envoy and gRPC clients open more connections when they
+/// need more.
+pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 1024;
+
+/// Default of `--request-timeout-ms`: the server-side deadline of a
+/// data-plane call (a decision's store deadline is 250 ms).
+pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 1000;
+
+/// Default of `--admin-request-timeout-ms`: the deadline of an Admin call on
+/// its own listener (a 5 MiB CSV import takes a while).
+pub const DEFAULT_ADMIN_REQUEST_TIMEOUT_MS: u64 = 60_000;
+
+/// Default of `--keepalive-interval-secs`: idle time before an HTTP/2 PING
+/// and before TCP keepalive probes.
+pub const DEFAULT_KEEPALIVE_INTERVAL_SECS: u64 = 30;
+
+/// Default of `--keepalive-timeout-secs`: how long an HTTP/2 PING may go
+/// unanswered before the connection is closed.
+pub const DEFAULT_KEEPALIVE_TIMEOUT_SECS: u64 = 10;
+
+/// Default of `--max-header-list-bytes` (64 KiB): at least Envoy's own cap on
+/// a request's headers (60 KiB), so metadata Envoy accepted always fits.
+pub const DEFAULT_MAX_HEADER_LIST_BYTES: u32 = 64 * 1024;
+
+/// Default of `--max-message-bytes` (4 MiB, gRPC's customary limit): a
+/// decoded data-plane request. An Envoy CheckRequest carries the HTTP
+/// request's headers (Envoy caps them at 60 KiB) and, only when
+/// `with_request_body` is configured, part of its body.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Where the Admin service listens (`--admin-listen`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminListen {
+    /// Nowhere: the Admin service is off.
+    Off,
+    /// On this address: a listener of its own, or the data-plane listener
+    /// when it is the address `--listen` bound.
+    Addr(SocketAddr),
+}
+
+impl FromStr for AdminListen {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.eq_ignore_ascii_case("off") {
+            return Ok(AdminListen::Off);
+        }
+        s.parse().map(AdminListen::Addr).map_err(|e| {
+            format!("{e}: write an address like {DEFAULT_ADMIN_LISTEN}, the --listen address to share it, or `off`")
+        })
+    }
+}
+
+impl fmt::Display for AdminListen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AdminListen::Off => f.write_str("off"),
+            AdminListen::Addr(a) => a.fmt(f),
+        }
+    }
+}
+
 /// Everything `tollgate serve` can be told.
 #[derive(Debug, Clone, Args)]
 pub struct Settings {
@@ -29,9 +104,10 @@ pub struct Settings {
     #[arg(long, env = "TOLLGATE_CONFIG")]
     pub config: Option<PathBuf>,
 
-    /// Address of the gRPC server (Authorizer, Envoy ext_authz and RLS, health,
-    /// reflection).
-    #[arg(long, env = "TOLLGATE_LISTEN", default_value = "127.0.0.1:50051")]
+    /// Address of the data-plane gRPC server: Authorizer, Envoy ext_authz and
+    /// RLS, health, reflection. Never Admin, unless --admin-listen is this
+    /// same address.
+    #[arg(long, env = "TOLLGATE_LISTEN", default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
 
     /// Redis URL (redis://host:port/db, rediss:// for TLS). Without it, limits
@@ -97,10 +173,63 @@ pub struct Settings {
     #[arg(long, env = "TOLLGATE_ADMIN_TOKEN_FILE", conflicts_with = "admin_token")]
     pub admin_token_file: Option<PathBuf>,
 
-    /// Serve the Admin service on this address only (not on --listen), e.g. to
-    /// keep it off the network gateways reach.
-    #[arg(long, env = "TOLLGATE_ADMIN_LISTEN")]
-    pub admin_listen: Option<SocketAddr>,
+    /// Address of the Admin service (with health and reflection), apart from
+    /// the data plane; loopback by default, so the network gateways reach
+    /// never serves Admin. The --listen address serves Admin on the
+    /// data-plane listener instead (simple setups); `off` turns Admin off.
+    #[arg(long, env = "TOLLGATE_ADMIN_LISTEN", default_value = DEFAULT_ADMIN_LISTEN)]
+    pub admin_listen: AdminListen,
+
+    /// gRPC reflection on both listeners, each describing only its own
+    /// services (`--reflection false` turns it off).
+    #[arg(long, env = "TOLLGATE_REFLECTION", default_value_t = true, action = ArgAction::Set)]
+    pub reflection: bool,
+
+    /// Most HTTP/2 streams (calls in flight) per connection, on both
+    /// listeners; advertised to clients, which open more connections when
+    /// they need more.
+    #[arg(long, env = "TOLLGATE_MAX_CONCURRENT_STREAMS", default_value_t = DEFAULT_MAX_CONCURRENT_STREAMS,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_streams: u32,
+
+    /// Server-side deadline of every data-plane call, in milliseconds (a
+    /// shorter grpc-timeout from the client wins). A call past it is answered
+    /// CANCELLED "Timeout expired".
+    #[arg(long, env = "TOLLGATE_REQUEST_TIMEOUT_MS", default_value_t = DEFAULT_REQUEST_TIMEOUT_MS,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub request_timeout_ms: u64,
+
+    /// Server-side deadline of every call on the Admin listener, in
+    /// milliseconds. (Admin on the data-plane listener gets
+    /// --request-timeout-ms.)
+    #[arg(long, env = "TOLLGATE_ADMIN_REQUEST_TIMEOUT_MS", default_value_t = DEFAULT_ADMIN_REQUEST_TIMEOUT_MS,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub admin_request_timeout_ms: u64,
+
+    /// Idle seconds before the server PINGs a connection (HTTP/2) and before
+    /// the kernel sends TCP keepalive probes, on both listeners; 0 turns both
+    /// off.
+    #[arg(long, env = "TOLLGATE_KEEPALIVE_INTERVAL_SECS", default_value_t = DEFAULT_KEEPALIVE_INTERVAL_SECS)]
+    pub keepalive_interval_secs: u64,
+
+    /// Seconds an HTTP/2 PING may go unanswered before the connection is
+    /// closed (a dead peer is dropped).
+    #[arg(long, env = "TOLLGATE_KEEPALIVE_TIMEOUT_SECS", default_value_t = DEFAULT_KEEPALIVE_TIMEOUT_SECS,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub keepalive_timeout_secs: u64,
+
+    /// Largest HTTP/2 header list (a call's metadata) accepted, in bytes, on
+    /// both listeners; advertised to clients.
+    #[arg(long, env = "TOLLGATE_MAX_HEADER_LIST_BYTES", default_value_t = DEFAULT_MAX_HEADER_LIST_BYTES,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_header_list_bytes: u32,
+
+    /// Largest decoded request message of a data-plane call, in bytes; a
+    /// bigger one is answered OUT_OF_RANGE (tonic's code for it). (Admin
+    /// accepts 16 MiB, room for its largest CSV import.)
+    #[arg(long, env = "TOLLGATE_MAX_MESSAGE_BYTES", default_value_t = DEFAULT_MAX_MESSAGE_BYTES,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_message_bytes: usize,
 
     /// With Redis: how often each replica checks the catalog version, in
     /// milliseconds, besides listening for change messages (heals a lost
@@ -124,7 +253,10 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// Settings with every default and the given listen address (tests).
+    /// Settings with every default and the given listen address (tests),
+    /// except that the Admin service gets a free loopback port
+    /// (`127.0.0.1:0`, logged as `admin_addr=`), so that servers run side by
+    /// side do not compete for 50052.
     pub fn for_listen(listen: SocketAddr) -> Self {
         Self {
             config: None,
@@ -142,7 +274,15 @@ impl Settings {
             forward_api_key: false,
             admin_token: None,
             admin_token_file: None,
-            admin_listen: None,
+            admin_listen: AdminListen::Addr(SocketAddr::from(([127, 0, 0, 1], 0))),
+            reflection: true,
+            max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
+            request_timeout_ms: DEFAULT_REQUEST_TIMEOUT_MS,
+            admin_request_timeout_ms: DEFAULT_ADMIN_REQUEST_TIMEOUT_MS,
+            keepalive_interval_secs: DEFAULT_KEEPALIVE_INTERVAL_SECS,
+            keepalive_timeout_secs: DEFAULT_KEEPALIVE_TIMEOUT_SECS,
+            max_header_list_bytes: DEFAULT_MAX_HEADER_LIST_BYTES,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             catalog_poll_ms: 1000,
             metrics_listen: None,
             drain_timeout_secs: 5,
@@ -173,6 +313,26 @@ impl Settings {
     /// The store deadline.
     pub fn store_timeout(&self) -> Duration {
         Duration::from_millis(self.store_timeout_ms.max(1))
+    }
+
+    /// The deadline of a data-plane call.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms.max(1))
+    }
+
+    /// The deadline of a call on the Admin listener.
+    pub fn admin_request_timeout(&self) -> Duration {
+        Duration::from_millis(self.admin_request_timeout_ms.max(1))
+    }
+
+    /// The HTTP/2 PING and TCP keepalive idle time; `None` when off.
+    pub fn keepalive_interval(&self) -> Option<Duration> {
+        (self.keepalive_interval_secs > 0).then(|| Duration::from_secs(self.keepalive_interval_secs))
+    }
+
+    /// How long a PING may go unanswered.
+    pub fn keepalive_timeout(&self) -> Duration {
+        Duration::from_secs(self.keepalive_timeout_secs.max(1))
     }
 
     /// The account throttle, checked.

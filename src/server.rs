@@ -1,20 +1,37 @@
-//! Wires the services together and runs them on one listener:
+//! Wires the services together and runs them on their listeners:
 //! `run(listener, settings, shutdown)`.
 //!
-//! On the one port: `tollgate.v1.Authorizer`, Envoy's ext_authz
-//! (`envoy.service.auth.v3.Authorization`) and rate limit service
-//! (`envoy.service.ratelimit.v3.RateLimitService`), `grpc.health.v1.Health`
-//! (overall status and per service: SERVING while the store can answer,
-//! NOT_SERVING while it cannot) and gRPC reflection.
+//! - The data plane, on `listener` (`--listen`): `tollgate.v1.Authorizer`,
+//!   Envoy's ext_authz (`envoy.service.auth.v3.Authorization`) and rate limit
+//!   service (`envoy.service.ratelimit.v3.RateLimitService`),
+//!   `grpc.health.v1.Health` (overall status and per service: SERVING while
+//!   the store can answer, NOT_SERVING while it cannot) and gRPC reflection.
+//! - The Admin service, with health and reflection, on `--admin-listen`
+//!   (loopback by default), so that the network gateways reach never serves
+//!   it; or on the data-plane listener when `--admin-listen` is the address
+//!   `listener` bound; or nowhere (`off`).
+//!
+//! Each listener's reflection describes only the services it serves. Both
+//! listeners get the limits of [`Settings`] (streams per connection, a
+//! deadline per call, HTTP/2 and TCP keepalive, header list size; message
+//! size on the data plane) and stop together on `shutdown`.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
+use prost::Message;
+use prost_types::FileDescriptorSet;
 use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::server::{Router, TcpIncoming};
+use tonic::transport::Server;
+use tonic_health::pb::health_server::HealthServer;
+use tonic_health::server::{HealthReporter, HealthService};
+use tonic_reflection::pb::v1::server_reflection_server::{ServerReflection, ServerReflectionServer};
 
 use crate::api::admin::{AdminAuth, AdminService};
 use crate::api::authorizer::AuthorizerService;
@@ -22,9 +39,11 @@ use crate::api::envoy_authz::EnvoyAuthzService;
 use crate::api::envoy_http::EnvoyOptions;
 use crate::api::envoy_rls::EnvoyRlsService;
 use crate::api::pb;
+use crate::api::pb::admin_server::AdminServer;
+use crate::api::pb::authorizer_server::AuthorizerServer;
 use crate::catalog::file::{self, CatalogFile};
 use crate::catalog::store::CatalogService;
-use crate::config::Settings;
+use crate::config::{AdminListen, Settings};
 use crate::limiter::Limiter;
 use crate::store::keys::Keys;
 use crate::store::memory::MemoryStore;
@@ -70,8 +89,41 @@ pub fn open_catalog(settings: &Settings, keys: &Keys) -> Result<Arc<CatalogServi
     })
 }
 
-/// Runs the server on `listener` until `shutdown` completes, then drains
-/// in-flight calls and returns.
+/// The Admin service as served: behind its bearer-token check.
+type AdminSvc = InterceptedService<AdminServer<AdminService>, AdminAuth>;
+
+/// The proto file of `tollgate.v1.Authorizer` in [`pb::FILE_DESCRIPTOR_SET`].
+const AUTHORIZER_PROTO: &str = "tollgate/v1/authorizer.proto";
+/// The proto file of `tollgate.v1.Admin` in [`pb::FILE_DESCRIPTOR_SET`].
+const ADMIN_PROTO: &str = "tollgate/v1/admin.proto";
+
+/// The Admin service accepts 16 MiB: room for a CSV import of the largest
+/// accepted size (5 MiB), so that a too-big file gets a clear
+/// INVALID_ARGUMENT, not a transport error.
+const ADMIN_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+/// The gRPC services, built once and added to the listeners that serve them.
+struct Services {
+    authorizer: AuthorizerServer<AuthorizerService>,
+    authz: AuthorizationServer<EnvoyAuthzService>,
+    rls: RateLimitServiceServer<EnvoyRlsService>,
+    health: HealthServer<HealthService>,
+    /// `None` with `--admin-listen off`.
+    admin: Option<AdminSvc>,
+}
+
+/// Where the Admin service is served, once its listener is bound.
+enum AdminAt {
+    /// Nowhere (`--admin-listen off`).
+    Off,
+    /// On the data-plane listener (`--admin-listen` = the bound `--listen`).
+    DataPlane,
+    /// On a listener of its own.
+    Own(TcpListener),
+}
+
+/// Runs the server on `listener` (and the Admin listener the settings ask
+/// for) until `shutdown` completes, then drains in-flight calls and returns.
 pub async fn run(
     listener: TcpListener,
     settings: Settings,
@@ -80,94 +132,50 @@ pub async fn run(
     if let Some(addr) = settings.metrics_listen {
         crate::telemetry::serve_metrics(addr)?;
     }
-    let account = settings.account_throttle()?;
-    let envoy = Arc::new(EnvoyOptions::from_settings(&settings)?);
-    let admin_token = settings.admin_token()?;
-    let keys = Keys::new(&settings.redis_prefix);
-    let catalog = open_catalog(&settings, &keys)?;
-    if settings.config.is_none() && settings.redis_url.is_none() {
-        tracing::warn!("no --config and no Redis: the catalog starts empty; add to it through the Admin service");
-    }
-    let store = open_store(&settings)?;
-    let limiter = Arc::new(Limiter::new(catalog.handle(), store.clone(), keys.clone(), account));
-    // 16 MiB: room for a CSV import of the largest accepted size (5 MiB), so
-    // that a too-big file gets a clear INVALID_ARGUMENT, not a transport error.
-    let admin = tonic::service::interceptor::InterceptedService::new(
-        pb::admin_server::AdminServer::new(AdminService::new(catalog.clone(), UsageService::new(store.clone(), keys)))
-            .max_decoding_message_size(16 * 1024 * 1024),
-        AdminAuth::new(admin_token.clone()),
-    );
-    if admin_token.is_none() {
-        tracing::warn!("no admin token configured (TOLLGATE_ADMIN_TOKEN or --admin-token-file): the Admin service refuses all calls");
-    }
-
-    let (health, health_service) = tonic_health::server::health_reporter();
-    let ready = {
-        let (store, catalog) = (store.clone(), catalog.clone());
-        move || {
-            metrics::gauge!("tollgate_catalog_version").set(catalog.version() as f64);
-            store.is_ready() && catalog.is_ready()
-        }
-    };
-    tokio::spawn(watch_health(health, ready));
-
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-
+    let services = open_services(&settings)?;
     let addr = listener.local_addr()?;
-    let mut main_admin = Some(admin);
-    if let Some(admin_addr) = settings.admin_listen {
-        let admin = main_admin.take().expect("set above");
-        let admin_listener = TcpListener::bind(admin_addr)
-            .await
-            .map_err(|e| format!("cannot listen on --admin-listen {admin_addr}: {e}"))?;
-        tracing::info!(admin_addr = %admin_listener.local_addr()?, "Admin service listening");
-        tokio::spawn(async move {
-            let r = tonic::transport::Server::builder()
-                .add_service(admin)
-                .serve_with_incoming(TcpIncoming::from(admin_listener).with_nodelay(Some(true)))
-                .await;
-            if let Err(e) = r {
-                tracing::error!("the Admin listener failed: {e}");
-            }
-        });
-    }
+    let admin_at = bind_admin(&settings, addr).await?;
     match &settings.redis_url {
         Some(url) => {
             tracing::info!(%addr, store = "redis", redis = %redact_url(url), "tollgate listening")
         }
         None => tracing::info!(%addr, store = "memory", "tollgate listening"),
     }
-    // Shutdown: tell tonic to stop accepting and drain, and give the drain
-    // at most `drain_timeout_secs` (a client holding a stream open must not
-    // keep the process alive).
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+
+    // Shutdown: tell both servers to stop accepting and drain, and give the
+    // drain at most `drain_timeout_secs` (a client holding a stream open
+    // must not keep the process alive).
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(());
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.changed().await;
+        }
+    };
+    let data_plane = data_plane_router(&settings, &services, matches!(admin_at, AdminAt::DataPlane))?
+        .serve_with_incoming_shutdown(incoming(listener, &settings), stopped());
+    let admin = match admin_at {
+        AdminAt::Own(admin_listener) => Some(
+            admin_router(&settings, &services)?
+                .serve_with_incoming_shutdown(incoming(admin_listener, &settings), stopped()),
+        ),
+        AdminAt::Off | AdminAt::DataPlane => None,
+    };
+    let admin = async move {
+        match admin {
+            Some(server) => server.await,
+            None => Ok(()),
+        }
+    };
+    let servers = futures::future::try_join(data_plane, admin);
+    tokio::pin!(servers);
     let drain = Duration::from_secs(settings.drain_timeout_secs);
-    let server = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .add_service(health_service)
-        .add_service(reflection)
-        .add_service(pb::authorizer_server::AuthorizerServer::new(AuthorizerService::new(
-            limiter.clone(),
-            settings.on_store_error,
-        )))
-        .add_service(AuthorizationServer::new(EnvoyAuthzService::new(limiter.clone(), envoy.clone())))
-        .add_service(RateLimitServiceServer::new(EnvoyRlsService::new(limiter.clone(), envoy)))
-        .add_optional_service(main_admin)
-        // TCP_NODELAY: a decision is a few small HTTP/2 frames; with Nagle
-        // on, Envoy's delayed ACK held some ext_authz answers back ~40 ms.
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), async {
-            let _ = stop_rx.await;
-        });
-    tokio::pin!(server);
     tokio::select! {
-        r = &mut server => r?,
+        r = &mut servers => { r?; }
         _ = shutdown => {
             let _ = stop_tx.send(());
-            match tokio::time::timeout(drain, &mut server).await {
-                Ok(r) => r?,
+            match tokio::time::timeout(drain, &mut servers).await {
+                Ok(r) => { r?; }
                 Err(_) => tracing::warn!(?drain, "in-flight calls did not finish in time; exiting anyway"),
             }
         }
@@ -176,9 +184,150 @@ pub async fn run(
     Ok(())
 }
 
+/// Opens the catalog and the store and builds every service on them; starts
+/// the task that keeps health in step with the store.
+fn open_services(settings: &Settings) -> Result<Services, BoxError> {
+    let account = settings.account_throttle()?;
+    let envoy = Arc::new(EnvoyOptions::from_settings(settings)?);
+    let admin_token = settings.admin_token()?;
+    let keys = Keys::new(&settings.redis_prefix);
+    let catalog = open_catalog(settings, &keys)?;
+    if settings.config.is_none() && settings.redis_url.is_none() {
+        tracing::warn!("no --config and no Redis: the catalog starts empty; add to it through the Admin service");
+    }
+    let store = open_store(settings)?;
+    let limiter = Arc::new(Limiter::new(catalog.handle(), store.clone(), keys.clone(), account));
+    let admin = match settings.admin_listen {
+        AdminListen::Off => None,
+        AdminListen::Addr(_) => {
+            if admin_token.is_none() {
+                tracing::warn!("no admin token configured (TOLLGATE_ADMIN_TOKEN or --admin-token-file): the Admin service refuses all calls");
+            }
+            let admin = AdminServer::new(AdminService::new(catalog.clone(), UsageService::new(store.clone(), keys)))
+                .max_decoding_message_size(ADMIN_MAX_MESSAGE_BYTES);
+            Some(InterceptedService::new(admin, AdminAuth::new(admin_token)))
+        }
+    };
+
+    let reporter = HealthReporter::new();
+    let health = HealthServer::new(HealthService::from_health_reporter(reporter.clone()))
+        .max_decoding_message_size(settings.max_message_bytes);
+    let ready = {
+        let (store, catalog) = (store.clone(), catalog.clone());
+        move || {
+            metrics::gauge!("tollgate_catalog_version").set(catalog.version() as f64);
+            store.is_ready() && catalog.is_ready()
+        }
+    };
+    tokio::spawn(watch_health(reporter, ready));
+
+    let max = settings.max_message_bytes;
+    Ok(Services {
+        authorizer: AuthorizerServer::new(AuthorizerService::new(limiter.clone(), settings.on_store_error))
+            .max_decoding_message_size(max),
+        authz: AuthorizationServer::new(EnvoyAuthzService::new(limiter.clone(), envoy.clone()))
+            .max_decoding_message_size(max),
+        rls: RateLimitServiceServer::new(EnvoyRlsService::new(limiter, envoy)).max_decoding_message_size(max),
+        health,
+        admin,
+    })
+}
+
+/// Binds the Admin listener, if `--admin-listen` asks for one of its own,
+/// and logs where Admin is (`admin_addr=` when it is served).
+async fn bind_admin(settings: &Settings, data_plane: SocketAddr) -> Result<AdminAt, BoxError> {
+    let addr = match settings.admin_listen {
+        AdminListen::Off => {
+            tracing::info!("Admin service off (--admin-listen off)");
+            return Ok(AdminAt::Off);
+        }
+        AdminListen::Addr(addr) if addr == data_plane => {
+            tracing::info!(admin_addr = %addr, "Admin service on the data-plane listener (--admin-listen is --listen)");
+            return Ok(AdminAt::DataPlane);
+        }
+        AdminListen::Addr(addr) => addr,
+    };
+    let admin_listener = TcpListener::bind(addr).await.map_err(|e| {
+        format!(
+            "cannot listen on --admin-listen {addr}: {e}; give it a free address (each replica on a machine \
+             needs its own), the --listen address to serve Admin there, or `off`"
+        )
+    })?;
+    tracing::info!(admin_addr = %admin_listener.local_addr()?, "Admin service listening");
+    Ok(AdminAt::Own(admin_listener))
+}
+
+/// A gRPC server with the listener limits of `settings` and `timeout` as
+/// the server-side deadline of every call (a client's shorter
+/// `grpc-timeout` wins; tonic answers a call past it CANCELLED "Timeout
+/// expired").
+fn server(settings: &Settings, timeout: Duration) -> Server {
+    Server::builder()
+        .timeout(timeout)
+        .max_concurrent_streams(settings.max_concurrent_streams)
+        .http2_keepalive_interval(settings.keepalive_interval())
+        .http2_keepalive_timeout(Some(settings.keepalive_timeout()))
+        .http2_max_header_list_size(settings.max_header_list_bytes)
+}
+
+/// The accepted connections of `listener`, with TCP keepalive and
+/// TCP_NODELAY: a decision is a few small HTTP/2 frames; with Nagle on,
+/// Envoy's delayed ACK held some ext_authz answers back ~40 ms.
+fn incoming(listener: TcpListener, settings: &Settings) -> TcpIncoming {
+    TcpIncoming::from(listener).with_nodelay(Some(true)).with_keepalive(settings.keepalive_interval())
+}
+
+/// The data-plane listener's services (and Admin's, when it shares it).
+fn data_plane_router(settings: &Settings, s: &Services, with_admin: bool) -> Result<Router, BoxError> {
+    let mut files = vec![AUTHORIZER_PROTO];
+    if with_admin {
+        files.push(ADMIN_PROTO);
+    }
+    let reflection = reflection(settings, &files)?.map(|r| r.max_decoding_message_size(settings.max_message_bytes));
+    Ok(server(settings, settings.request_timeout())
+        .add_service(s.health.clone())
+        .add_optional_service(reflection)
+        .add_service(s.authorizer.clone())
+        .add_service(s.authz.clone())
+        .add_service(s.rls.clone())
+        .add_optional_service(if with_admin { s.admin.clone() } else { None }))
+}
+
+/// The Admin listener's services.
+fn admin_router(settings: &Settings, s: &Services) -> Result<Router, BoxError> {
+    Ok(server(settings, settings.admin_request_timeout())
+        .add_service(s.health.clone())
+        .add_optional_service(reflection(settings, &[ADMIN_PROTO])?)
+        .add_optional_service(s.admin.clone()))
+}
+
+/// gRPC reflection describing `files` of tollgate's protos, health and
+/// reflection itself, and listing the services they declare; `None` with
+/// `--reflection false`.
+fn reflection(
+    settings: &Settings,
+    files: &[&str],
+) -> Result<Option<ServerReflectionServer<impl ServerReflection>>, BoxError> {
+    if !settings.reflection {
+        return Ok(None);
+    }
+    let all = FileDescriptorSet::decode(pb::FILE_DESCRIPTOR_SET)?;
+    let mut ours = FileDescriptorSet::default();
+    for name in files {
+        let file = all.file.iter().find(|f| f.name() == *name);
+        ours.file.push(file.ok_or_else(|| format!("{name} is missing from the compiled descriptor set"))?.clone());
+    }
+    Ok(Some(
+        tonic_reflection::server::Builder::configure()
+            .register_file_descriptor_set(ours)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?,
+    ))
+}
+
 /// Keeps the health service in step with the store: SERVING while it can
 /// answer, NOT_SERVING while it cannot.
-async fn watch_health(health: tonic_health::server::HealthReporter, ready: impl Fn() -> bool) {
+async fn watch_health(health: HealthReporter, ready: impl Fn() -> bool) {
     let mut last = None;
     loop {
         let ready = ready();

@@ -78,20 +78,20 @@ fn assert_status<T: std::fmt::Debug>(r: Result<tonic::Response<T>, tonic::Status
 #[tokio::test]
 async fn admin_credentials() {
     let p = start_memory();
-    let mut none = support::admin_client(p.addr, None).await;
+    let mut none = support::admin_client(p.admin_addr(), None).await;
     assert_status(
         none.list_api_keys(pb::ListApiKeysRequest::default()).await,
         Code::Unauthenticated,
         "TOLLGATE_ADMIN_TOKEN",
     );
-    let mut wrong = support::admin_client(p.addr, Some("not-the-right-token-000")).await;
+    let mut wrong = support::admin_client(p.admin_addr(), Some("not-the-right-token-000")).await;
     assert_status(wrong.list_api_keys(pb::ListApiKeysRequest::default()).await, Code::PermissionDenied, "not valid");
     assert!(p.admin().await.list_api_keys(pb::ListApiKeysRequest::default()).await.is_ok());
     assert!(!p.log().contains(ADMIN_TOKEN), "the token is never logged");
 
     // No token configured: every call refused, saying how to set one.
     let bare = TollgateProcess::start(&[]);
-    let mut a = support::admin_client(bare.addr, Some(ADMIN_TOKEN)).await;
+    let mut a = bare.admin().await;
     assert_status(
         a.list_api_keys(pb::ListApiKeysRequest::default()).await,
         Code::FailedPrecondition,
@@ -595,21 +595,4 @@ async fn a_reset_redis_gets_the_catalog_file_back() {
     assert!(keys.iter().any(|x| x.id == k) && names.contains(&"demo"), "{names:?}");
     let stored: i64 = redis::cmd("HLEN").arg("tg:{cat}:keys").query_async(&mut conn).await.unwrap();
     assert_eq!(stored, 2, "Redis holds the same catalog");
-}
-
-/// `--admin-listen`: the Admin service only on its own address.
-#[tokio::test]
-async fn admin_on_its_own_address() {
-    let p =
-        TollgateProcess::start_with_env(&["--admin-listen", "127.0.0.1:0"], &[("TOLLGATE_ADMIN_TOKEN", ADMIN_TOKEN)]);
-    let admin_addr = p.admin_addr.expect("the admin address is logged");
-    assert_ne!(admin_addr, p.addr);
-    let mut on_main = p.admin().await;
-    assert_status(on_main.list_api_keys(pb::ListApiKeysRequest::default()).await, Code::Unimplemented, "");
-    let mut a = support::admin_client(admin_addr, Some(ADMIN_TOKEN)).await;
-    put_stage(&mut a, "shop/prod").await;
-    let mut none = support::admin_client(admin_addr, None).await;
-    assert_status(none.list_stages(pb::ListStagesRequest::default()).await, Code::Unauthenticated, "");
-    let r = p.authorizer().await.authorize(req(None, "shop/prod", "/x/GET", None)).await.unwrap().into_inner();
-    assert_eq!(r.reason(), pb::Reason::InvalidApiKey, "the stage put through the admin port is live");
 }

@@ -46,10 +46,18 @@ impl Out {
     }
 }
 
-/// Runs `tollgate ARGS --server URL` with `token` in TOLLGATE_ADMIN_TOKEN.
+/// Runs `tollgate ARGS --server URL` with `token` in TOLLGATE_ADMIN_TOKEN;
+/// URL is the data plane for `authorize`, the Admin listener otherwise.
 fn run_with(p: &TollgateProcess, token: Option<&str>, args: &[&str]) -> Out {
+    let server = if args.first() == Some(&"authorize") { p.url() } else { p.admin_url() };
+    run_at(&server, token, args)
+}
+
+/// Runs `tollgate ARGS --server SERVER` with `token` in TOLLGATE_ADMIN_TOKEN.
+fn run_at(server: &str, token: Option<&str>, args: &[&str]) -> Out {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tollgate"));
-    cmd.args(args).arg("--server").arg(p.url()).env_remove("TOLLGATE_SERVER").env("RUST_LOG", "off");
+    cmd.args(args).arg("--server").arg(server).env("RUST_LOG", "off");
+    cmd.env_remove("TOLLGATE_SERVER").env_remove("TOLLGATE_ADMIN_SERVER");
     match token {
         Some(t) => cmd.env("TOLLGATE_ADMIN_TOKEN", t),
         None => cmd.env_remove("TOLLGATE_ADMIN_TOKEN"),
@@ -542,6 +550,10 @@ fn failures_exit_2_with_code_and_message() {
     }
     let err = tg(&p, &["usage", "get", "x", "--start", "2024-1-1", "--end", "2024-01-02"]).stderr;
     assert!(err.contains("--start") && err.contains("YYYY-MM-DD"), "{err}");
+
+    // The data-plane port: no Admin there, and the hint says where it is.
+    let err = run_at(&p.url(), Some(TOKEN), &["keys", "list"]).failed("UNIMPLEMENTED").to_string();
+    assert!(err.contains("--admin-listen") && err.contains("http://127.0.0.1:50052"), "{err}");
 
     // Nothing listening.
     let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))

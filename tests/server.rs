@@ -170,26 +170,14 @@ async fn health_reflection_and_graceful_shutdown() {
     let p = TollgateProcess::start(&["--config", quickstart().to_str().unwrap()]);
     wait_for_health(&p, ServingStatus::Serving).await;
     let ch = tonic::transport::Endpoint::from_shared(p.url()).unwrap().connect().await.unwrap();
-    let mut h = HealthClient::new(ch.clone());
+    let mut h = HealthClient::new(ch);
     let r = h.check(HealthCheckRequest { service: "tollgate.v1.Authorizer".into() }).await.unwrap();
     assert_eq!(r.into_inner().status(), ServingStatus::Serving);
 
-    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
-    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
-    let mut refl = ServerReflectionClient::new(ch);
-    let reqs = tokio_stream::iter(vec![ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    }]);
-    let mut stream = refl.server_reflection_info(reqs).await.unwrap().into_inner();
-    let msg = stream.message().await.unwrap().unwrap();
-    let Some(MessageResponse::ListServicesResponse(list)) = msg.message_response else { panic!("{msg:?}") };
-    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    let names = support::reflection_services(p.addr).await.unwrap();
     assert!(names.contains(&"tollgate.v1.Authorizer".to_string()), "{names:?}");
 
-    drop((h, stream, refl));
+    drop(h);
     let status = p.terminate();
     assert!(status.success(), "SIGTERM is a clean exit: {status:?}");
 }

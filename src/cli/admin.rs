@@ -2,7 +2,7 @@
 //! clients of the `tollgate.v1.Admin` service, one file per command group.
 //!
 //! What they share lives here: the options every admin command takes
-//! ([`AdminOpts`]: `--server`, `--admin-token`, `--json`), the connection
+//! ([`AdminOpts`]: `--server` (the Admin listener), `--admin-token`, `--json`), the connection
 //! with the `authorization: Bearer TOKEN` interceptor, the one way a failure
 //! is reported (`error: CODE: message` on stderr, exit code 2), and the JSON
 //! shapes of the things the service returns ([`key_json`], [`plan_json`],
@@ -35,8 +35,9 @@ use crate::api::pb;
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Common options")]
 pub struct AdminOpts {
-    /// The server, e.g. http://127.0.0.1:50051.
-    #[arg(long, global = true, env = "TOLLGATE_SERVER", default_value = "http://127.0.0.1:50051")]
+    /// The server's Admin address (its --admin-listen). Its own variable:
+    /// TOLLGATE_SERVER names the data plane, a different port.
+    #[arg(long, global = true, env = "TOLLGATE_ADMIN_SERVER", default_value = super::DEFAULT_ADMIN_SERVER.as_str())]
     pub server: String,
     /// The admin token (the server's TOLLGATE_ADMIN_TOKEN), sent as
     /// `authorization: Bearer TOKEN`. Prefer the environment variable: a
@@ -138,8 +139,10 @@ pub fn finish(opts: &AdminOpts, outcome: Outcome) -> ExitCode {
                     "\nhint: the admin token is not the server's (TOLLGATE_ADMIN_TOKEN or --admin-token-file there)",
                 ),
                 Code::Unimplemented => line.push_str(&format!(
-                    "\nhint: the server at {} has no tollgate.v1.Admin service (an older tollgate?)",
-                    opts.server
+                    "\nhint: {} serves no tollgate.v1.Admin: give --server the server's --admin-listen address \
+                     (default {}), not its data-plane --listen one",
+                    opts.server,
+                    *super::DEFAULT_ADMIN_SERVER
                 )),
                 _ => {}
             }

@@ -12,8 +12,8 @@ use crate::api::pb;
 /// Arguments of `tollgate authorize`.
 #[derive(Debug, Args)]
 pub struct AuthorizeArgs {
-    /// The server, e.g. http://127.0.0.1:50051.
-    #[arg(long, env = "TOLLGATE_SERVER", default_value = "http://127.0.0.1:50051")]
+    /// The server's data-plane address (its --listen).
+    #[arg(long, env = "TOLLGATE_SERVER", default_value = super::DEFAULT_SERVER.as_str())]
     pub server: String,
     /// The API key value (omit to ask as a caller without a key).
     #[arg(long)]

@@ -24,8 +24,8 @@ use crate::api::pb;
 /// Arguments of `tollgate bench`.
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
-    /// The server, e.g. http://127.0.0.1:50051.
-    #[arg(long, env = "TOLLGATE_SERVER", default_value = "http://127.0.0.1:50051")]
+    /// The server's data-plane address (its --listen).
+    #[arg(long, env = "TOLLGATE_SERVER", default_value = super::DEFAULT_SERVER.as_str())]
     pub server: String,
     /// The API key value to send (omit for no key).
     #[arg(long)]

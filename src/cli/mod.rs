@@ -6,10 +6,19 @@ pub mod authorize;
 pub mod bench;
 
 use std::process::ExitCode;
+use std::sync::LazyLock;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::Settings;
+use crate::config::{Settings, DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN};
+
+/// Where `authorize` and `bench` connect by default: the data plane at
+/// `http://` + [`DEFAULT_LISTEN`].
+pub static DEFAULT_SERVER: LazyLock<String> = LazyLock::new(|| format!("http://{DEFAULT_LISTEN}"));
+
+/// Where the admin commands connect by default: the Admin listener at
+/// `http://` + [`DEFAULT_ADMIN_LISTEN`].
+pub static DEFAULT_ADMIN_SERVER: LazyLock<String> = LazyLock::new(|| format!("http://{DEFAULT_ADMIN_LISTEN}"));
 
 /// tollgate: API keys, usage plans, throttles and quotas, enforced exactly
 /// across replicas.
@@ -135,7 +144,7 @@ async fn serve(settings: Settings) -> ExitCode {
 /// error when the address is malformed or nothing listens there.
 pub async fn connect(server: &str) -> Result<tonic::transport::Channel, String> {
     let endpoint = tonic::transport::Endpoint::from_shared(server.to_string())
-        .map_err(|e| format!("invalid --server {server:?}: {e}; write it like http://127.0.0.1:50051"))?
+        .map_err(|e| format!("invalid --server {server:?}: {e}; write it like {}", *DEFAULT_SERVER))?
         .connect_timeout(std::time::Duration::from_secs(5))
         .timeout(std::time::Duration::from_secs(30));
     endpoint.connect().await.map_err(|e| format!("cannot connect to {server}: {e}"))
@@ -147,4 +156,61 @@ pub fn emit(text: &str) {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(text.as_bytes()).and_then(|_| out.flush());
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::{Cli, Command};
+    use crate::config::AdminListen;
+
+    fn parse(args: &[&str]) -> Command {
+        Cli::try_parse_from(std::iter::once("tollgate").chain(args.iter().copied())).expect("parses").command
+    }
+
+    #[test]
+    fn admin_listens_apart_from_the_data_plane_by_default() {
+        let Command::Serve(s) = parse(&["serve"]) else { unreachable!() };
+        assert_eq!(s.listen.to_string(), "127.0.0.1:50051");
+        assert_eq!(s.admin_listen, AdminListen::Addr("127.0.0.1:50052".parse().unwrap()));
+        assert!(s.reflection);
+        let Command::Serve(s) = parse(&["serve", "--admin-listen", "OFF", "--reflection", "false"]) else {
+            unreachable!()
+        };
+        assert_eq!((s.admin_listen, s.reflection), (AdminListen::Off, false));
+        let err = Cli::try_parse_from(["tollgate", "serve", "--admin-listen", "localhost"]).unwrap_err().to_string();
+        assert!(err.contains("127.0.0.1:50052") && err.contains("`off`"), "{err}");
+    }
+
+    #[test]
+    fn each_client_command_defaults_to_its_listener() {
+        let Command::Authorize(a) = parse(&["authorize", "--stage", "a/b", "--method", "/x/GET"]) else {
+            unreachable!()
+        };
+        assert_eq!(a.server, "http://127.0.0.1:50051");
+        let Command::Keys(k) = parse(&["keys", "list"]) else { unreachable!() };
+        assert_eq!(k.opts.server, "http://127.0.0.1:50052");
+        let Command::Usage(u) = parse(&["usage", "get", "p", "--start", "2026-01-01", "--end", "2026-01-01"]) else {
+            unreachable!()
+        };
+        assert_eq!(u.opts.server, "http://127.0.0.1:50052");
+    }
+
+    #[test]
+    fn limits_reject_zero() {
+        for flag in [
+            "--max-concurrent-streams",
+            "--request-timeout-ms",
+            "--admin-request-timeout-ms",
+            "--keepalive-timeout-secs",
+            "--max-header-list-bytes",
+            "--max-message-bytes",
+        ] {
+            let err = Cli::try_parse_from(["tollgate", "serve", flag, "0"]).unwrap_err().to_string();
+            assert!(err.contains(flag), "{flag}: {err}");
+        }
+        let Command::Serve(s) = parse(&["serve", "--keepalive-interval-secs", "0"]) else { unreachable!() };
+        assert_eq!(s.keepalive_interval(), None, "0 turns keepalive off");
+    }
 }

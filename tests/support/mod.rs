@@ -21,16 +21,19 @@ use tollgate::api::pb;
 /// failures can show it.
 pub struct TollgateProcess {
     child: Child,
-    /// The address it listens on.
+    /// The data-plane address it listens on.
     pub addr: SocketAddr,
-    /// The Admin service's own address, with `--admin-listen`.
+    /// Where the Admin service listens (`admin_addr=` in the log): its own
+    /// address, or `addr` when it shares the data-plane listener; `None`
+    /// with `--admin-listen off`.
     pub admin_addr: Option<SocketAddr>,
     log: Arc<Mutex<String>>,
 }
 
 impl TollgateProcess {
-    /// Starts `tollgate serve --listen 127.0.0.1:0 ARGS...` and waits until it
-    /// listens.
+    /// Starts `tollgate serve ARGS...` listening on free loopback ports (the
+    /// data plane and the Admin service each on its own, unless ARGS or the
+    /// environment say otherwise) and waits until it listens.
     pub fn start(args: &[&str]) -> Self {
         Self::start_with_env(args, &[])
     }
@@ -38,8 +41,12 @@ impl TollgateProcess {
     /// Like [`start`](Self::start), with extra environment variables.
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tollgate"));
-        cmd.arg("serve").arg("--listen").arg("127.0.0.1:0").args(args);
+        cmd.arg("serve").args(args);
         cmd.env("RUST_LOG", "info").env_remove("TOLLGATE_REDIS_URL").env_remove("TOLLGATE_CONFIG");
+        // Free ports, never the fixed defaults (tests run in parallel). Given
+        // as environment variables so that a test's own --listen or
+        // --admin-listen (or `env`) wins.
+        cmd.env("TOLLGATE_LISTEN", "127.0.0.1:0").env("TOLLGATE_ADMIN_LISTEN", "127.0.0.1:0");
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -83,9 +90,19 @@ impl TollgateProcess {
         Self { child, addr, admin_addr, log }
     }
 
-    /// `http://ADDR`.
+    /// `http://ADDR` of the data plane.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The Admin service's address; panics when it is off.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr.unwrap_or_else(|| panic!("this tollgate serves no Admin; log:\n{}", self.log()))
+    }
+
+    /// `http://ADDR` of the Admin service.
+    pub fn admin_url(&self) -> String {
+        format!("http://{}", self.admin_addr())
     }
 
     /// What the process wrote to stderr so far.
@@ -204,8 +221,27 @@ pub async fn admin_client(addr: SocketAddr, token: Option<&str>) -> AdminClient 
 }
 
 impl TollgateProcess {
-    /// An Admin client with the test token.
+    /// An Admin client of its Admin listener, with the test token.
     pub async fn admin(&self) -> AdminClient {
-        admin_client(self.addr, Some(ADMIN_TOKEN)).await
+        admin_client(self.admin_addr(), Some(ADMIN_TOKEN)).await
     }
+}
+
+/// The services gRPC reflection at `addr` lists (ListServices).
+pub async fn reflection_services(addr: SocketAddr) -> Result<Vec<String>, tonic::Status> {
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    let ch =
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.expect("connect");
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream =
+        ServerReflectionClient::new(ch).server_reflection_info(tokio_stream::iter(vec![req])).await?.into_inner();
+    let msg = stream.message().await?.expect("an answer");
+    let Some(MessageResponse::ListServicesResponse(list)) = msg.message_response else { panic!("{msg:?}") };
+    Ok(list.service.into_iter().map(|s| s.name).collect())
 }

@@ -173,17 +173,79 @@ pub fn classify(e: redis::RedisError) -> StoreError {
     }
 }
 
-/// Replaces a password in a Redis URL with `***`, for logs.
+/// Query parameters whose value is hidden by [`redact_url`]: redis-rs reads
+/// the password of a `redis+unix://` / `unix://` URL from `pass` (and only
+/// the username from `user`, which is not a secret); `password` is hidden too,
+/// for people who guess that name.
+const SECRET_QUERY_KEYS: [&str; 2] = ["pass", "password"];
+
+/// A Redis URL fit for logs and error messages: every place a password can
+/// sit is replaced by `***`.
+///
+/// - `redis://user:pass@host`, `redis://:pass@host`, `rediss://…`: the
+///   password (`user:***@`); a lone `secret@host` (no colon) is hidden whole,
+///   since it is often a password written in the wrong place.
+/// - `redis+unix:///path?pass=…`, `unix:///path?pass=…` (and any scheme):
+///   the values of the query parameters in [`SECRET_QUERY_KEYS`], matched
+///   after percent-decoding and ignoring case.
+/// - A URL that redis-rs cannot parse, or with an `@` past its host (a
+///   password with an unencoded `/`, `?` or `#`), could hold a secret
+///   anywhere: if it contains `@` or `?` only its scheme is shown
+///   (`redis://***`).
 pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.find(':') {
-                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
-                None => format!("{}***{}", &url[..s + 3], &url[at..]),
+    let Some(mut parsed) = redis::parse_redis_url(url) else {
+        return redact_unparsable(url);
+    };
+    // An '@' past the host means a password with an unencoded '/', '?' or
+    // '#' was split off into the path, query or fragment: hide it all.
+    if [parsed.path(), parsed.query().unwrap_or(""), parsed.fragment().unwrap_or("")].iter().any(|p| p.contains('@')) {
+        return redact_unparsable(url);
+    }
+    let hidden = match (parsed.username().is_empty(), parsed.password().is_some()) {
+        (_, true) => parsed.set_password(Some("***")),
+        (false, false) => parsed.set_username("***"),
+        (true, false) => Ok(()),
+    };
+    if hidden.is_err() {
+        return redact_unparsable(url);
+    }
+    if let Some(query) = parsed.query() {
+        let query = redact_query(query, parsed.query_pairs().map(|(k, _)| k.into_owned()));
+        parsed.set_query(Some(&query));
+    }
+    parsed.to_string()
+}
+
+/// `query` (raw, as in the URL) with the values of secret parameters
+/// replaced; `decoded_keys` are its keys in order, as redis-rs decodes them
+/// (the same `&`-separated, empty-skipping split as below).
+fn redact_query(query: &str, decoded_keys: impl Iterator<Item = String>) -> String {
+    let parts = query.split('&').filter(|p| !p.is_empty());
+    let redacted: Vec<String> = parts
+        .zip(decoded_keys)
+        .map(|(raw, key)| {
+            if SECRET_QUERY_KEYS.iter().any(|s| key.eq_ignore_ascii_case(s)) {
+                let raw_key = raw.split('=').next().unwrap_or(raw);
+                format!("{raw_key}=***")
+            } else {
+                raw.to_string()
             }
+        })
+        .collect();
+    redacted.join("&")
+}
+
+/// What [`redact_url`] shows of a URL it cannot parse: all of it when no
+/// secret can be in it (no userinfo `@`, no query `?`), else only its scheme.
+fn redact_unparsable(url: &str) -> String {
+    if !url.contains(['@', '?']) {
+        return url.to_string();
+    }
+    match url.split_once("://") {
+        Some((scheme, _)) if scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+.-".contains(c)) => {
+            format!("{scheme}://***")
         }
-        _ => url.to_string(),
+        _ => "***".to_string(),
     }
 }
 
@@ -501,9 +563,76 @@ mod tests {
     use super::redact_url;
 
     #[test]
-    fn redacts_passwords() {
+    fn redacts_userinfo_passwords() {
         assert_eq!(redact_url("redis://u:secret@h:6379/0"), "redis://u:***@h:6379/0");
+        assert_eq!(redact_url("redis://:secret@h:6379"), "redis://:***@h:6379");
+        assert_eq!(redact_url("rediss://u:secret@h:6380/2#insecure"), "rediss://u:***@h:6380/2#insecure");
+        assert_eq!(redact_url("valkey://u:secret@h"), "valkey://u:***@h");
+        // Percent-encoded, and with characters that must be encoded.
+        assert_eq!(redact_url("redis://u:s%40c%2Fr%3Aet@h:6379"), "redis://u:***@h:6379");
+        // A lone user part: probably a password in the wrong place.
         assert_eq!(redact_url("redis://secret@h:6379"), "redis://***@h:6379");
         assert_eq!(redact_url("redis://h:6379"), "redis://h:6379");
+        assert_eq!(redact_url("redis://h:6379/0?protocol=resp3"), "redis://h:6379/0?protocol=resp3");
+    }
+
+    #[test]
+    fn redacts_query_passwords_of_unix_urls() {
+        assert_eq!(
+            redact_url("redis+unix:///run/redis.sock?db=1&pass=secret"),
+            "redis+unix:///run/redis.sock?db=1&pass=***"
+        );
+        assert_eq!(
+            redact_url("unix:///run/redis.sock?user=app&pass=secret&protocol=3"),
+            "unix:///run/redis.sock?user=app&pass=***&protocol=3"
+        );
+        assert_eq!(redact_url("valkey+unix:///run/v.sock?pass=secret"), "valkey+unix:///run/v.sock?pass=***");
+        // Every occurrence, encoded names, other cases, other schemes.
+        assert_eq!(
+            redact_url("unix:///s?pass=one&pa%73s=two&PASS=three&password=four&&db=0"),
+            "unix:///s?pass=***&pa%73s=***&PASS=***&password=***&db=0"
+        );
+        assert_eq!(redact_url("redis://h:6379/?pass=secret"), "redis://h:6379/?pass=***");
+        assert_eq!(redact_url("redis+unix:///run/redis.sock"), "redis+unix:///run/redis.sock");
+    }
+
+    #[test]
+    fn hides_what_it_cannot_parse() {
+        // Unencoded '/', '?' or '#' in a password: the URL does not parse.
+        for url in [
+            "redis://:pa/ss@h:6379",
+            "redis://u:pa?ss@h",
+            "redis://u:pa#ss@h",
+            "u:secret@h:6379",
+            // These parse, with the password's tail in the path, query, fragment.
+            "redis://u:12/pass@h",
+            "redis://u:12?pass@h",
+            "redis://u:12#pass@h",
+        ] {
+            let shown = redact_url(url);
+            assert!(!shown.contains("pa") && !shown.contains("ss") && !shown.contains("secret"), "{url} -> {shown}");
+        }
+        assert_eq!(redact_url("redis://:pa/ss@h:6379"), "redis://***");
+        assert_eq!(redact_url("http://u:secret@h"), "http://***");
+        // Nothing secret can be in it: shown as given, to help fix it.
+        assert_eq!(redact_url("redis://h:notaport"), "redis://h:notaport");
+    }
+
+    /// The password redis-rs itself reads from each form never survives.
+    /// (`rediss://` is left out: this build of redis-rs has no TLS, so it
+    /// refuses such URLs; the userinfo test above covers its form.)
+    #[test]
+    fn the_password_redis_reads_is_never_shown() {
+        use redis::IntoConnectionInfo;
+        for url in [
+            "redis://u:hunter2@h:6379/0",
+            "redis://:hunter2@h",
+            "redis+unix:///run/redis.sock?pass=hunter2",
+            "unix:///run/redis.sock?db=3&pass=hunter2",
+        ] {
+            let info = url.into_connection_info().expect(url);
+            assert_eq!(info.redis_settings().password(), Some("hunter2"), "{url}: redis-rs reads this password");
+            assert!(!redact_url(url).contains("hunter2"), "{url} -> {}", redact_url(url));
+        }
     }
 }
