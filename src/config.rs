@@ -119,7 +119,9 @@ pub struct Settings {
     #[arg(long, env = "TOLLGATE_REDIS_PREFIX", default_value = "tg:")]
     pub redis_prefix: String,
 
-    /// Deadline of one decision's round trip to the store, in milliseconds.
+    /// Deadline of one decision in the store, in milliseconds, from the
+    /// moment it arrives (time spent queueing for Redis included). A decision
+    /// not yet sent to Redis when it passes is never sent, so never charged.
     #[arg(long, env = "TOLLGATE_STORE_TIMEOUT_MS", default_value_t = 250)]
     pub store_timeout_ms: u64,
 
