@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use super::{CatalogData, CatalogError, OldValue, PlanKey};
+use crate::model::method::parse_patterns;
 use crate::model::{
     generate_id, generate_key_value, validate_id, validate_key_value, value_hint, Api, ApiKey, Invalid, KeyHash,
     MethodPattern, MethodSetting, PlanStage, Quota, Stage, StageRef, Throttle, UsagePlan,
@@ -229,19 +230,34 @@ pub fn put_stage(
     }
     let st = d.stages.entry(sr.to_string()).or_insert_with(|| Stage { stage: sr.clone(), methods: BTreeMap::new() });
     for m in remove {
-        let p = MethodPattern::parse(&m).map_err(|e| Invalid::new("remove_methods", e.0))?;
-        if st.methods.remove(p.as_str()).is_none() {
+        let p = MethodPattern::parse(&m).map_err(|e| Invalid::new("remove_methods", e.message))?;
+        if !remove_method(&mut st.methods, &p) {
             return Err(AdminError::NotFound(format!("stage {sr} has no settings for method {:?}", p.as_str())));
         }
     }
-    for (m, setting) in methods {
-        let p = MethodPattern::parse(&m).map_err(|e| Invalid::new("methods.method", e.0))?;
+    let methods = parse_patterns(methods).map_err(|e| Invalid::new("methods.method", e.message))?;
+    for (p, setting) in methods {
         if let Some(t) = &setting.throttle {
             t.validate().map_err(|e| e.within("methods.throttle"))?;
         }
-        st.methods.insert(p.as_str().to_string(), setting);
+        set_method(&mut st.methods, &p, setting);
     }
     Ok(st.clone())
+}
+
+/// Sets `value` for pattern `p` in `map` (keyed by canonical pattern text),
+/// in place of any other spelling of it stored before (a record written
+/// before patterns were canonical may hold one).
+fn set_method<V>(map: &mut BTreeMap<String, V>, p: &MethodPattern, value: V) {
+    remove_method(map, p);
+    map.insert(p.as_str().to_string(), value);
+}
+
+/// Removes every spelling of pattern `p` from `map`; whether there was one.
+fn remove_method<V>(map: &mut BTreeMap<String, V>, p: &MethodPattern) -> bool {
+    let before = map.len();
+    map.retain(|k, _| MethodPattern::parse(k).map_or(true, |q| q.as_str() != p.as_str()));
+    map.len() != before
 }
 
 fn plans_with_stage(d: &CatalogData, stage: &str) -> Vec<String> {
@@ -399,25 +415,32 @@ pub fn update_plan(d: &mut CatalogData, id: &str, p: PlanPatch) -> Result<UsageP
         }
         plan.api_stages.push(s);
     }
+    let mut set_by_stage: BTreeMap<StageRef, Vec<(String, Throttle)>> = BTreeMap::new();
     for (stage, method, t) in p.set_method_throttles {
         let sr = StageRef::parse(&stage).map_err(|e| Invalid::new("set_method_throttles.stage", e.message))?;
-        let m = MethodPattern::parse(&method).map_err(|e| Invalid::new("set_method_throttles.method", e.0))?;
+        set_by_stage.entry(sr).or_default().push((method, t));
+    }
+    for (sr, throttles) in set_by_stage {
+        let throttles =
+            parse_patterns(throttles).map_err(|e| Invalid::new("set_method_throttles.method", e.message))?;
         let ps = plan
             .api_stages
             .iter_mut()
             .find(|x| x.stage == sr)
             .ok_or_else(|| AdminError::NotFound(format!("usage plan {id:?} does not contain stage {sr}")))?;
-        ps.throttle.insert(m.as_str().to_string(), t);
+        for (m, t) in throttles {
+            set_method(&mut ps.throttle, &m, t);
+        }
     }
     for (stage, method) in p.remove_method_throttles {
         let sr = StageRef::parse(&stage).map_err(|e| Invalid::new("remove_method_throttles.stage", e.message))?;
-        let m = MethodPattern::parse(&method).map_err(|e| Invalid::new("remove_method_throttles.method", e.0))?;
+        let m = MethodPattern::parse(&method).map_err(|e| Invalid::new("remove_method_throttles.method", e.message))?;
         let ps = plan
             .api_stages
             .iter_mut()
             .find(|x| x.stage == sr)
             .ok_or_else(|| AdminError::NotFound(format!("usage plan {id:?} does not contain stage {sr}")))?;
-        if ps.throttle.remove(m.as_str()).is_none() {
+        if !remove_method(&mut ps.throttle, &m) {
             return Err(AdminError::NotFound(format!("usage plan {id:?} has no throttle for {sr} {}", m.as_str())));
         }
     }

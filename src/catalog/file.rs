@@ -34,9 +34,10 @@ use std::path::Path;
 use serde::Deserialize;
 
 use super::{CatalogData, CatalogError, PlanKey};
+use crate::model::method::UniquePatterns;
 use crate::model::{
-    validate_id, validate_key_value, Api, ApiKey, KeyHash, MethodPattern, MethodSetting, PlanStage, Quota, Stage,
-    StageRef, Throttle, UsagePlan,
+    validate_id, validate_key_value, Api, ApiKey, KeyHash, MethodSetting, PlanStage, Quota, Stage, StageRef, Throttle,
+    UsagePlan,
 };
 
 /// An error in a catalog file, with its place.
@@ -76,15 +77,40 @@ impl<'de> Deserialize<'de> for Id {
     }
 }
 
-/// A method pattern checked while the file is read.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-struct Method(String);
+/// Values by method pattern, checked while the file is read: each pattern
+/// put in canonical form, and a second spelling of one pattern an error
+/// raised at that entry, naming both ([`UniquePatterns`]).
+struct Methods<V>(BTreeMap<String, V>);
 
-impl<'de> Deserialize<'de> for Method {
+impl<'de, V: Deserialize<'de>> Deserialize<'de> for Methods<V> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        let p = MethodPattern::parse(&s).map_err(|e| serde::de::Error::custom(e.0))?;
-        Ok(Method(p.as_str().to_string()))
+        struct Visitor<V>(std::marker::PhantomData<V>);
+
+        impl<'de, V: Deserialize<'de>> serde::de::Visitor<'de> for Visitor<V> {
+            type Value = Methods<V>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map from method patterns (like /pets/GET) to their settings")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut unique = UniquePatterns::default();
+                let mut out = BTreeMap::new();
+                while let Some(raw) = map.next_key::<String>()? {
+                    let p = unique.add(&raw).map_err(|e| serde::de::Error::custom(e.message))?;
+                    out.insert(p.as_str().to_string(), map.next_value()?);
+                }
+                Ok(Methods(out))
+            }
+        }
+
+        d.deserialize_map(Visitor(std::marker::PhantomData))
+    }
+}
+
+impl<V> Default for Methods<V> {
+    fn default() -> Self {
+        Self(BTreeMap::new())
     }
 }
 
@@ -161,7 +187,7 @@ struct FileApi {
 struct FileStage {
     name: Id,
     #[serde(default)]
-    methods: BTreeMap<Method, FileMethod>,
+    methods: Methods<FileMethod>,
 }
 
 fn yes() -> bool {
@@ -198,7 +224,7 @@ struct FilePlan {
 struct FilePlanStage {
     stage: VStage,
     #[serde(default)]
-    throttle: BTreeMap<Method, VThrottle>,
+    throttle: Methods<VThrottle>,
 }
 
 #[derive(Deserialize)]
@@ -290,9 +316,10 @@ pub fn parse(file: &str, text: &str, now_ms: u64) -> Result<CatalogData, FileErr
             }
             let methods = s
                 .methods
+                .0
                 .into_iter()
                 .map(|(m, fm)| {
-                    (m.0, MethodSetting { throttle: fm.throttle.map(|t| t.0), api_key_required: fm.api_key_required })
+                    (m, MethodSetting { throttle: fm.throttle.map(|t| t.0), api_key_required: fm.api_key_required })
                 })
                 .collect();
             data.stages.insert(stage.to_string(), Stage { stage, methods });
@@ -313,7 +340,7 @@ pub fn parse(file: &str, text: &str, now_ms: u64) -> Result<CatalogData, FileErr
                 .into_iter()
                 .map(|s| PlanStage {
                     stage: s.stage.0,
-                    throttle: s.throttle.into_iter().map(|(m, t)| (m.0, t.0)).collect(),
+                    throttle: s.throttle.0.into_iter().map(|(m, t)| (m, t.0)).collect(),
                 })
                 .collect(),
             created_at_ms: now_ms,
