@@ -48,14 +48,21 @@ fn not_found(what: &str, id: &str) -> AdminError {
     AdminError::NotFound(format!("{what} {id:?} does not exist"))
 }
 
-fn validate_name(name: &str) -> Result<(), Invalid> {
-    if name.trim().is_empty() || name.chars().count() > 1024 {
-        return Err(Invalid::new("name", "must be 1 to 1024 characters"));
+/// Longest name of a key, plan or API, in characters.
+pub const NAME_MAX_CHARS: usize = 1024;
+/// Longest description of a key or plan, in characters.
+pub const DESCRIPTION_MAX_CHARS: usize = 4096;
+
+/// Checks a name: 1 to [`NAME_MAX_CHARS`] characters, not all blank.
+pub(crate) fn validate_name(name: &str) -> Result<(), Invalid> {
+    if name.trim().is_empty() || name.chars().count() > NAME_MAX_CHARS {
+        return Err(Invalid::new("name", format!("must be 1 to {NAME_MAX_CHARS} characters")));
     }
     Ok(())
 }
 
-fn validate_text(field: &str, s: &str, max: usize) -> Result<(), Invalid> {
+/// Checks a free text field: at most `max` characters.
+pub(crate) fn validate_text(field: &str, s: &str, max: usize) -> Result<(), Invalid> {
     if s.chars().count() > max {
         return Err(Invalid::new(field, format!("must be at most {max} characters")));
     }
@@ -91,7 +98,7 @@ fn unique_id(taken: impl Fn(&str) -> bool) -> String {
 /// Creates a key; returns it and its value (shown once).
 pub fn create_key(d: &mut CatalogData, new: NewKey, now: u64) -> Result<(ApiKey, String), AdminError> {
     validate_name(&new.name)?;
-    validate_text("description", &new.description, 4096)?;
+    validate_text("description", &new.description, DESCRIPTION_MAX_CHARS)?;
     validate_text("customer_id", &new.customer_id, 1024)?;
     let value = match new.value {
         Some(v) => {
@@ -151,7 +158,7 @@ pub fn update_key(d: &mut CatalogData, id: &str, p: KeyPatch, now: u64) -> Resul
         key.name = n;
     }
     if let Some(s) = p.description {
-        validate_text("description", &s, 4096)?;
+        validate_text("description", &s, DESCRIPTION_MAX_CHARS)?;
         key.description = s;
     }
     if let Some(e) = p.enabled {
@@ -336,7 +343,7 @@ pub fn create_plan(d: &mut CatalogData, new: NewPlan, now: u64) -> Result<UsageP
         }
         None => unique_id(|id| d.plans.contains_key(id)),
     };
-    validate_text("description", &new.description, 4096)?;
+    validate_text("description", &new.description, DESCRIPTION_MAX_CHARS)?;
     let plan = UsagePlan {
         id: id.clone(),
         name: new.name,
@@ -392,7 +399,7 @@ pub fn update_plan(d: &mut CatalogData, id: &str, p: PlanPatch) -> Result<UsageP
         plan.name = n;
     }
     if let Some(s) = p.description {
-        validate_text("description", &s, 4096)?;
+        validate_text("description", &s, DESCRIPTION_MAX_CHARS)?;
         plan.description = s;
     }
     if let Some(t) = p.throttle {

@@ -11,9 +11,11 @@
 //! optional. Header names are case-insensitive and in any order; unknown
 //! columns are ignored. A file-level problem (empty, no header, a required
 //! column missing, not UTF-8, too big) fails the whole import; a bad row
-//! becomes a warning naming its line.
+//! becomes a warning naming its line and field. A row is held to the rules
+//! of `CreateApiKey`: `Name` 1 to 1,024 characters, `Description` at most
+//! 4,096, `Key` 30 to 128 of `[A-Za-z0-9]`.
 
-use super::admin::{ImportRow, ImportWarning};
+use super::admin::{validate_name, validate_text, ImportRow, ImportWarning, DESCRIPTION_MAX_CHARS};
 use crate::model::{validate_key_value, Invalid};
 
 /// Largest accepted file, bytes.
@@ -77,8 +79,12 @@ pub fn parse(bytes: &[u8]) -> Result<(Vec<ImportRow>, Vec<ImportWarning>), Inval
         let name = get(Some(name_col));
         let value = get(Some(key_col));
         let mut warn = |m: String| warnings.push(ImportWarning { line, message: m });
-        if name.is_empty() || name.chars().count() > 1024 {
-            warn("Name must be 1 to 1024 characters".into());
+        let description = get(desc_col);
+        let caps = validate_name(name)
+            .map_err(|e| Invalid::new("Name", e.message))
+            .and_then(|()| validate_text("Description", description, DESCRIPTION_MAX_CHARS));
+        if let Err(e) = caps {
+            warn(e.to_string());
             continue;
         }
         if let Err(e) = validate_key_value("Key", value) {
@@ -100,7 +106,7 @@ pub fn parse(bytes: &[u8]) -> Result<(Vec<ImportRow>, Vec<ImportWarning>), Inval
             line,
             name: name.to_string(),
             value: value.to_string(),
-            description: get(desc_col).to_string(),
+            description: description.to_string(),
             enabled,
             plan_ids,
         });
@@ -111,6 +117,8 @@ pub fn parse(bytes: &[u8]) -> Result<(Vec<ImportRow>, Vec<ImportWarning>), Inval
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::catalog::admin::import_keys;
+    use crate::catalog::CatalogData;
 
     #[test]
     fn api_gateway_sample() {
@@ -144,5 +152,31 @@ mod tests {
         assert!(w[0].message.contains("Enabled"));
         let big = vec![b'a'; MAX_CSV_BYTES + 1];
         assert!(parse(&big).unwrap_err().message.contains("MiB"));
+    }
+
+    /// Defect 7: Description was not capped at all (CreateApiKey caps it at
+    /// 4,096 characters); Name is held to CreateApiKey's rule too.
+    #[test]
+    fn rows_over_the_caps_are_warnings_naming_line_and_field() {
+        let key = |i: u32| format!("apikeyuniqueForMyFirstApiKey{i:03}");
+        let csv = format!(
+            "Name,Key,Description\nok,{},{}\n{},{},d\nlong,{},{}\n",
+            key(1),
+            "d".repeat(4096),
+            "n".repeat(1025),
+            key(2),
+            key(3),
+            "\u{e9}".repeat(4097)
+        );
+        let (rows, w) = parse(csv.as_bytes()).unwrap();
+        assert_eq!(rows.iter().map(|r| r.line).collect::<Vec<_>>(), vec![2]);
+        assert_eq!(w.iter().map(|w| w.line).collect::<Vec<_>>(), vec![3, 4]);
+        assert!(w[0].message.starts_with("Name: "), "{:?}", w[0]);
+        assert!(w[1].message.starts_with("Description: ") && w[1].message.contains("4096"), "{:?}", w[1]);
+
+        let e = import_keys(&mut CatalogData::default(), rows.clone(), w.clone(), true, 1).unwrap_err();
+        assert!(e.to_string().contains("line 4: Description"), "{e}");
+        let (ids, warnings) = import_keys(&mut CatalogData::default(), rows, w, false, 1).unwrap();
+        assert_eq!((ids.len(), warnings.len()), (1, 2));
     }
 }
