@@ -709,3 +709,88 @@ pub fn apply_bootstrap(d: &mut CatalogData, file: &CatalogData, now: u64) -> Res
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod method_spelling_tests {
+    //! Method patterns through the control plane: two spellings of one
+    //! pattern in one change are an error naming both; a change replaces
+    //! an older spelling stored before patterns were canonical.
+
+    use super::*;
+    use crate::catalog::Catalog;
+
+    fn setting(api_key_required: bool) -> MethodSetting {
+        MethodSetting { throttle: None, api_key_required }
+    }
+
+    fn with_stage(methods: &[(&str, bool)]) -> CatalogData {
+        let mut d = CatalogData::default();
+        let m = methods.iter().map(|(m, k)| (m.to_string(), setting(*k))).collect();
+        put_stage(&mut d, "shop/prod", None, Vec::new(), Vec::new()).unwrap();
+        d.stages.get_mut("shop/prod").unwrap().methods = m;
+        d
+    }
+
+    fn invalid(e: AdminError) -> Invalid {
+        match e {
+            AdminError::Invalid(i) => i,
+            other => panic!("not INVALID_ARGUMENT: {other}"),
+        }
+    }
+
+    #[test]
+    fn two_spellings_in_one_put_stage_are_an_error_naming_both() {
+        let mut d = with_stage(&[]);
+        let methods = vec![("/a/GET".to_string(), setting(true)), ("/a//get".to_string(), setting(false))];
+        let e = invalid(put_stage(&mut d, "shop/prod", None, methods, Vec::new()).unwrap_err());
+        assert_eq!(e.field, "methods.method");
+        assert!(e.message.contains("\"/a//get\" and \"/a/GET\""), "{e}");
+    }
+
+    #[test]
+    fn put_stage_stores_the_canonical_form_in_place_of_an_older_spelling() {
+        let mut d = with_stage(&[("/pets//GET", true), ("/other/GET", true)]);
+        let st = put_stage(&mut d, "shop/prod", None, vec![("/pets/get".into(), setting(false))], Vec::new()).unwrap();
+        let keys: Vec<&str> = st.methods.keys().map(String::as_str).collect();
+        assert_eq!(keys, ["/other/GET", "/pets/GET"]);
+        assert!(!st.methods["/pets/GET"].api_key_required);
+        Catalog::compile(d.clone()).unwrap();
+
+        let mut d = with_stage(&[("/pets//GET", true)]);
+        let st = put_stage(&mut d, "shop/prod", None, Vec::new(), vec!["/pets/GET".into()]).unwrap();
+        assert!(st.methods.is_empty(), "{:?}", st.methods);
+    }
+
+    #[test]
+    fn a_stored_stage_with_two_spellings_of_one_pattern_does_not_compile() {
+        let d = with_stage(&[("/pets//GET", true), ("/pets/GET", false)]);
+        let e = Catalog::compile(d).unwrap_err();
+        assert!(e.to_string().contains("\"/pets/GET\" and \"/pets//GET\""), "{e}");
+    }
+
+    #[test]
+    fn plan_method_throttles_two_spellings_are_an_error_and_one_replaces_the_older() {
+        let mut d = with_stage(&[]);
+        let t = |b| Throttle { rate_limit: 1.0, burst_limit: b };
+        let mut stage = PlanStage { stage: StageRef::parse("shop/prod").unwrap(), throttle: BTreeMap::new() };
+        stage.throttle.insert("/pets//GET".into(), t(1));
+        let new = NewPlan { id: Some("p".into()), name: "P".into(), api_stages: vec![stage], ..Default::default() };
+        d.plans.insert("p".into(), create_plan(&mut d.clone(), new, 1).unwrap());
+
+        let patch = |ms: &[&str]| PlanPatch {
+            set_method_throttles: ms.iter().map(|m| ("shop/prod".to_string(), m.to_string(), t(2))).collect(),
+            ..Default::default()
+        };
+        let e = invalid(update_plan(&mut d.clone(), "p", patch(&["/a/GET", "//a/GET"])).unwrap_err());
+        assert!(e.message.contains("\"//a/GET\" and \"/a/GET\""), "{e}");
+
+        let plan = update_plan(&mut d, "p", patch(&["/pets/GET"])).unwrap();
+        let keys: Vec<&str> = plan.api_stages[0].throttle.keys().map(String::as_str).collect();
+        assert_eq!(keys, ["/pets/GET"]);
+        let remove = PlanPatch {
+            remove_method_throttles: vec![("shop/prod".into(), "//pets/get".into())],
+            ..Default::default()
+        };
+        assert!(update_plan(&mut d, "p", remove).unwrap().api_stages[0].throttle.is_empty());
+    }
+}
