@@ -27,7 +27,9 @@
 //! | `P{cat}:plan_keys` | set of `PLAN/KEY` | subscriptions |
 //! | `P{cat}:changes` | pub/sub channel | the new version, after each change |
 //!
-//! `P` is the configurable prefix (default `tg:`).
+//! `P` is the configurable prefix (default `tg:`). `METHOD` is the matched
+//! pattern's canonical text (docs/semantics.md, "Canonical method form"), so
+//! every spelling of a method counts in one bucket.
 
 use crate::calendar::Date;
 use crate::model::StageRef;
