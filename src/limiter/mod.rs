@@ -121,8 +121,8 @@ impl Decision {
 ///
 /// `M` is the method: by default `&str` (any `AsRef<str>` will do), as the
 /// client wrote it (`/path/VERB`, canonicalised by [`Limiter::authorize`]);
-/// or `&CanonicalMethod`, already
-/// canonical ([`Limiter::authorize_canonical`], for the Envoy services, which
+/// or `&CanonicalMethod`, already canonical
+/// ([`Limiter::authorize_canonical`], for the Envoy services, which
 /// canonicalise an HTTP request's path and method themselves).
 #[derive(Debug, Clone, Copy)]
 pub struct Request<'a, M = &'a str> {

@@ -15,7 +15,7 @@
 //! [`canonical_request`] (an HTTP request's path and method, as Envoy gives
 //! them). Every lookup and every Redis key uses only that form, and the
 //! literal segments of patterns go through the same segment rule
-//! ([`push_segment`]), so that two spellings of one resource can never get
+//! (`push_segment`), so that two spellings of one resource can never get
 //! different settings. In short: empty segments are dropped, `%XX` escapes
 //! are decoded and every segment re-encoded one way (RFC 3986 unreserved
 //! characters, sub-delims, `:` and `@` as themselves, every other byte as
@@ -37,8 +37,9 @@ use std::fmt;
 pub const MAX_METHOD_LEN: usize = 2048;
 
 /// Longest path (query and fragment dropped) or method accepted before
-/// decoding, in bytes: a canonical byte comes from at most three (`%XX`), so
-/// anything longer is refused as too long before any work is done on it.
+/// decoding, in bytes. A canonical byte comes from at most three (`%XX`), so
+/// only padding (runs of `/`) could make a longer input fit; it is refused
+/// as too long before any work is done on it, which bounds the work.
 pub const MAX_RAW_METHOD_LEN: usize = 3 * MAX_METHOD_LEN;
 
 /// Longest HTTP method, in letters.
@@ -55,8 +56,8 @@ pub enum MethodErrorKind {
 }
 
 /// Why a method or a pattern is not acceptable, in words a person can act
-/// on. The message starts with the offending input, quoted (cut at 64
-/// characters); the caller puts the field's name in front.
+/// on. The message quotes the offending input (cut at 64 characters) and
+/// says what would be right; the caller puts the field's name in front.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct MethodError {
@@ -223,7 +224,7 @@ impl SegmentError {
         let why = match self {
             SegmentError::Escape => "has a malformed percent-escape (% must be followed by two hex digits; write a % itself as %25)",
             SegmentError::EncodedSlash => "has an encoded slash (%2F) or backslash (%5C), which cannot be canonicalised: upstreams disagree on whether it separates path segments",
-            SegmentError::Backslash => "contains a backslash, which some upstreams read as a slash; write it as %5C only if no upstream does",
+            SegmentError::Backslash => "contains a backslash, which some upstreams read as a slash, so it cannot be canonicalised (nor can %5C)",
             SegmentError::Control => "contains a control character (raw or percent-encoded)",
             SegmentError::Space => "contains a space; write it as %20",
             SegmentError::QueryOrFragment => "contains '?' or '#' in a path segment; write them as %3F and %23",
