@@ -280,6 +280,23 @@ async fn validation_errors_name_the_field() {
         Code::InvalidArgument,
         "method",
     );
+    // Two spellings of one method pattern in one change: an error naming both.
+    let twice =
+        |a: &str, b: &str| [a, b].map(|m| pb::MethodSetting { method: m.into(), ..Default::default() }).to_vec();
+    assert_status(
+        a.put_stage(pb::PutStageRequest {
+            stage: "shop/prod".into(),
+            methods: twice("/items/GET", "/items//get"),
+            ..Default::default()
+        })
+        .await,
+        Code::InvalidArgument,
+        "same method pattern",
+    );
+    let mut spelled_twice = plan(None, None);
+    spelled_twice.api_stages[0].throttle =
+        ["/items/GET", "//items/GET"].map(|m| (m.to_string(), pb::Throttle { rate_limit: 1.0, burst_limit: 1 })).into();
+    assert_status(a.create_usage_plan(spelled_twice).await, Code::InvalidArgument, "same method pattern");
     assert_status(
         a.list_api_keys(pb::ListApiKeysRequest { page_size: 501, ..Default::default() }).await,
         Code::InvalidArgument,

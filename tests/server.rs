@@ -29,7 +29,9 @@ async fn bad_input_is_invalid_argument_naming_the_field() {
         (Some(DEMO_KEY), "petstore", "/pets/GET", None, "stage"),
         (Some(DEMO_KEY), "petstore/prod", "pets/GET", None, "method"),
         (Some(DEMO_KEY), "petstore/prod", "", None, "method"),
-        (Some(DEMO_KEY), "petstore/prod", "/pets/get", None, "method"),
+        (Some(DEMO_KEY), "petstore/prod", "/pets/G3T", None, "method"),
+        (Some(DEMO_KEY), "petstore/prod", "/pets%2F/GET", None, "method"),
+        (Some(DEMO_KEY), "petstore/prod", "/pets?x=1/GET", None, "method"),
         (Some(DEMO_KEY), "petstore/prod", "/pets/GET", Some(0), "cost"),
         (Some(DEMO_KEY), "petstore/prod", "/pets/GET", Some(1_000_001), "cost"),
     ];

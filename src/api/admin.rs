@@ -178,10 +178,11 @@ fn plan_to(p: &UsagePlan) -> pb::UsagePlan {
 fn plan_stage_from(i: usize, s: &pb::PlanStage) -> Result<PlanStage, Invalid> {
     let stage = StageRef::parse(&s.stage).map_err(|e| e.within(&format!("api_stages[{i}]")))?;
     let mut throttle = std::collections::BTreeMap::new();
-    for (m, t) in &s.throttle {
-        let p = crate::model::MethodPattern::parse(m)
-            .map_err(|e| Invalid::new(format!("api_stages[{i}].throttle"), e.0))?;
-        throttle.insert(p.as_str().to_string(), throttle_from(&format!("api_stages[{i}].throttle[{m}]"), t)?);
+    let patterns = crate::model::method::parse_patterns(s.throttle.iter())
+        .map_err(|e| Invalid::new(format!("api_stages[{i}].throttle"), e.message))?;
+    for (p, t) in patterns {
+        let field = format!("api_stages[{i}].throttle[{}]", p.as_str());
+        throttle.insert(p.as_str().to_string(), throttle_from(&field, t)?);
     }
     Ok(PlanStage { stage, throttle })
 }

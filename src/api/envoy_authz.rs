@@ -7,8 +7,8 @@
 //!   `x-api-key`); a value that cannot be a key counts as no key;
 //! - the stage from the route's `context_extensions["stage"]`, else
 //!   `--default-stage`;
-//! - the method from the path (query dropped, normalised) and the HTTP
-//!   method (`super::envoy_http`).
+//! - the method from the path and the HTTP method, in canonical form
+//!   (`super::envoy_http::request_method`).
 //!
 //! To Envoy, always a `CheckResponse`, except when the store cannot decide:
 //! - allowed: status OK; `x-tollgate-key-id` / `x-tollgate-plan-id` set on
@@ -96,9 +96,9 @@ impl EnvoyAuthzService {
         };
         let api_key = presented_key(header(http, &self.options.api_key_header));
         let question = crate::limiter::Request { api_key, stage, method: &method, cost: 1 };
-        match self.limiter.authorize(question).await {
+        match self.limiter.authorize_canonical(question).await {
             Ok(d) => {
-                tracing::debug!(stage, method, reason = d.reason.as_str(), "ext_authz");
+                tracing::debug!(stage, method = method.as_str(), reason = d.reason.as_str(), "ext_authz");
                 Ok(if d.allowed { self.allowed(&d) } else { denied(d.reason, Some(&d)) })
             }
             Err(AuthorizeError::Invalid(i)) => Ok(invalid(&i)),

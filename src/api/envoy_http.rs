@@ -8,30 +8,29 @@
 //! - [`rate_limit_headers`], [`retry_after_secs`], [`json_message`]: the
 //!   answer's headers and body (docs/envoy.md, "Headers").
 //!
-//! # Paths
+//! # Paths and HTTP methods
 //!
 //! Envoy may or may not normalise the path (`normalize_path`,
-//! `merge_slashes`: both off by default), so tollgate does its own,
-//! stricter normalisation before matching, so that no spelling of a path can
-//! slip past the limits of the method it really names:
-//! - the query string and fragment are dropped;
-//! - percent-encoded unreserved characters (`A-Z a-z 0-9 - . _ ~`) are
-//!   decoded (RFC 3986, 6.2.2.2), other escapes are kept with upper-case hex;
-//! - empty segments are dropped (`//` and a trailing `/`);
-//! - a `.` or `..` segment, also percent-encoded, a malformed escape, a space,
-//!   a control character or a path not starting with `/` is a 400;
-//! - a method longer than [`MAX_METHOD_LEN`] bytes is a 414.
-//!
-//! # HTTP methods
+//! `merge_slashes`: both off by default), so the path and the HTTP method go
+//! through tollgate's one canonicaliser, the same as the native API's
+//! methods ([`crate::model::method`], docs/semantics.md "Canonical method
+//! form"), after the query string and fragment are dropped: no spelling of a
+//! path can slip past the limits of the method it really names. What it
+//! refuses is a 400 `Bad Request`; a method over
+//! [`MAX_METHOD_LEN`](crate::model::method::MAX_METHOD_LEN) bytes in
+//! canonical form, or a path over
+//! [`MAX_RAW_METHOD_LEN`](crate::model::method::MAX_RAW_METHOD_LEN) bytes as
+//! sent, is a 414 `URI Too Long`.
 //!
 //! HTTP/1.1 Envoy rejects a lower-case method itself (400), HTTP/2 passes it
-//! verbatim. tollgate upper-cases a method of 1–16 ASCII letters, so `get`
-//! is limited as `GET` (an upstream that accepts `get` cannot be used to
-//! dodge the limits of `GET`); anything else (`M-SEARCH`, digits) is a 400.
+//! verbatim. The canonical form upper-cases a method of 1–16 ASCII letters,
+//! so `get` is limited as `GET` (an upstream that accepts `get` cannot be
+//! used to dodge the limits of `GET`); anything else (`M-SEARCH`, digits) is
+//! a 400.
 
 use crate::config::Settings;
 use crate::limiter::{LimitKind, RateInfo};
-use crate::model::method::MAX_METHOD_LEN;
+use crate::model::method::{canonical_request, CanonicalMethod, MethodErrorKind};
 use crate::model::{Invalid, KEY_VALUE_MAX};
 
 /// The settings both Envoy services read (from [`Settings`]).
@@ -79,7 +78,8 @@ impl Default for EnvoyOptions {
 pub enum BadRequest {
     /// Malformed path or HTTP method: 400 `Bad Request`.
     Malformed,
-    /// The method string would be longer than [`MAX_METHOD_LEN`]: 414.
+    /// The method would be longer than
+    /// [`MAX_METHOD_LEN`](crate::model::method::MAX_METHOD_LEN) bytes: 414.
     TooLong,
 }
 
@@ -101,91 +101,21 @@ impl BadRequest {
     }
 }
 
-fn hex_val(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
-}
-
-const HEX: &[u8; 16] = b"0123456789ABCDEF";
-
-fn is_unreserved(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
-}
-
-/// The canonical form of a request path (see the module docs): `/` or
-/// `/seg/seg`, with no query, no empty segment and no dot segment.
-pub fn normalize_path(raw: &str) -> Result<String, BadRequest> {
-    let end = raw.find(['?', '#']).unwrap_or(raw.len());
-    let raw = &raw[..end];
-    if !raw.starts_with('/') {
-        return Err(BadRequest::Malformed);
-    }
-    if raw.len() > 3 * MAX_METHOD_LEN {
-        return Err(BadRequest::TooLong);
-    }
-    let mut out = String::with_capacity(raw.len());
-    for seg in raw.split('/').filter(|s| !s.is_empty()) {
-        let start = out.len();
-        out.push('/');
-        let bytes = seg.as_bytes();
-        let mut chars = seg.char_indices();
-        while let Some((i, c)) = chars.next() {
-            if c == '%' {
-                let hi = bytes.get(i + 1).copied().and_then(hex_val);
-                let lo = bytes.get(i + 2).copied().and_then(hex_val);
-                let (Some(hi), Some(lo)) = (hi, lo) else {
-                    return Err(BadRequest::Malformed);
-                };
-                // The two hex digits are ASCII: one char each.
-                chars.next();
-                chars.next();
-                let v = hi * 16 + lo;
-                if is_unreserved(v) {
-                    out.push(char::from(v));
-                } else {
-                    out.push('%');
-                    out.push(char::from(HEX[usize::from(hi)]));
-                    out.push(char::from(HEX[usize::from(lo)]));
-                }
-            } else if c.is_control() || c == ' ' || c == '\\' {
-                return Err(BadRequest::Malformed);
-            } else {
-                out.push(c);
-            }
-        }
-        let written = &out[start + 1..];
-        if written == "." || written == ".." {
-            return Err(BadRequest::Malformed);
+impl From<MethodErrorKind> for BadRequest {
+    fn from(k: MethodErrorKind) -> Self {
+        match k {
+            MethodErrorKind::Malformed => BadRequest::Malformed,
+            MethodErrorKind::TooLong => BadRequest::TooLong,
         }
     }
-    if out.is_empty() {
-        out.push('/');
-    }
-    Ok(out)
 }
 
-/// The HTTP method upper-cased, if it is 1–16 ASCII letters.
-pub fn normalize_verb(raw: &str) -> Result<String, BadRequest> {
-    if raw.is_empty() || raw.len() > 16 || !raw.bytes().all(|b| b.is_ascii_alphabetic()) {
-        return Err(BadRequest::Malformed);
-    }
-    Ok(raw.to_ascii_uppercase())
-}
-
-/// tollgate's method string for a request: the normalised path, a slash, and
-/// the upper-cased HTTP method (`/pets/42/GET`; the root is `//GET`).
-pub fn request_method(path: &str, verb: &str) -> Result<String, BadRequest> {
-    let verb = normalize_verb(verb)?;
-    let path = normalize_path(path)?;
-    let method = format!("{path}/{verb}");
-    if method.len() > MAX_METHOD_LEN {
-        return Err(BadRequest::TooLong);
-    }
-    Ok(method)
+/// tollgate's method for an HTTP request: its path (query and fragment
+/// dropped) and HTTP method in canonical form ([`canonical_request`],
+/// docs/semantics.md "Canonical method form"): `/pets/42/GET`, the root
+/// `//GET`.
+pub fn request_method(path: &str, verb: &str) -> Result<CanonicalMethod, BadRequest> {
+    canonical_request(path, verb).map_err(|e| e.kind.into())
 }
 
 /// The presented API key, if the header's value can be a key at all:
@@ -246,19 +176,24 @@ pub fn json_message(message: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::method::MAX_METHOD_LEN;
+
+    fn method(path: &str, verb: &str) -> String {
+        request_method(path, verb).unwrap().as_str().to_string()
+    }
 
     #[test]
     fn methods_from_requests() {
-        assert_eq!(request_method("/pets", "GET").unwrap(), "/pets/GET");
-        assert_eq!(request_method("/pets/42?limit=5&x=/y", "GET").unwrap(), "/pets/42/GET");
-        assert_eq!(request_method("/pets/42#frag", "get").unwrap(), "/pets/42/GET");
-        assert_eq!(request_method("/", "GET").unwrap(), "//GET");
-        assert_eq!(request_method("/?q=1", "POST").unwrap(), "//POST");
-        assert_eq!(request_method("//pets///42/", "GET").unwrap(), "/pets/42/GET");
-        assert_eq!(request_method("/p%65ts/%34%32", "GET").unwrap(), "/pets/42/GET");
-        assert_eq!(request_method("/a%2fb/c%7e", "GET").unwrap(), "/a%2Fb/c~/GET");
-        assert_eq!(request_method("/files/my%20doc", "PUT").unwrap(), "/files/my%20doc/PUT");
-        assert_eq!(request_method("/caf\u{e9}", "GET").unwrap(), "/caf\u{e9}/GET");
+        assert_eq!(method("/pets", "GET"), "/pets/GET");
+        assert_eq!(method("/pets/42?limit=5&x=/y", "GET"), "/pets/42/GET");
+        assert_eq!(method("/pets/42#frag", "get"), "/pets/42/GET");
+        assert_eq!(method("/", "GET"), "//GET");
+        assert_eq!(method("/?q=1", "POST"), "//POST");
+        assert_eq!(method("//pets///42/", "GET"), "/pets/42/GET");
+        assert_eq!(method("/p%65ts/%34%32", "GET"), "/pets/42/GET");
+        assert_eq!(method("/a%2cb/c%7e", "GET"), "/a,b/c~/GET");
+        assert_eq!(method("/files/my%20doc", "PUT"), "/files/my%20doc/PUT");
+        assert_eq!(method("/caf\u{e9}", "GET"), "/caf%C3%A9/GET");
     }
 
     #[test]
@@ -274,6 +209,8 @@ mod tests {
             ("/pets/a b", "GET"),
             ("/pets/a\tb", "GET"),
             ("/pets\\..\\x", "GET"),
+            ("/a%2fb", "GET"),
+            ("/a%5Cb", "GET"),
             ("pets", "GET"),
             ("", "GET"),
             ("*", "OPTIONS"),

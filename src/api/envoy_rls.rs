@@ -121,8 +121,10 @@ impl EnvoyRlsService {
                         "descriptor entry `method` is Envoy's format string itself: set the runtime flag envoy.reloadable_features.enable_formatter_for_ratelimit_action_descriptor_value to true (docs/envoy.md)",
                     ));
                 }
-                // "<path>/<VERB>": split at the last slash, then normalise
-                // both halves as ext_authz does.
+                // "<path>/<VERB>", built by Envoy from the request's path:
+                // split at the last slash, then canonicalise both halves as
+                // ext_authz does (a query string, with `%PATH%` instead of
+                // `%PATH(NQ:PATH)%`, is dropped).
                 match m.rfind('/') {
                     Some(i) => request_method(&m[..i], &m[i + 1..]),
                     None => Err(BadRequest::Malformed),
@@ -144,9 +146,9 @@ impl EnvoyRlsService {
             _ => default_cost,
         };
         let question = crate::limiter::Request { api_key: presented_key(api_key), stage, method: &method, cost };
-        match self.limiter.authorize(question).await {
+        match self.limiter.authorize_canonical(question).await {
             Ok(dec) => {
-                tracing::debug!(stage, method, reason = dec.reason.as_str(), "RLS");
+                tracing::debug!(stage, method = method.as_str(), reason = dec.reason.as_str(), "RLS");
                 Ok(Outcome::Decided(dec))
             }
             Err(AuthorizeError::Invalid(i)) => {

@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use super::{CatalogData, CatalogError, OldValue, PlanKey};
+use crate::model::method::parse_patterns;
 use crate::model::{
     generate_id, generate_key_value, validate_id, validate_key_value, value_hint, Api, ApiKey, Invalid, KeyHash,
     MethodPattern, MethodSetting, PlanStage, Quota, Stage, StageRef, Throttle, UsagePlan,
@@ -47,14 +48,21 @@ fn not_found(what: &str, id: &str) -> AdminError {
     AdminError::NotFound(format!("{what} {id:?} does not exist"))
 }
 
-fn validate_name(name: &str) -> Result<(), Invalid> {
-    if name.trim().is_empty() || name.chars().count() > 1024 {
-        return Err(Invalid::new("name", "must be 1 to 1024 characters"));
+/// Longest name of a key, plan or API, in characters.
+pub const NAME_MAX_CHARS: usize = 1024;
+/// Longest description of a key or plan, in characters.
+pub const DESCRIPTION_MAX_CHARS: usize = 4096;
+
+/// Checks a name: 1 to [`NAME_MAX_CHARS`] characters, not all blank.
+pub(crate) fn validate_name(name: &str) -> Result<(), Invalid> {
+    if name.trim().is_empty() || name.chars().count() > NAME_MAX_CHARS {
+        return Err(Invalid::new("name", format!("must be 1 to {NAME_MAX_CHARS} characters")));
     }
     Ok(())
 }
 
-fn validate_text(field: &str, s: &str, max: usize) -> Result<(), Invalid> {
+/// Checks a free text field: at most `max` characters.
+pub(crate) fn validate_text(field: &str, s: &str, max: usize) -> Result<(), Invalid> {
     if s.chars().count() > max {
         return Err(Invalid::new(field, format!("must be at most {max} characters")));
     }
@@ -90,7 +98,7 @@ fn unique_id(taken: impl Fn(&str) -> bool) -> String {
 /// Creates a key; returns it and its value (shown once).
 pub fn create_key(d: &mut CatalogData, new: NewKey, now: u64) -> Result<(ApiKey, String), AdminError> {
     validate_name(&new.name)?;
-    validate_text("description", &new.description, 4096)?;
+    validate_text("description", &new.description, DESCRIPTION_MAX_CHARS)?;
     validate_text("customer_id", &new.customer_id, 1024)?;
     let value = match new.value {
         Some(v) => {
@@ -150,7 +158,7 @@ pub fn update_key(d: &mut CatalogData, id: &str, p: KeyPatch, now: u64) -> Resul
         key.name = n;
     }
     if let Some(s) = p.description {
-        validate_text("description", &s, 4096)?;
+        validate_text("description", &s, DESCRIPTION_MAX_CHARS)?;
         key.description = s;
     }
     if let Some(e) = p.enabled {
@@ -229,19 +237,34 @@ pub fn put_stage(
     }
     let st = d.stages.entry(sr.to_string()).or_insert_with(|| Stage { stage: sr.clone(), methods: BTreeMap::new() });
     for m in remove {
-        let p = MethodPattern::parse(&m).map_err(|e| Invalid::new("remove_methods", e.0))?;
-        if st.methods.remove(p.as_str()).is_none() {
+        let p = MethodPattern::parse(&m).map_err(|e| Invalid::new("remove_methods", e.message))?;
+        if !remove_method(&mut st.methods, &p) {
             return Err(AdminError::NotFound(format!("stage {sr} has no settings for method {:?}", p.as_str())));
         }
     }
-    for (m, setting) in methods {
-        let p = MethodPattern::parse(&m).map_err(|e| Invalid::new("methods.method", e.0))?;
+    let methods = parse_patterns(methods).map_err(|e| Invalid::new("methods.method", e.message))?;
+    for (p, setting) in methods {
         if let Some(t) = &setting.throttle {
             t.validate().map_err(|e| e.within("methods.throttle"))?;
         }
-        st.methods.insert(p.as_str().to_string(), setting);
+        set_method(&mut st.methods, &p, setting);
     }
     Ok(st.clone())
+}
+
+/// Sets `value` for pattern `p` in `map` (keyed by canonical pattern text),
+/// in place of any other spelling of it stored before (a record written
+/// before patterns were canonical may hold one).
+fn set_method<V>(map: &mut BTreeMap<String, V>, p: &MethodPattern, value: V) {
+    remove_method(map, p);
+    map.insert(p.as_str().to_string(), value);
+}
+
+/// Removes every spelling of pattern `p` from `map`; whether there was one.
+fn remove_method<V>(map: &mut BTreeMap<String, V>, p: &MethodPattern) -> bool {
+    let before = map.len();
+    map.retain(|k, _| MethodPattern::parse(k).map_or(true, |q| q.as_str() != p.as_str()));
+    map.len() != before
 }
 
 fn plans_with_stage(d: &CatalogData, stage: &str) -> Vec<String> {
@@ -320,7 +343,7 @@ pub fn create_plan(d: &mut CatalogData, new: NewPlan, now: u64) -> Result<UsageP
         }
         None => unique_id(|id| d.plans.contains_key(id)),
     };
-    validate_text("description", &new.description, 4096)?;
+    validate_text("description", &new.description, DESCRIPTION_MAX_CHARS)?;
     let plan = UsagePlan {
         id: id.clone(),
         name: new.name,
@@ -376,7 +399,7 @@ pub fn update_plan(d: &mut CatalogData, id: &str, p: PlanPatch) -> Result<UsageP
         plan.name = n;
     }
     if let Some(s) = p.description {
-        validate_text("description", &s, 4096)?;
+        validate_text("description", &s, DESCRIPTION_MAX_CHARS)?;
         plan.description = s;
     }
     if let Some(t) = p.throttle {
@@ -399,25 +422,32 @@ pub fn update_plan(d: &mut CatalogData, id: &str, p: PlanPatch) -> Result<UsageP
         }
         plan.api_stages.push(s);
     }
+    let mut set_by_stage: BTreeMap<StageRef, Vec<(String, Throttle)>> = BTreeMap::new();
     for (stage, method, t) in p.set_method_throttles {
         let sr = StageRef::parse(&stage).map_err(|e| Invalid::new("set_method_throttles.stage", e.message))?;
-        let m = MethodPattern::parse(&method).map_err(|e| Invalid::new("set_method_throttles.method", e.0))?;
+        set_by_stage.entry(sr).or_default().push((method, t));
+    }
+    for (sr, throttles) in set_by_stage {
+        let throttles =
+            parse_patterns(throttles).map_err(|e| Invalid::new("set_method_throttles.method", e.message))?;
         let ps = plan
             .api_stages
             .iter_mut()
             .find(|x| x.stage == sr)
             .ok_or_else(|| AdminError::NotFound(format!("usage plan {id:?} does not contain stage {sr}")))?;
-        ps.throttle.insert(m.as_str().to_string(), t);
+        for (m, t) in throttles {
+            set_method(&mut ps.throttle, &m, t);
+        }
     }
     for (stage, method) in p.remove_method_throttles {
         let sr = StageRef::parse(&stage).map_err(|e| Invalid::new("remove_method_throttles.stage", e.message))?;
-        let m = MethodPattern::parse(&method).map_err(|e| Invalid::new("remove_method_throttles.method", e.0))?;
+        let m = MethodPattern::parse(&method).map_err(|e| Invalid::new("remove_method_throttles.method", e.message))?;
         let ps = plan
             .api_stages
             .iter_mut()
             .find(|x| x.stage == sr)
             .ok_or_else(|| AdminError::NotFound(format!("usage plan {id:?} does not contain stage {sr}")))?;
-        if ps.throttle.remove(m.as_str()).is_none() {
+        if !remove_method(&mut ps.throttle, &m) {
             return Err(AdminError::NotFound(format!("usage plan {id:?} has no throttle for {sr} {}", m.as_str())));
         }
     }
@@ -622,4 +652,89 @@ pub fn page<T: Clone>(
     }
     let next = if more { last.map(|l| hex::encode(l.as_bytes())).unwrap_or_default() } else { String::new() };
     Ok((out, next))
+}
+
+#[cfg(test)]
+mod method_spelling_tests {
+    //! Method patterns through the control plane: two spellings of one
+    //! pattern in one change are an error naming both; a change replaces
+    //! an older spelling stored before patterns were canonical.
+
+    use super::*;
+    use crate::catalog::Catalog;
+
+    fn setting(api_key_required: bool) -> MethodSetting {
+        MethodSetting { throttle: None, api_key_required }
+    }
+
+    fn with_stage(methods: &[(&str, bool)]) -> CatalogData {
+        let mut d = CatalogData::default();
+        let m = methods.iter().map(|(m, k)| (m.to_string(), setting(*k))).collect();
+        put_stage(&mut d, "shop/prod", None, Vec::new(), Vec::new()).unwrap();
+        d.stages.get_mut("shop/prod").unwrap().methods = m;
+        d
+    }
+
+    fn invalid(e: AdminError) -> Invalid {
+        match e {
+            AdminError::Invalid(i) => i,
+            other => panic!("not INVALID_ARGUMENT: {other}"),
+        }
+    }
+
+    #[test]
+    fn two_spellings_in_one_put_stage_are_an_error_naming_both() {
+        let mut d = with_stage(&[]);
+        let methods = vec![("/a/GET".to_string(), setting(true)), ("/a//get".to_string(), setting(false))];
+        let e = invalid(put_stage(&mut d, "shop/prod", None, methods, Vec::new()).unwrap_err());
+        assert_eq!(e.field, "methods.method");
+        assert!(e.message.contains("\"/a//get\" and \"/a/GET\""), "{e}");
+    }
+
+    #[test]
+    fn put_stage_stores_the_canonical_form_in_place_of_an_older_spelling() {
+        let mut d = with_stage(&[("/pets//GET", true), ("/other/GET", true)]);
+        let st = put_stage(&mut d, "shop/prod", None, vec![("/pets/get".into(), setting(false))], Vec::new()).unwrap();
+        let keys: Vec<&str> = st.methods.keys().map(String::as_str).collect();
+        assert_eq!(keys, ["/other/GET", "/pets/GET"]);
+        assert!(!st.methods["/pets/GET"].api_key_required);
+        Catalog::compile(d.clone()).unwrap();
+
+        let mut d = with_stage(&[("/pets//GET", true)]);
+        let st = put_stage(&mut d, "shop/prod", None, Vec::new(), vec!["/pets/GET".into()]).unwrap();
+        assert!(st.methods.is_empty(), "{:?}", st.methods);
+    }
+
+    #[test]
+    fn a_stored_stage_with_two_spellings_of_one_pattern_does_not_compile() {
+        let d = with_stage(&[("/pets//GET", true), ("/pets/GET", false)]);
+        let e = Catalog::compile(d).unwrap_err();
+        assert!(e.to_string().contains("\"/pets/GET\" and \"/pets//GET\""), "{e}");
+    }
+
+    #[test]
+    fn plan_method_throttles_two_spellings_are_an_error_and_one_replaces_the_older() {
+        let mut d = with_stage(&[]);
+        let t = |b| Throttle { rate_limit: 1.0, burst_limit: b };
+        let mut stage = PlanStage { stage: StageRef::parse("shop/prod").unwrap(), throttle: BTreeMap::new() };
+        stage.throttle.insert("/pets//GET".into(), t(1));
+        let new = NewPlan { id: Some("p".into()), name: "P".into(), api_stages: vec![stage], ..Default::default() };
+        d.plans.insert("p".into(), create_plan(&mut d.clone(), new, 1).unwrap());
+
+        let patch = |ms: &[&str]| PlanPatch {
+            set_method_throttles: ms.iter().map(|m| ("shop/prod".to_string(), m.to_string(), t(2))).collect(),
+            ..Default::default()
+        };
+        let e = invalid(update_plan(&mut d.clone(), "p", patch(&["/a/GET", "//a/GET"])).unwrap_err());
+        assert!(e.message.contains("\"//a/GET\" and \"/a/GET\""), "{e}");
+
+        let plan = update_plan(&mut d, "p", patch(&["/pets/GET"])).unwrap();
+        let keys: Vec<&str> = plan.api_stages[0].throttle.keys().map(String::as_str).collect();
+        assert_eq!(keys, ["/pets/GET"]);
+        let remove = PlanPatch {
+            remove_method_throttles: vec![("shop/prod".into(), "//pets/get".into())],
+            ..Default::default()
+        };
+        assert!(update_plan(&mut d, "p", remove).unwrap().api_stages[0].throttle.is_empty());
+    }
 }

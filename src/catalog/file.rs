@@ -17,7 +17,8 @@
 //!     quota: { limit: 8, period: DAY, offset: 0 }
 //!     api_stages:
 //!       - stage: petstore/prod
-//!         throttle: { /pets/{petId}/GET: { rate_limit: 1, burst_limit: 1 } }
+//!         throttle:           # block style: in a flow map, `{` would start a map
+//!           /pets/{petId}/GET: { rate_limit: 1, burst_limit: 1 }
 //! api_keys:
 //!   - name: demo
 //!     value: tgdemo0123456789abcdefghijklmnopqrstuvw   # or value_sha256: <64 hex digits>
@@ -34,9 +35,10 @@ use std::path::Path;
 use serde::Deserialize;
 
 use super::{CatalogData, CatalogError, PlanKey};
+use crate::model::method::UniquePatterns;
 use crate::model::{
-    validate_id, validate_key_value, Api, ApiKey, KeyHash, MethodPattern, MethodSetting, PlanStage, Quota, Stage,
-    StageRef, Throttle, UsagePlan,
+    validate_id, validate_key_value, Api, ApiKey, KeyHash, MethodSetting, PlanStage, Quota, Stage, StageRef, Throttle,
+    UsagePlan,
 };
 
 /// An error in a catalog file, with its place.
@@ -76,15 +78,40 @@ impl<'de> Deserialize<'de> for Id {
     }
 }
 
-/// A method pattern checked while the file is read.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-struct Method(String);
+/// Values by method pattern, checked while the file is read: each pattern
+/// put in canonical form, and a second spelling of one pattern an error
+/// raised at that entry, naming both ([`UniquePatterns`]).
+struct Methods<V>(BTreeMap<String, V>);
 
-impl<'de> Deserialize<'de> for Method {
+impl<'de, V: Deserialize<'de>> Deserialize<'de> for Methods<V> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        let p = MethodPattern::parse(&s).map_err(|e| serde::de::Error::custom(e.0))?;
-        Ok(Method(p.as_str().to_string()))
+        struct Visitor<V>(std::marker::PhantomData<V>);
+
+        impl<'de, V: Deserialize<'de>> serde::de::Visitor<'de> for Visitor<V> {
+            type Value = Methods<V>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map from method patterns (like /pets/GET) to their settings")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut unique = UniquePatterns::default();
+                let mut out = BTreeMap::new();
+                while let Some(raw) = map.next_key::<String>()? {
+                    let p = unique.add(&raw).map_err(|e| serde::de::Error::custom(e.message))?;
+                    out.insert(p.as_str().to_string(), map.next_value()?);
+                }
+                Ok(Methods(out))
+            }
+        }
+
+        d.deserialize_map(Visitor(std::marker::PhantomData))
+    }
+}
+
+impl<V> Default for Methods<V> {
+    fn default() -> Self {
+        Self(BTreeMap::new())
     }
 }
 
@@ -161,7 +188,7 @@ struct FileApi {
 struct FileStage {
     name: Id,
     #[serde(default)]
-    methods: BTreeMap<Method, FileMethod>,
+    methods: Methods<FileMethod>,
 }
 
 fn yes() -> bool {
@@ -198,7 +225,7 @@ struct FilePlan {
 struct FilePlanStage {
     stage: VStage,
     #[serde(default)]
-    throttle: BTreeMap<Method, VThrottle>,
+    throttle: Methods<VThrottle>,
 }
 
 #[derive(Deserialize)]
@@ -287,13 +314,14 @@ pub fn parse(file: &str, text: &str, now_ms: u64) -> Result<CatalogData, FileErr
         if let Some(i) = msg.find(" at line ") {
             msg.truncate(i);
         }
-        let line = loc.as_ref().map(|l| refine_line(text, l.line(), &msg));
-        let column = loc.as_ref().filter(|l| Some(l.line()) == line).map(|l| l.column());
-        FileError { file: file.to_string(), line, column, message: msg }
+        // At the end of the text serde_yaml may name the line after the last.
+        let line = refine_line(text, loc.as_ref().map_or(1, |l| l.line()), &msg).min(last_line(text));
+        let column = loc.as_ref().filter(|l| l.line() == line).map(|l| l.column());
+        FileError { file: file.to_string(), line: Some(line), column, message: msg }
     })?;
     let err = |needle: &str, message: String| FileError {
         file: file.to_string(),
-        line: line_of(text, needle),
+        line: Some(place(text, needle, section_of(&message))),
         column: None,
         message,
     };
@@ -311,9 +339,10 @@ pub fn parse(file: &str, text: &str, now_ms: u64) -> Result<CatalogData, FileErr
             }
             let methods = s
                 .methods
+                .0
                 .into_iter()
                 .map(|(m, fm)| {
-                    (m.0, MethodSetting { throttle: fm.throttle.map(|t| t.0), api_key_required: fm.api_key_required })
+                    (m, MethodSetting { throttle: fm.throttle.map(|t| t.0), api_key_required: fm.api_key_required })
                 })
                 .collect();
             data.stages.insert(stage.to_string(), Stage { stage, methods });
@@ -334,7 +363,7 @@ pub fn parse(file: &str, text: &str, now_ms: u64) -> Result<CatalogData, FileErr
                 .into_iter()
                 .map(|s| PlanStage {
                     stage: s.stage.0,
-                    throttle: s.throttle.into_iter().map(|(m, t)| (m.0, t.0)).collect(),
+                    throttle: s.throttle.0.into_iter().map(|(m, t)| (m, t.0)).collect(),
                 })
                 .collect(),
             created_at_ms: now_ms,
@@ -462,8 +491,36 @@ fn line_of(text: &str, needle: &str) -> Option<usize> {
     text.lines().position(|l| l.contains(needle)).map(|i| i + 1)
 }
 
+/// The line of an error about `needle`: the first line holding it, else the
+/// line of its top-level `section`, else 1. A value is not always written as
+/// it reads (quoted, escaped, folded over lines), so it may not be found.
+fn place(text: &str, needle: &str, section: &str) -> usize {
+    line_of(text, needle).or_else(|| line_of(text, section)).unwrap_or(1)
+}
+
+/// The top-level section an error message is about: `apis`, `usage_plans`
+/// or `api_keys` (the messages of the file's own checks start with it; those
+/// of the catalog's cross-checks name a stage, a usage plan or a key).
+fn section_of(message: &str) -> &'static str {
+    if message.starts_with("apis") || message.starts_with("stage") {
+        "apis"
+    } else if message.starts_with("usage_plans") || message.starts_with("usage plan") {
+        "usage_plans"
+    } else {
+        "api_keys"
+    }
+}
+
+/// The last line (1-based) as an editor shows it: a final newline opens an
+/// empty one.
+fn last_line(text: &str) -> usize {
+    text.matches('\n').count() + 1
+}
+
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     const GOOD: &str = r#"
@@ -485,6 +542,12 @@ api_keys:
     value: tgdemo0123456789abcdefghijklmnopqrstuvw
     usage_plans: [Basic]
 "#;
+
+    #[test]
+    fn parses_the_rich_sample() {
+        let d = parse("q.yaml", RICH, 1).unwrap();
+        assert_eq!((d.stages.len(), d.plans.len(), d.keys.len(), d.plan_keys.len()), (2, 2, 2, 2));
+    }
 
     #[test]
     fn parses_the_quickstart_shape() {
@@ -517,6 +580,36 @@ api_keys:
         assert!(e.line.is_some(), "{e}");
     }
 
+    /// Found by the property tests: an error about a value written otherwise
+    /// than it reads (here folded over two lines) had no line, and an error
+    /// at the end of a file without a final newline was placed on the line
+    /// after the last.
+    #[test]
+    fn every_error_names_a_line_of_the_file() {
+        let folded = GOOD.replace("usage_plans: [Basic]", "usage_plans: [Ba\n      sic]");
+        let e = parse("q.yaml", &folded, 1).unwrap_err();
+        assert!(e.message.contains("\"Ba sic\""), "{e}");
+        assert_eq!(e.line, Some(15), "the api_keys section: {e}");
+        let e = parse("q.yaml", "apis: [", 1).unwrap_err();
+        assert_eq!(e.line, Some(1), "{e}");
+    }
+
+    #[test]
+    fn two_spellings_of_one_method_are_an_error_at_the_second() {
+        let bad = GOOD
+            .replace("          /pets/{petId}/GET: {}", "          /pets/{petId}/GET: {}\n          /pets//get: {}");
+        let e = parse("q.yaml", &bad, 1).unwrap_err();
+        assert_eq!(e.line, Some(9), "{e}");
+        assert!(e.message.contains("\"/pets//get\" and \"/pets/GET\""), "{e}");
+        let bad = GOOD.replace(
+            "      - stage: petstore/prod\n",
+            "      - stage: petstore/prod\n        throttle:\n          /pets/GET: { rate_limit: 1, burst_limit: 1 }\n          //pets/GET: { rate_limit: 2, burst_limit: 2 }\n",
+        );
+        let e = parse("q.yaml", &bad, 1).unwrap_err();
+        assert_eq!(e.line, Some(17), "{e}");
+        assert!(e.message.contains("\"//pets/GET\" and \"/pets/GET\""), "{e}");
+    }
+
     #[test]
     fn one_plan_per_stage_per_key() {
         let two = GOOD
@@ -524,5 +617,104 @@ api_keys:
             .replace("usage_plans: [Basic]", "usage_plans: [Basic, Gold]");
         let e = parse("q.yaml", &two, 1).unwrap_err();
         assert!(e.message.contains("one plan per stage"), "{e}");
+    }
+
+    /// A file with every kind of entry, to mutate.
+    const RICH: &str = r#"apis:
+  - id: petstore
+    name: Pet Store
+    stages:
+      - name: prod
+        methods:
+          /pets/GET: {}
+          /pets/{petId}/GET: { throttle: { rate_limit: 100, burst_limit: 200 } }
+          /health/GET: { api_key_required: false }
+          "*/*": { api_key_required: true }
+      - name: beta
+usage_plans:
+  - id: basic
+    name: Basic
+    description: the basic plan
+    throttle: { rate_limit: 1, burst_limit: 5 }
+    quota: { limit: 8, period: DAY, offset: 1 }
+    api_stages:
+      - stage: petstore/prod
+        throttle: { "/pets/{petId}/GET": { rate_limit: 1, burst_limit: 1 } }
+  - name: Gold Plan
+    api_stages: [{ stage: petstore/beta }]
+api_keys:
+  - name: demo
+    value: tgdemo0123456789abcdefghijklmnopqrstuvw
+    description: a key
+    customer_id: c1
+    expires_at: 2030-01-01T00:00:00Z
+    usage_plans: [basic]
+  - id: other
+    name: hashed
+    value_sha256: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08
+    enabled: false
+    usage_plans: [gold-plan]
+"#;
+
+    fn check(text: &str) -> Result<(), TestCaseError> {
+        if let Err(e) = parse("f.yaml", text, 1) {
+            let l = e.line.ok_or_else(|| TestCaseError::fail(format!("no line: {e}\n{text}")))?;
+            prop_assert!((1..=last_line(text)).contains(&l), "line {l} of {}: {e}\n{text}", last_line(text));
+        }
+        Ok(())
+    }
+
+    /// Characters that matter to YAML, to the catalog's fields and to
+    /// method patterns.
+    fn yaml_char() -> impl Strategy<Value = char> {
+        prop::sample::select(":- \n\t{}[],\"'#&*!|>%@`/?.0129aAzZ_\u{e9}\u{0}".chars().collect::<Vec<_>>())
+    }
+
+    /// Edits of a valid file: characters replaced, inserted or removed;
+    /// lines removed, duplicated or swapped.
+    fn mutated(base: &'static str) -> impl Strategy<Value = String> {
+        let edit = (any::<prop::sample::Index>(), any::<prop::sample::Index>(), 0u8..6, yaml_char());
+        prop::collection::vec(edit, 1..6).prop_map(move |edits| {
+            let mut chars: Vec<char> = base.chars().collect();
+            for (at, other, op, c) in edits {
+                let i = at.index(chars.len() + 1);
+                match op {
+                    0 if i < chars.len() => chars[i] = c,
+                    1 => chars.insert(i, c),
+                    2 if i < chars.len() => {
+                        chars.remove(i);
+                    }
+                    _ => {
+                        let text: String = chars.iter().collect();
+                        let mut lines: Vec<&str> = text.split('\n').collect();
+                        let (a, b) = (at.index(lines.len()), other.index(lines.len()));
+                        match op {
+                            3 => {
+                                lines.remove(a);
+                            }
+                            4 => lines.insert(a, lines[b]),
+                            _ => lines.swap(a, b),
+                        }
+                        chars = lines.join("\n").chars().collect();
+                    }
+                }
+            }
+            chars.into_iter().collect()
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::default())]
+
+        /// Any text: no panic, and an error names a line of the file.
+        #[test]
+        fn any_text(text in prop_oneof![any::<String>(), prop::collection::vec(yaml_char(), 0..200).prop_map(|v| v.into_iter().collect())]) {
+            check(&text)?;
+        }
+
+        #[test]
+        fn mutations_of_a_valid_file(text in mutated(RICH)) {
+            check(&text)?;
+        }
     }
 }

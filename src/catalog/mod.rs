@@ -21,9 +21,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use crate::model::{
-    Api, ApiKey, Invalid, KeyHash, MethodPattern, MethodSetting, MethodTable, Stage, StageRef, Throttle, UsagePlan,
-};
+use crate::model::{Api, ApiKey, Invalid, KeyHash, MethodSetting, MethodTable, Stage, StageRef, Throttle, UsagePlan};
 
 /// A subscription: the key may call the plan's stages under the plan's limits.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
@@ -134,16 +132,14 @@ impl Catalog {
                 let msg = format!("stage {} belongs to unknown API {:?}", s.stage, s.stage.api_id);
                 return Err(Invalid::new("stages", msg).into());
             }
-            let mut methods = Vec::new();
+            let methods = MethodTable::parse(s.methods.iter().map(|(m, setting)| (m, *setting)))
+                .map_err(|e| Invalid::new(format!("stage {}: methods", s.stage), e.message))?;
             for (m, setting) in &s.methods {
-                let p =
-                    MethodPattern::parse(m).map_err(|e| Invalid::new(format!("stage {}: methods", s.stage), e.0))?;
                 if let Some(t) = &setting.throttle {
                     t.validate().map_err(|e| e.within(&format!("stage {}: methods[{m}].throttle", s.stage)))?;
                 }
-                methods.push((p, *setting));
             }
-            let compiled = CompiledStage { stage: s.stage.clone(), methods: MethodTable::new(methods) };
+            let compiled = CompiledStage { stage: s.stage.clone(), methods };
             stages.insert(s.stage.to_string(), compiled);
         }
 
@@ -157,13 +153,10 @@ impl Catalog {
                     let field = format!("usage plan {:?}: api_stages", p.id);
                     return Err(Invalid::new(field, format!("stage {} does not exist", ps.stage)).into());
                 }
-                let mut table = Vec::new();
-                for (m, t) in &ps.throttle {
-                    let pat =
-                        MethodPattern::parse(m).map_err(|e| Invalid::new(format!("usage plan {:?}", p.id), e.0))?;
-                    table.push((pat, *t));
-                }
-                let sp = StagePlan { plan: plan.clone(), method_throttles: MethodTable::new(table) };
+                let method_throttles = MethodTable::parse(ps.throttle.iter().map(|(m, t)| (m, *t))).map_err(|e| {
+                    Invalid::new(format!("usage plan {:?}: stage {}: throttle", p.id, ps.stage), e.message)
+                })?;
+                let sp = StagePlan { plan: plan.clone(), method_throttles };
                 per_stage.insert(ps.stage.to_string(), Arc::new(sp));
             }
             plans.insert(p.id.as_str(), per_stage);

@@ -8,7 +8,8 @@
 //! hands them to the store for one atomic check-and-consume.
 
 use crate::catalog::CatalogHandle;
-use crate::model::{method::parse_request_method, Invalid, KeyHash, Throttle, KEY_VALUE_MAX};
+use crate::model::method::{canonical_method, CanonicalMethod};
+use crate::model::{Invalid, KeyHash, Throttle, KEY_VALUE_MAX};
 use crate::store::{keys::Keys, Check, Limit, LimitStore, Rule, StoreError, Verdict, MAX_COST};
 
 /// Why a request was allowed or denied.
@@ -117,16 +118,29 @@ impl Decision {
 }
 
 /// One question, as the wire protocols deliver it (not yet validated).
+///
+/// `M` is the method: by default `&str` (any `AsRef<str>` will do), as the
+/// client wrote it (`/path/VERB`, canonicalised by [`Limiter::authorize`]);
+/// or `&CanonicalMethod`, already canonical
+/// ([`Limiter::authorize_canonical`], for the Envoy services, which
+/// canonicalise an HTTP request's path and method themselves).
 #[derive(Debug, Clone, Copy)]
-pub struct Request<'a> {
+pub struct Request<'a, M = &'a str> {
     /// The key value presented, if any.
     pub api_key: Option<&'a str>,
     /// `API/STAGE`.
     pub stage: &'a str,
     /// `/path/VERB`.
-    pub method: &'a str,
+    pub method: M,
     /// Units to consume.
     pub cost: u64,
+}
+
+impl<'a, M> Request<'a, M> {
+    /// The same question about another form of the method.
+    fn with_method<N>(&self, method: N) -> Request<'a, N> {
+        Request { api_key: self.api_key, stage: self.stage, method, cost: self.cost }
+    }
 }
 
 /// Why a question could not be answered.
@@ -140,11 +154,19 @@ pub enum AuthorizeError {
     Store(#[from] StoreError),
 }
 
-/// Checks the shape of a request. A key must be 1–128 characters of
-/// `[A-Za-z0-9]`: anything else cannot be a key and is bad input; a
-/// well-formed value that matches no key is an ordinary 403.
-pub fn validate(req: &Request<'_>) -> Result<(), Invalid> {
-    if let Some(k) = req.api_key {
+/// Checks the shape of a request and returns its method in canonical form
+/// (docs/semantics.md, "Canonical method form"). A key must be 1–128
+/// characters of `[A-Za-z0-9]`: anything else cannot be a key and is bad
+/// input; a well-formed value that matches no key is an ordinary 403.
+pub fn validate<M: AsRef<str>>(req: &Request<'_, M>) -> Result<CanonicalMethod, Invalid> {
+    validate_key_and_stage(req.api_key, req.stage)?;
+    let method = canonical_method(req.method.as_ref()).map_err(|e| Invalid::new("method", e.message))?;
+    validate_cost(req.cost)?;
+    Ok(method)
+}
+
+fn validate_key_and_stage(api_key: Option<&str>, stage: &str) -> Result<(), Invalid> {
+    if let Some(k) = api_key {
         if k.is_empty() {
             return Err(Invalid::new("api_key", "is empty; leave it unset when the client presented no key"));
         }
@@ -155,16 +177,19 @@ pub fn validate(req: &Request<'_>) -> Result<(), Invalid> {
             return Err(Invalid::new("api_key", "may contain only letters A-Z, a-z and digits 0-9"));
         }
     }
-    if req.stage.is_empty() {
+    if stage.is_empty() {
         return Err(Invalid::new("stage", "is empty; give the stage as API/STAGE, like \"petstore/prod\""));
     }
-    if req.stage.len() > 129 || !req.stage.contains('/') {
-        let shown: String = req.stage.chars().take(64).collect();
+    if stage.len() > 129 || !stage.contains('/') {
+        let shown: String = stage.chars().take(64).collect();
         return Err(Invalid::new("stage", format!("{shown:?} must be written API/STAGE, like \"petstore/prod\"")));
     }
-    parse_request_method(req.method).map_err(|e| Invalid::new("method", e.0))?;
-    if req.cost == 0 || req.cost > MAX_COST {
-        return Err(Invalid::new("cost", format!("must be 1 to {MAX_COST}, got {}", req.cost)));
+    Ok(())
+}
+
+fn validate_cost(cost: u64) -> Result<(), Invalid> {
+    if cost == 0 || cost > MAX_COST {
+        return Err(Invalid::new("cost", format!("must be 1 to {MAX_COST}, got {cost}")));
     }
     Ok(())
 }
@@ -194,25 +219,29 @@ impl<S: LimitStore> Limiter<S> {
     }
 
     /// Answers one request (SEMANTICS.md "Authorize", steps 1–7), and counts
-    /// it in the metrics (`crate::telemetry`).
-    pub async fn authorize(&self, req: Request<'_>) -> Result<Decision, AuthorizeError> {
-        let result = self.decide(req).await;
-        match &result {
-            Ok(d) => metrics::counter!("tollgate_decisions_total", "reason" => d.reason.as_str()).increment(1),
-            Err(e) => {
-                let kind = match e {
-                    AuthorizeError::Invalid(_) => "invalid",
-                    AuthorizeError::Store(s) if s.is_transient() => "unavailable",
-                    AuthorizeError::Store(_) => "internal",
-                };
-                metrics::counter!("tollgate_decision_errors_total", "kind" => kind).increment(1);
-            }
-        }
+    /// it in the metrics (`crate::telemetry`). The method is canonicalised
+    /// once, here; every lookup and every limit's key uses that form.
+    pub async fn authorize<M: AsRef<str>>(&self, req: Request<'_, M>) -> Result<Decision, AuthorizeError> {
+        let result = match validate(&req) {
+            Ok(method) => self.decide(req.with_method(&method)).await,
+            Err(e) => Err(e.into()),
+        };
+        count(&result);
         result
     }
 
-    async fn decide(&self, req: Request<'_>) -> Result<Decision, AuthorizeError> {
-        validate(&req)?;
+    /// [`Limiter::authorize`] for a method already in canonical form.
+    pub async fn authorize_canonical(&self, req: Request<'_, &CanonicalMethod>) -> Result<Decision, AuthorizeError> {
+        let result = match validate_key_and_stage(req.api_key, req.stage).and_then(|()| validate_cost(req.cost)) {
+            Ok(()) => self.decide(req).await,
+            Err(e) => Err(e.into()),
+        };
+        count(&result);
+        result
+    }
+
+    /// Steps 1–7 for a validated request.
+    async fn decide(&self, req: Request<'_, &CanonicalMethod>) -> Result<Decision, AuthorizeError> {
         let (check, kinds, mut decision) = {
             let catalog = self.catalog.load();
             // 1. the stage
@@ -314,6 +343,21 @@ fn window_secs(rule: &Rule) -> u64 {
         Rule::Quota { quota, .. } => {
             let (s, e) = crate::calendar::period_bounds_ms(quota.period, crate::model::now_ms());
             (e - s) / 1000
+        }
+    }
+}
+
+/// Counts an answer in the metrics (`crate::telemetry`).
+fn count(result: &Result<Decision, AuthorizeError>) {
+    match result {
+        Ok(d) => metrics::counter!("tollgate_decisions_total", "reason" => d.reason.as_str()).increment(1),
+        Err(e) => {
+            let kind = match e {
+                AuthorizeError::Invalid(_) => "invalid",
+                AuthorizeError::Store(s) if s.is_transient() => "unavailable",
+                AuthorizeError::Store(_) => "internal",
+            };
+            metrics::counter!("tollgate_decision_errors_total", "kind" => kind).increment(1);
         }
     }
 }

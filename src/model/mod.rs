@@ -323,8 +323,9 @@ impl UsagePlan {
             if !seen.insert(&s.stage) {
                 return Err(Invalid::new(format!("api_stages[{i}]"), format!("stage {} is listed twice", s.stage)));
             }
+            method::canonical_patterns(s.throttle.iter())
+                .map_err(|e| Invalid::new(format!("api_stages[{i}].throttle"), e.message))?;
             for (m, t) in &s.throttle {
-                MethodPattern::parse(m).map_err(|e| Invalid::new(format!("api_stages[{i}].throttle"), e.0))?;
                 t.validate().map_err(|e| e.within(&format!("api_stages[{i}].throttle[{m}]")))?;
             }
         }

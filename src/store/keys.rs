@@ -29,7 +29,9 @@
 //! | `P{cat}:file_digests` | hash digest → ms | the catalog files applied (SHA-256 of their bytes, hex) and when; the last 100 |
 //! | `P{cat}:file_records` | hash record → fingerprint | for each record a catalog file applied (`api:ID`, `stage:API/STAGE`, `plan:ID`, `key:ID`, `sub:PLAN/KEY`), a hash of what the file last applied to it |
 //!
-//! `P` is the configurable prefix (default `tg:`).
+//! `P` is the configurable prefix (default `tg:`). `METHOD` is the matched
+//! pattern's canonical text (docs/semantics.md, "Canonical method form"), so
+//! every spelling of a method counts in one bucket.
 
 use crate::calendar::Date;
 use crate::model::StageRef;
