@@ -11,8 +11,8 @@
 
 use crate::api::pb;
 use crate::calendar::{period_days, Date, DAY_MS};
-use crate::catalog::admin::{page, AdminError};
-use crate::catalog::Catalog;
+use crate::catalog::admin::AdminError;
+use crate::catalog::store::CatalogService;
 use crate::model::{Invalid, UsagePlan};
 use crate::store::keys::{dated, Keys};
 use crate::store::{LimitStore, Store, StoreError};
@@ -46,11 +46,26 @@ fn parse_date(field: &str, s: &str) -> Result<Date, Invalid> {
     Date::parse(s).ok_or_else(|| Invalid::new(field, format!("{s:?} is not a date written YYYY-MM-DD")))
 }
 
-fn plan<'a>(catalog: &'a Catalog, id: &str) -> Result<&'a UsagePlan, AdminError> {
+fn plan(catalog: &CatalogService, id: &str) -> Result<UsagePlan, AdminError> {
     if id.is_empty() {
         return Err(Invalid::new("usage_plan_id", "is required").into());
     }
-    catalog.data().plans.get(id).ok_or_else(|| AdminError::NotFound(format!("usage plan {id:?} does not exist")))
+    let snap = catalog.snapshot();
+    snap.small()
+        .plan_records
+        .get(id)
+        .cloned()
+        .ok_or_else(|| AdminError::NotFound(format!("usage plan {id:?} does not exist")))
+}
+
+/// The position after which a page starts (the hex of the last id shown).
+fn decode_position(token: &str) -> Result<Option<String>, Invalid> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let bad = || Invalid::new("position", "is not a position from a previous answer");
+    let raw = hex::decode(token).map_err(|_| bad())?;
+    String::from_utf8(raw).map(Some).map_err(|_| bad())
 }
 
 impl UsageService {
@@ -60,7 +75,7 @@ impl UsageService {
     }
 
     /// GetUsage: per key of the plan, `[used, remaining]` per day.
-    pub async fn get_usage(&self, catalog: &Catalog, r: pb::GetUsageRequest) -> Result<pb::Usage, AdminError> {
+    pub async fn get_usage(&self, catalog: &CatalogService, r: pb::GetUsageRequest) -> Result<pb::Usage, AdminError> {
         let plan = plan(catalog, &r.usage_plan_id)?;
         let start = parse_date("start_date", &r.start_date)?;
         let end = parse_date("end_date", &r.end_date)?;
@@ -80,18 +95,28 @@ impl UsageService {
             1..=500 => r.limit,
             n => return Err(Invalid::new("limit", format!("must be 1 to 500, got {n}")).into()),
         };
-        let d = catalog.data();
-        let key_ids: Vec<String> = match &r.key_id {
+        let (key_ids, next) = match &r.key_id {
             Some(k) => {
-                if !d.keys.contains_key(k) {
+                if catalog.key(k).await?.is_none() {
                     return Err(AdminError::NotFound(format!("API key {k:?} does not exist")));
                 }
-                vec![k.clone()]
+                let after = decode_position(&r.position)?;
+                (if after.is_some_and(|a| a >= *k) { Vec::new() } else { vec![k.clone()] }, String::new())
             }
-            None => d.plan_keys.iter().filter(|pk| pk.plan_id == plan.id).map(|pk| pk.key_id.clone()).collect(),
+            None => {
+                // A page of the plan's keys from its index: O(log n + page).
+                let after = decode_position(&r.position)?;
+                let mut ids = catalog.plan_key_ids(&plan.id, after.as_deref(), limit as usize + 1).await?;
+                let more = ids.len() > limit as usize;
+                ids.truncate(limit as usize);
+                let next = if more {
+                    ids.last().map(|l| hex::encode(l.as_bytes())).unwrap_or_default()
+                } else {
+                    String::new()
+                };
+                (ids, next)
+            }
         };
-        let (key_ids, next) = page(key_ids.into_iter().map(|k| (k.clone(), k)), limit, &r.position)
-            .map_err(|e| Invalid::new("position", e.message))?;
 
         // Read from the start of the period containing `start`, to carry the
         // quota used into the first days of the range.
@@ -145,7 +170,7 @@ impl UsageService {
     /// UpdateUsage: sets the key's remaining quota in the current period.
     pub async fn update_usage(
         &self,
-        catalog: &Catalog,
+        catalog: &CatalogService,
         r: pb::UpdateUsageRequest,
     ) -> Result<pb::UsageUpdated, AdminError> {
         let plan = plan(catalog, &r.usage_plan_id)?;
@@ -155,11 +180,10 @@ impl UsageService {
         if !(0..=MAX_REMAINING).contains(&r.remaining) {
             return Err(Invalid::new("remaining", format!("must be 0 to {MAX_REMAINING}, got {}", r.remaining)).into());
         }
-        let d = catalog.data();
-        if !d.keys.contains_key(&r.key_id) {
+        let Some(key) = catalog.key(&r.key_id).await? else {
             return Err(AdminError::NotFound(format!("API key {:?} does not exist", r.key_id)));
-        }
-        if !d.plans_of_key(&r.key_id).any(|p| p == plan.id) {
+        };
+        if !key.plans.contains(&plan.id) {
             return Err(AdminError::NotFound(format!("API key {:?} is not in usage plan {:?}", r.key_id, plan.id)));
         }
         let Some(quota) = plan.quota else {

@@ -282,7 +282,7 @@ async fn replicas_starting_together_apply_a_new_file_once() {
     let procs = start_all(&redis, &file, 2).await;
     let client = redis::Client::open(redis.url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let version: u64 = redis::cmd("GET").arg("tg:{cat}:version").query_async(&mut conn).await.unwrap();
+    let version: u64 = redis::cmd("HGET").arg("tg:{cat}:head").arg("version").query_async(&mut conn).await.unwrap();
     assert_eq!(version, 1, "one catalog change: the file, applied once");
     for p in &procs {
         wait_log(p, "catalog file").await;

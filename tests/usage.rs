@@ -28,6 +28,7 @@ use support::{req, write_temp, TollgateProcess, ADMIN_TOKEN};
 use tollgate::api::pb;
 use tollgate::calendar::{period_bounds_ms, period_days, Date, DAY_MS};
 use tollgate::catalog::admin::AdminError;
+use tollgate::catalog::store::CatalogService;
 use tollgate::catalog::{file, Catalog, CatalogHandle};
 use tollgate::limiter::{Decision, LimitKind, Limiter, Reason, Request};
 use tollgate::model::Period;
@@ -61,6 +62,13 @@ fn value(id: &str) -> String {
 fn catalog(yaml: &str, created_ms: u64) -> Catalog {
     let data = file::parse("usage.yaml", yaml, created_ms).unwrap_or_else(|e| panic!("{e}"));
     Catalog::compile(data).expect("the catalog compiles")
+}
+
+/// The catalog as the Admin service has it (records and indexes), for the
+/// usage calls.
+fn service(yaml: &str, created_ms: u64) -> Arc<CatalogService> {
+    let data = file::parse("usage.yaml", yaml, created_ms).unwrap_or_else(|e| panic!("{e}"));
+    CatalogService::memory(data).expect("the catalog compiles")
 }
 
 fn limiter(store: &Store, yaml: &str, created_ms: u64, keys: Keys) -> Limiter<Store> {
@@ -390,7 +398,7 @@ async fn memory_keeps_daily_usage_92_days() {
     let m = Mem::new();
     let yaml = one_plan("{ limit: 5, period: DAY }");
     let l = limiter(&m.store, &yaml, t("2020-01-01"), Keys::default());
-    let cat = catalog(&yaml, t("2020-01-01"));
+    let cat = service(&yaml, t("2020-01-01"));
     let usage = UsageService::new(m.store.clone(), Keys::default());
     m.set("2027-03-10T12:00:00.000");
     assert!(call(&l, "k1").await.allowed);
@@ -559,7 +567,7 @@ async fn redis_counts_usage_in_the_decision() {
     let usage = UsageService::new(store, keys);
     let first = Date::of_ms(week_start).to_string();
     let u = usage
-        .get_usage(&catalog(&yaml, t("2020-01-01")), usage_req("pw", &first, &today.to_string(), None, 0, ""))
+        .get_usage(&service(&yaml, t("2020-01-01")), usage_req("pw", &first, &today.to_string(), None, 0, ""))
         .await;
     let mut expected = vec![(0, Some(5)); (today.days() - week_start as i64 / DAY_MS as i64) as usize];
     expected.push((5, Some(0)));
@@ -691,7 +699,7 @@ async fn get_usage_gives_the_same_answers_on_both_stores() {
     assert_eq!(mem, red, "the memory store's records are decide.lua's");
     assert_eq!(mem.iter().flatten().count(), RECORDS.len());
 
-    let cat = catalog(&billing(true, false), t(BILLING_CREATED));
+    let cat = service(&billing(true, false), t(BILLING_CREATED));
     let (from, to) = ("2027-01-25", "2027-02-05");
     // 12 days: Jan 25..31 (limit 100 - offset 10 = 90: the plan's first
     // month), Feb 1..5 (the full 100).
@@ -843,7 +851,7 @@ async fn get_usage_refuses_bad_ranges_and_pages() {
         let id = format!("x{i:02}");
         yaml.push_str(&format!("  - {{ id: {id}, name: {id}, value: {}, usage_plans: [p] }}\n", value(&id)));
     }
-    let cat = catalog(&yaml, t("2020-01-01"));
+    let cat = service(&yaml, t("2020-01-01"));
     for (name, store) in [("memory", Mem::new().store), ("redis", redis_store(&server).await)] {
         let svc = UsageService::new(store, Keys::default());
         let get = |r: pb::GetUsageRequest| svc.get_usage(&cat, r);
@@ -935,7 +943,7 @@ async fn update_usage_grants_for_the_current_period_only() {
     let m = Mem::new();
     let yaml = grants("{ limit: 10, period: MONTH }");
     let l = limiter(&m.store, &yaml, t("2020-01-01"), Keys::default());
-    let cat = catalog(&yaml, t("2020-01-01"));
+    let cat = service(&yaml, t("2020-01-01"));
     let usage = UsageService::new(m.store.clone(), Keys::default());
 
     m.set("2027-03-10T12:00:00.000");
@@ -988,7 +996,7 @@ async fn update_usage_grants_for_the_current_period_only() {
 async fn update_usage_with_huge_grants_on_both_stores() {
     let server = RedisServer::start();
     let yaml = grants("{ limit: 10, period: MONTH }");
-    let cat = catalog(&yaml, t("2020-01-01"));
+    let cat = service(&yaml, t("2020-01-01"));
     let mem = Mem::new();
     mem.set_ms(tollgate::model::now_ms());
     for (name, store) in [("memory", mem.store.clone()), ("redis", redis_store(&server).await)] {

@@ -10,9 +10,12 @@ use tonic::{Request, Response, Status};
 use super::pb;
 use crate::catalog::admin::{self as ops, AdminError, KeyPatch, NewKey, NewPlan, PlanPatch};
 use crate::catalog::csv_import;
-use crate::catalog::store::CatalogService;
-use crate::catalog::CatalogData;
-use crate::model::{ApiKey, Invalid, MethodSetting, Period, PlanStage, Quota, Stage, StageRef, Throttle, UsagePlan};
+use crate::catalog::records::{KeyRecord, Want};
+use crate::catalog::snapshot::Small;
+use crate::catalog::store::{CatalogService, KeyFilter};
+use crate::model::{
+    ApiKey, Invalid, KeyHash, MethodSetting, Period, PlanStage, Quota, Stage, StageRef, Throttle, UsagePlan,
+};
 use crate::usage::UsageService;
 
 /// Checks `authorization: Bearer TOKEN` on every Admin call.
@@ -76,6 +79,37 @@ impl AdminService {
     pub fn new(catalog: Arc<CatalogService>, usage: UsageService) -> Self {
         Self { catalog, usage }
     }
+
+    /// A key as answered after a change: with its plans as stored now.
+    async fn answer_key(&self, k: ApiKey) -> Result<pb::ApiKey, AdminError> {
+        Ok(match self.catalog.key(&k.id).await? {
+            Some(r) => record_to(&r),
+            None => key_to(&k, &[]),
+        })
+    }
+}
+
+/// A page size: 1–500, 0 meaning 25.
+fn page_size(n: u32) -> Result<usize, Invalid> {
+    match n {
+        0 => Ok(25),
+        1..=500 => Ok(n as usize),
+        _ => Err(Invalid::new("page_size", format!("must be 1 to 500, got {n}"))),
+    }
+}
+
+/// A page token: the hex of the last position shown (empty for the start).
+fn decode_token(token: &str) -> Result<Option<String>, Invalid> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let bad = || Invalid::new("page_token", "is not a token from a previous answer");
+    let raw = hex::decode(token).map_err(|_| bad())?;
+    String::from_utf8(raw).map(Some).map_err(|_| bad())
+}
+
+fn encode_token(next: Option<String>) -> String {
+    next.map(|n| hex::encode(n.as_bytes())).unwrap_or_default()
 }
 
 impl From<AdminError> for Status {
@@ -118,7 +152,7 @@ fn quota_to(q: &Quota) -> pb::Quota {
     pb::Quota { limit: q.limit, period: q.period.to_string(), offset: q.offset }
 }
 
-fn key_to(d: &CatalogData, k: &ApiKey) -> pb::ApiKey {
+fn key_to(k: &ApiKey, plans: &[String]) -> pb::ApiKey {
     pb::ApiKey {
         id: k.id.clone(),
         name: k.name.clone(),
@@ -129,15 +163,19 @@ fn key_to(d: &CatalogData, k: &ApiKey) -> pb::ApiKey {
         created_at_ms: k.created_at_ms,
         updated_at_ms: k.updated_at_ms,
         expires_at_ms: k.expires_at_ms.unwrap_or(0),
-        usage_plan_ids: d.plans_of_key(&k.id).map(str::to_string).collect(),
+        usage_plan_ids: plans.to_vec(),
     }
 }
 
-fn stage_to(d: &CatalogData, s: &Stage) -> pb::Stage {
+fn record_to(r: &KeyRecord) -> pb::ApiKey {
+    key_to(&r.key, &r.plans)
+}
+
+fn stage_to(small: &Small, s: &Stage) -> pb::Stage {
     let name = s.stage.to_string();
     pb::Stage {
         stage: name.clone(),
-        api_name: d.apis.get(&s.stage.api_id).map(|a| a.name.clone()).unwrap_or_default(),
+        api_name: small.apis.get(&s.stage.api_id).map(|a| a.name.clone()).unwrap_or_default(),
         methods: s
             .methods
             .iter()
@@ -147,12 +185,7 @@ fn stage_to(d: &CatalogData, s: &Stage) -> pb::Stage {
                 api_key_required: Some(set.api_key_required),
             })
             .collect(),
-        usage_plan_ids: d
-            .plans
-            .values()
-            .filter(|p| p.api_stages.iter().any(|x| x.stage == s.stage))
-            .map(|p| p.id.clone())
-            .collect(),
+        usage_plan_ids: small.plans_with_stage(&name).map(|p| p.id.clone()).collect(),
     }
 }
 
@@ -212,34 +245,32 @@ impl pb::admin_server::Admin for AdminService {
             customer_id: r.customer_id,
             expires_at_ms: expiry(r.expires_at_ms),
         };
-        let (key, value) = self.catalog.update(|d, now| ops::create_key(d, new.clone(), now)).await?;
+        let want = new.value.as_deref().map_or_else(Want::nothing, |v| Want::nothing().and_hash(KeyHash::of(v)));
+        let (key, value) = self.catalog.update(want, |d, now| ops::create_key(d, new.clone(), now)).await?;
         tracing::info!(key_id = %key.id, "API key created");
-        Ok(Response::new(pb::CreateApiKeyResponse { key: Some(key_to(self.catalog.snapshot().data(), &key)), value }))
+        Ok(Response::new(pb::CreateApiKeyResponse { key: Some(key_to(&key, &[])), value }))
     }
 
     async fn get_api_key(&self, req: Request<pb::GetApiKeyRequest>) -> Res<pb::ApiKey> {
         let id = req.into_inner().id;
         require("id", &id)?;
-        let snap = self.catalog.snapshot();
-        let d = snap.data();
-        let k = d.keys.get(&id).ok_or_else(|| AdminError::NotFound(format!("API key {id:?} does not exist")))?;
-        Ok(Response::new(key_to(d, k)))
+        let k = self
+            .catalog
+            .key(&id)
+            .await?
+            .ok_or_else(|| AdminError::NotFound(format!("API key {id:?} does not exist")))?;
+        Ok(Response::new(record_to(&k)))
     }
 
     async fn list_api_keys(&self, req: Request<pb::ListApiKeysRequest>) -> Res<pb::ListApiKeysResponse> {
         let r = req.into_inner();
-        let snap = self.catalog.snapshot();
-        let d = snap.data();
-        let items = d
-            .keys
-            .values()
-            .filter(|k| k.name.starts_with(&r.name_prefix))
-            .filter(|k| r.customer_id.is_empty() || k.customer_id == r.customer_id)
-            .map(|k| (k.id.clone(), k));
-        let (keys, next) = ops::page(items, r.page_size, &r.page_token)?;
+        let size = page_size(r.page_size)?;
+        let after = decode_token(&r.page_token)?;
+        let filter = KeyFilter { name_prefix: r.name_prefix, customer_id: r.customer_id };
+        let (keys, next) = self.catalog.list_keys(&filter, size, after.as_deref()).await?;
         Ok(Response::new(pb::ListApiKeysResponse {
-            keys: keys.into_iter().map(|k| key_to(d, k)).collect(),
-            next_page_token: next,
+            keys: keys.iter().map(record_to).collect(),
+            next_page_token: encode_token(next),
         }))
     }
 
@@ -253,15 +284,15 @@ impl pb::admin_server::Admin for AdminService {
             customer_id: r.customer_id,
             expires_at_ms: r.expires_at_ms.map(expiry),
         };
-        let k = self.catalog.update(|d, now| ops::update_key(d, &r.id, patch.clone(), now)).await?;
+        let k = self.catalog.update(Want::key(&r.id), |d, now| ops::update_key(d, &r.id, patch.clone(), now)).await?;
         tracing::info!(key_id = %k.id, enabled = k.enabled, "API key updated");
-        Ok(Response::new(key_to(self.catalog.snapshot().data(), &k)))
+        Ok(Response::new(self.answer_key(k).await?))
     }
 
     async fn delete_api_key(&self, req: Request<pb::DeleteApiKeyRequest>) -> Res<pb::DeleteResponse> {
         let id = req.into_inner().id;
         require("id", &id)?;
-        self.catalog.update(|d, _| ops::delete_key(d, &id)).await?;
+        self.catalog.update(Want::key(&id), |d, _| ops::delete_key(d, &id)).await?;
         tracing::info!(key_id = %id, "API key deleted");
         Ok(Response::new(pb::DeleteResponse {}))
     }
@@ -269,10 +300,7 @@ impl pb::admin_server::Admin for AdminService {
     async fn import_api_keys(&self, req: Request<pb::ImportApiKeysRequest>) -> Res<pb::ImportApiKeysResponse> {
         let r = req.into_inner();
         let (rows, warnings) = csv_import::parse(&r.csv)?;
-        let (ids, warnings) = self
-            .catalog
-            .update(|d, now| ops::import_keys(d, rows.clone(), warnings.clone(), r.fail_on_warnings, now))
-            .await?;
+        let (ids, warnings) = self.catalog.import_keys(rows, warnings, r.fail_on_warnings).await?;
         tracing::info!(imported = ids.len(), warnings = warnings.len(), "API keys imported");
         Ok(Response::new(pb::ImportApiKeysResponse {
             ids,
@@ -285,10 +313,14 @@ impl pb::admin_server::Admin for AdminService {
         require("id", &r.id)?;
         let grace_ms =
             r.grace_seconds.checked_mul(1000).ok_or_else(|| Invalid::new("grace_seconds", "is too large"))?;
+        let mut want = Want::key(&r.id);
+        if let Some(v) = &r.value {
+            want = want.and_hash(KeyHash::of(v));
+        }
         let (key, value) =
-            self.catalog.update(|d, now| ops::rotate_key(d, &r.id, r.value.clone(), grace_ms, now)).await?;
+            self.catalog.update(want, |d, now| ops::rotate_key(d, &r.id, r.value.clone(), grace_ms, now)).await?;
         tracing::info!(key_id = %key.id, grace_seconds = r.grace_seconds, "API key rotated");
-        Ok(Response::new(pb::CreateApiKeyResponse { key: Some(key_to(self.catalog.snapshot().data(), &key)), value }))
+        Ok(Response::new(pb::CreateApiKeyResponse { key: Some(self.answer_key(key).await?), value }))
     }
 
     async fn put_stage(&self, req: Request<pb::PutStageRequest>) -> Res<pb::Stage> {
@@ -304,35 +336,41 @@ impl pb::admin_server::Admin for AdminService {
         }
         let st = self
             .catalog
-            .update(|d, _| ops::put_stage(d, &r.stage, r.api_name.clone(), methods.clone(), r.remove_methods.clone()))
+            .update(Want::nothing(), |d, _| {
+                ops::put_stage(d, &r.stage, r.api_name.clone(), methods.clone(), r.remove_methods.clone())
+            })
             .await?;
         tracing::info!(stage = %st.stage, "stage put");
-        Ok(Response::new(stage_to(self.catalog.snapshot().data(), &st)))
+        Ok(Response::new(stage_to(self.catalog.snapshot().small(), &st)))
     }
 
     async fn get_stage(&self, req: Request<pb::GetStageRequest>) -> Res<pb::Stage> {
         let stage = StageRef::parse(&req.into_inner().stage)?;
         let snap = self.catalog.snapshot();
-        let d = snap.data();
-        let s = d
-            .stages
+        let small = snap.small();
+        let s = small
+            .stage_records
             .get(&stage.to_string())
             .ok_or_else(|| AdminError::NotFound(format!("stage {stage} does not exist")))?;
-        Ok(Response::new(stage_to(d, s)))
+        Ok(Response::new(stage_to(small, s)))
     }
 
     async fn list_stages(&self, req: Request<pb::ListStagesRequest>) -> Res<pb::ListStagesResponse> {
         let api = req.into_inner().api_id;
         let snap = self.catalog.snapshot();
-        let d = snap.data();
-        let stages =
-            d.stages.values().filter(|s| api.is_empty() || s.stage.api_id == api).map(|s| stage_to(d, s)).collect();
+        let small = snap.small();
+        let stages = small
+            .stage_records
+            .values()
+            .filter(|s| api.is_empty() || s.stage.api_id == api)
+            .map(|s| stage_to(small, s))
+            .collect();
         Ok(Response::new(pb::ListStagesResponse { stages }))
     }
 
     async fn delete_stage(&self, req: Request<pb::DeleteStageRequest>) -> Res<pb::DeleteResponse> {
         let stage = req.into_inner().stage;
-        self.catalog.update(|d, _| ops::delete_stage(d, &stage)).await?;
+        self.catalog.update(Want::nothing(), |d, _| ops::delete_stage(d, &stage)).await?;
         tracing::info!(%stage, "stage deleted");
         Ok(Response::new(pb::DeleteResponse {}))
     }
@@ -340,7 +378,7 @@ impl pb::admin_server::Admin for AdminService {
     async fn delete_api(&self, req: Request<pb::DeleteApiRequest>) -> Res<pb::DeleteResponse> {
         let api = req.into_inner().api_id;
         require("api_id", &api)?;
-        self.catalog.update(|d, _| ops::delete_api(d, &api)).await?;
+        self.catalog.update(Want::nothing(), |d, _| ops::delete_api(d, &api)).await?;
         tracing::info!(api_id = %api, "API deleted");
         Ok(Response::new(pb::DeleteResponse {}))
     }
@@ -361,7 +399,7 @@ impl pb::admin_server::Admin for AdminService {
                 .map(|(i, s)| plan_stage_from(i, s))
                 .collect::<Result<_, _>>()?,
         };
-        let plan = self.catalog.update(|d, now| ops::create_plan(d, new.clone(), now)).await?;
+        let plan = self.catalog.update(Want::nothing(), |d, now| ops::create_plan(d, new.clone(), now)).await?;
         tracing::info!(plan_id = %plan.id, "usage plan created");
         Ok(Response::new(plan_to(&plan)))
     }
@@ -371,8 +409,8 @@ impl pb::admin_server::Admin for AdminService {
         require("id", &id)?;
         let snap = self.catalog.snapshot();
         let p = snap
-            .data()
-            .plans
+            .small()
+            .plan_records
             .get(&id)
             .ok_or_else(|| AdminError::NotFound(format!("usage plan {id:?} does not exist")))?;
         Ok(Response::new(plan_to(p)))
@@ -380,13 +418,16 @@ impl pb::admin_server::Admin for AdminService {
 
     async fn list_usage_plans(&self, req: Request<pb::ListUsagePlansRequest>) -> Res<pb::ListUsagePlansResponse> {
         let r = req.into_inner();
+        let of_key = match r.key_id.as_str() {
+            "" => None,
+            id => Some(self.catalog.key(id).await?.map(|k| k.plans).unwrap_or_default()),
+        };
         let snap = self.catalog.snapshot();
-        let d = snap.data();
-        let of_key: Option<Vec<&str>> = (!r.key_id.is_empty()).then(|| d.plans_of_key(&r.key_id).collect());
-        let items = d
-            .plans
+        let items = snap
+            .small()
+            .plan_records
             .values()
-            .filter(|p| of_key.as_ref().is_none_or(|ids| ids.contains(&p.id.as_str())))
+            .filter(|p| of_key.as_ref().is_none_or(|ids| ids.contains(&p.id)))
             .map(|p| (p.id.clone(), p));
         let (plans, next) = ops::page(items, r.page_size, &r.page_token)?;
         Ok(Response::new(pb::ListUsagePlansResponse {
@@ -444,7 +485,7 @@ impl pb::admin_server::Admin for AdminService {
             set_method_throttles: set,
             remove_method_throttles: r.remove_method_throttles.into_iter().map(|m| (m.stage, m.method)).collect(),
         };
-        let plan = self.catalog.update(|d, _| ops::update_plan(d, &r.id, patch.clone())).await?;
+        let plan = self.catalog.update(Want::nothing(), |d, _| ops::update_plan(d, &r.id, patch.clone())).await?;
         tracing::info!(plan_id = %plan.id, "usage plan updated");
         Ok(Response::new(plan_to(&plan)))
     }
@@ -452,7 +493,7 @@ impl pb::admin_server::Admin for AdminService {
     async fn delete_usage_plan(&self, req: Request<pb::DeleteUsagePlanRequest>) -> Res<pb::DeleteResponse> {
         let id = req.into_inner().id;
         require("id", &id)?;
-        self.catalog.update(|d, _| ops::delete_plan(d, &id)).await?;
+        self.catalog.delete_plan(&id).await?;
         tracing::info!(plan_id = %id, "usage plan deleted");
         Ok(Response::new(pb::DeleteResponse {}))
     }
@@ -461,19 +502,17 @@ impl pb::admin_server::Admin for AdminService {
         let r = req.into_inner();
         require("usage_plan_id", &r.usage_plan_id)?;
         require("key_id", &r.key_id)?;
-        let k = self.catalog.update(|d, _| ops::add_plan_key(d, &r.usage_plan_id, &r.key_id)).await?;
+        let k =
+            self.catalog.update(Want::key(&r.key_id), |d, _| ops::add_plan_key(d, &r.usage_plan_id, &r.key_id)).await?;
         tracing::info!(plan_id = %r.usage_plan_id, key_id = %r.key_id, "key added to usage plan");
-        Ok(Response::new(pb::UsagePlanKey {
-            usage_plan_id: r.usage_plan_id,
-            key: Some(key_to(self.catalog.snapshot().data(), &k)),
-        }))
+        Ok(Response::new(pb::UsagePlanKey { usage_plan_id: r.usage_plan_id, key: Some(self.answer_key(k).await?) }))
     }
 
     async fn remove_usage_plan_key(&self, req: Request<pb::UsagePlanKeyRequest>) -> Res<pb::DeleteResponse> {
         let r = req.into_inner();
         require("usage_plan_id", &r.usage_plan_id)?;
         require("key_id", &r.key_id)?;
-        self.catalog.update(|d, _| ops::remove_plan_key(d, &r.usage_plan_id, &r.key_id)).await?;
+        self.catalog.update(Want::key(&r.key_id), |d, _| ops::remove_plan_key(d, &r.usage_plan_id, &r.key_id)).await?;
         tracing::info!(plan_id = %r.usage_plan_id, key_id = %r.key_id, "key removed from usage plan");
         Ok(Response::new(pb::DeleteResponse {}))
     }
@@ -484,32 +523,26 @@ impl pb::admin_server::Admin for AdminService {
     ) -> Res<pb::ListUsagePlanKeysResponse> {
         let r = req.into_inner();
         require("usage_plan_id", &r.usage_plan_id)?;
-        let snap = self.catalog.snapshot();
-        let d = snap.data();
-        if !d.plans.contains_key(&r.usage_plan_id) {
+        if !self.catalog.snapshot().small().plan_records.contains_key(&r.usage_plan_id) {
             return Err(AdminError::NotFound(format!("usage plan {:?} does not exist", r.usage_plan_id)).into());
         }
-        let items = d
-            .plan_keys
-            .iter()
-            .filter(|pk| pk.plan_id == r.usage_plan_id)
-            .filter_map(|pk| d.keys.get(&pk.key_id))
-            .filter(|k| k.name.starts_with(&r.name_prefix))
-            .map(|k| (k.id.clone(), k));
-        let (keys, next) = ops::page(items, r.page_size, &r.page_token)?;
+        let size = page_size(r.page_size)?;
+        let after = decode_token(&r.page_token)?;
+        let (keys, next) =
+            self.catalog.list_plan_keys(&r.usage_plan_id, &r.name_prefix, size, after.as_deref()).await?;
         Ok(Response::new(pb::ListUsagePlanKeysResponse {
-            keys: keys.into_iter().map(|k| key_to(d, k)).collect(),
-            next_page_token: next,
+            keys: keys.iter().map(record_to).collect(),
+            next_page_token: encode_token(next),
         }))
     }
 
     async fn get_usage(&self, req: Request<pb::GetUsageRequest>) -> Res<pb::Usage> {
         let r = req.into_inner();
-        Ok(Response::new(self.usage.get_usage(&self.catalog.snapshot(), r).await?))
+        Ok(Response::new(self.usage.get_usage(&self.catalog, r).await?))
     }
 
     async fn update_usage(&self, req: Request<pb::UpdateUsageRequest>) -> Res<pb::UsageUpdated> {
         let r = req.into_inner();
-        Ok(Response::new(self.usage.update_usage(&self.catalog.snapshot(), r).await?))
+        Ok(Response::new(self.usage.update_usage(&self.catalog, r).await?))
     }
 }

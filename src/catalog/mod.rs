@@ -2,26 +2,36 @@
 //! the in-process snapshot that answers every lookup of the hot path without
 //! I/O.
 //!
-//! [`CatalogData`] is the plain list of records, as a source (the YAML file of
-//! [`file`](mod@file), later Redis) gives them. [`Catalog::compile`] checks the
-//! references between them (every plan stage exists, every subscription names
-//! a known plan and key, a key has at most one plan per stage) and builds the
-//! lookup tables: key hash → key and its plan per stage, stage → method
-//! settings. A [`CatalogHandle`] holds the current snapshot behind an
-//! `ArcSwap`: readers take it without a lock; a change swaps in a new one.
+//! - [`CatalogData`] is a plain set of records: a catalog file's
+//!   ([`file`](mod@file)), or the part of a stored catalog a transaction
+//!   works on (`records.rs`).
+//! - [`Catalog`] (`snapshot.rs`) is the data plane's compact, immutable view;
+//!   a [`CatalogHandle`] holds the current one behind an `ArcSwap`: readers
+//!   take it without a lock; a change swaps in a new one that shares all it
+//!   did not touch.
+//! - [`store::CatalogService`] keeps the snapshot in step with where the
+//!   records live (this process, or Redis: `memory.rs`, `redis.rs`) and runs
+//!   the control plane's changes (`admin.rs`) as transactions.
 
 pub mod admin;
 pub mod bootstrap;
 pub mod csv_import;
 pub mod file;
+pub mod memory;
+pub mod records;
+pub mod redis;
+pub mod snapshot;
 pub mod store;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use crate::model::{Api, ApiKey, Invalid, KeyHash, MethodSetting, MethodTable, Stage, StageRef, Throttle, UsagePlan};
+pub use snapshot::{Catalog, CompiledStage, KeyEntry, StagePlan};
+
+use crate::model::{Api, ApiKey, Invalid, KeyHash, Stage, UsagePlan};
 
 /// A subscription: the key may call the plan's stages under the plan's limits.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
@@ -83,164 +93,14 @@ pub enum CatalogError {
     Conflict(String),
 }
 
-/// A stage compiled for lookups.
-#[derive(Debug)]
-pub struct CompiledStage {
-    /// Which stage.
-    pub stage: StageRef,
-    /// Its method settings by pattern.
-    pub methods: MethodTable<MethodSetting>,
-}
-
-/// One plan as it applies to one stage.
-#[derive(Debug)]
-pub struct StagePlan {
-    /// The plan.
-    pub plan: Arc<UsagePlan>,
-    /// The plan's per-method throttles on this stage.
-    pub method_throttles: MethodTable<Throttle>,
-}
-
-/// A plan's stages, by `API/STAGE`.
-type PlanStages = BTreeMap<String, Arc<StagePlan>>;
-
-/// A key and where it may go.
-#[derive(Debug)]
-pub struct KeyEntry {
-    /// The key record.
-    pub key: Arc<ApiKey>,
-    /// For each stage (`API/STAGE`) the one plan of this key that contains it.
-    pub plans_by_stage: HashMap<String, Arc<StagePlan>>,
-    /// For a rotated-out value: until when it still opens the key.
-    pub valid_until_ms: Option<u64>,
-}
-
-/// An immutable, compiled catalog.
-#[derive(Debug, Default)]
-pub struct Catalog {
-    data: CatalogData,
-    stages: HashMap<String, CompiledStage>,
-    keys: HashMap<KeyHash, Arc<KeyEntry>>,
-}
-
-impl Catalog {
-    /// Checks the references between records and builds the lookup tables.
-    pub fn compile(data: CatalogData) -> Result<Self, CatalogError> {
-        let mut stages = HashMap::new();
-        for s in data.stages.values() {
-            if !data.apis.contains_key(s.stage.api_id.as_str()) {
-                let msg = format!("stage {} belongs to unknown API {:?}", s.stage, s.stage.api_id);
-                return Err(Invalid::new("stages", msg).into());
-            }
-            let methods = MethodTable::parse(s.methods.iter().map(|(m, setting)| (m, *setting)))
-                .map_err(|e| Invalid::new(format!("stage {}: methods", s.stage), e.message))?;
-            for (m, setting) in &s.methods {
-                if let Some(t) = &setting.throttle {
-                    t.validate().map_err(|e| e.within(&format!("stage {}: methods[{m}].throttle", s.stage)))?;
-                }
-            }
-            let compiled = CompiledStage { stage: s.stage.clone(), methods };
-            stages.insert(s.stage.to_string(), compiled);
-        }
-
-        let mut plans: HashMap<&str, PlanStages> = HashMap::new();
-        for p in data.plans.values() {
-            p.validate().map_err(|e| e.within(&format!("usage plan {:?}", p.id)))?;
-            let mut per_stage = BTreeMap::new();
-            let plan = Arc::new(p.clone());
-            for ps in &p.api_stages {
-                if !stages.contains_key(&ps.stage.to_string()) {
-                    let field = format!("usage plan {:?}: api_stages", p.id);
-                    return Err(Invalid::new(field, format!("stage {} does not exist", ps.stage)).into());
-                }
-                let method_throttles = MethodTable::parse(ps.throttle.iter().map(|(m, t)| (m, *t))).map_err(|e| {
-                    Invalid::new(format!("usage plan {:?}: stage {}: throttle", p.id, ps.stage), e.message)
-                })?;
-                let sp = StagePlan { plan: plan.clone(), method_throttles };
-                per_stage.insert(ps.stage.to_string(), Arc::new(sp));
-            }
-            plans.insert(p.id.as_str(), per_stage);
-        }
-
-        let mut by_key: HashMap<&str, HashMap<String, Arc<StagePlan>>> = HashMap::new();
-        for pk in &data.plan_keys {
-            let Some(per_stage) = plans.get(pk.plan_id.as_str()) else {
-                let msg = format!("usage plan {:?} does not exist", pk.plan_id);
-                return Err(Invalid::new("usage plan keys", msg).into());
-            };
-            if !data.keys.contains_key(pk.key_id.as_str()) {
-                let msg = format!("API key {:?} does not exist", pk.key_id);
-                return Err(Invalid::new("usage plan keys", msg).into());
-            }
-            let entry = by_key.entry(pk.key_id.as_str()).or_default();
-            for (stage, sp) in per_stage {
-                if let Some(other) = entry.get(stage) {
-                    if other.plan.id != pk.plan_id {
-                        return Err(CatalogError::Conflict(format!(
-                            "API key {:?} cannot be in usage plan {:?}: it is already in usage plan {:?}, which also contains stage {stage}; a key may have only one plan per stage",
-                            pk.key_id, pk.plan_id, other.plan.id
-                        )));
-                    }
-                }
-                entry.insert(stage.clone(), sp.clone());
-            }
-        }
-
-        let mut keys = HashMap::new();
-        let mut entries: HashMap<&str, Arc<KeyEntry>> = HashMap::new();
-        for k in data.keys.values() {
-            let e = Arc::new(KeyEntry {
-                key: Arc::new(k.clone()),
-                plans_by_stage: by_key.remove(k.id.as_str()).unwrap_or_default(),
-                valid_until_ms: None,
-            });
-            if let Some(other) = keys.insert(k.value_hash, e.clone()) {
-                return Err(CatalogError::Conflict(format!(
-                    "API keys {:?} and {:?} have the same value; values must be unique",
-                    other.key.id, k.id
-                )));
-            }
-            entries.insert(k.id.as_str(), e);
-        }
-        for (hash, old) in &data.old_values {
-            let (Some(e), Some(hash)) = (entries.get(old.key_id.as_str()), KeyHash::from_hex(hash)) else {
-                continue;
-            };
-            keys.entry(hash).or_insert_with(|| {
-                Arc::new(KeyEntry {
-                    key: e.key.clone(),
-                    plans_by_stage: e.plans_by_stage.clone(),
-                    valid_until_ms: Some(old.valid_until_ms),
-                })
-            });
-        }
-        Ok(Self { data, stages, keys })
-    }
-
-    /// The records the catalog was compiled from.
-    pub fn data(&self) -> &CatalogData {
-        &self.data
-    }
-
-    /// A stage by `API/STAGE`.
-    pub fn stage(&self, stage: &str) -> Option<&CompiledStage> {
-        self.stages.get(stage)
-    }
-
-    /// A key by the hash of its value.
-    pub fn key_by_hash(&self, hash: &KeyHash) -> Option<&Arc<KeyEntry>> {
-        self.keys.get(hash)
-    }
-}
-
 /// The current catalog snapshot, shared by every request.
 #[derive(Clone)]
-pub struct CatalogHandle(Arc<ArcSwap<Catalog>>);
+pub struct CatalogHandle(Arc<ArcSwap<Catalog>>, Arc<AtomicBool>);
 
 impl CatalogHandle {
-    /// A handle on `catalog`.
+    /// A handle on `catalog`, counted as loaded.
     pub fn new(catalog: Catalog) -> Self {
-        Self(Arc::new(ArcSwap::from_pointee(catalog)))
+        Self(Arc::new(ArcSwap::from_pointee(catalog)), Arc::new(AtomicBool::new(true)))
     }
 
     /// The current snapshot (lock-free).
@@ -257,12 +117,23 @@ impl CatalogHandle {
     pub fn store(&self, catalog: Catalog) {
         self.0.store(Arc::new(catalog));
     }
+
+    /// Whether the snapshot holds the catalog (a Redis catalog is empty until
+    /// its first load: decisions then answer UNAVAILABLE, not 403).
+    pub fn is_loaded(&self) -> bool {
+        self.1.load(Ordering::Acquire)
+    }
+
+    /// Marks the snapshot loaded or not.
+    pub fn set_loaded(&self, loaded: bool) {
+        self.1.store(loaded, Ordering::Release);
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{PlanStage, Stage};
+    use crate::model::{MethodSetting, PlanStage, StageRef, Throttle};
 
     /// A catalog read from Redis (written by an older version, or by hand) is
     /// checked like a new one: a throttle out of bounds is refused, naming

@@ -1,102 +1,108 @@
 //! Where the catalog lives and how every replica keeps its snapshot fresh.
 //!
-//! [`CatalogService`] holds the compiled snapshot that the data plane reads
-//! (lock-free, no I/O) and runs control-plane changes as transactions:
-//! `update(f)` applies `f` to a copy of the records, checks the result as a
-//! whole ([`Catalog::compile`]: references, one plan per stage per key,
-//! unique values), stores it, and swaps the snapshot.
+//! [`CatalogService`] holds the snapshot the data plane reads (lock-free, no
+//! I/O; `snapshot.rs`) and runs control-plane changes as transactions over
+//! the records: [`CatalogService::update`] loads the small tables and the
+//! keys the change needs ([`Want`]), lets a pure function of `admin.rs` edit
+//! them, checks the result ([`records::check_partial`] plus the store's own
+//! index checks), writes what changed, and applies the same change to the
+//! snapshot. No change copies the catalog: a transaction reads and writes
+//! O(records it touches), and the snapshot copies one shard per changed key.
 //!
-//! - **Memory** (no Redis): the records live in this process; changes are
-//!   lost on restart (the catalog file is loaded again).
-//! - **Redis**: the records live in Redis (`store/keys.rs`, `{cat}` keys).
-//!   A change is an optimistic transaction: WATCH the version key, compute,
-//!   MULTI / write the changed records / INCR version / PUBLISH / EXEC, and
-//!   start over if another writer got in between. Two admins racing to put a
-//!   key into two plans sharing a stage are thus serialised, and the second
-//!   is refused. Every replica hears the new version on the pub/sub channel
-//!   and reloads; it also polls the version every `poll` interval, so a lost
-//!   message or a dropped subscription heals within that interval.
+//! - **Memory** (no Redis): the records and their indexes live in this
+//!   process (`memory.rs`); changes are lost on restart (the catalog file is
+//!   loaded again).
+//! - **Redis** (`redis.rs`): a change is an optimistic transaction on the
+//!   catalog's `head` (WATCH, MULTI/EXEC, start over if another writer got in
+//!   first), and appends one entry to the change log, a stream. Every
+//!   replica follows the log (XREAD): for each entry it reads the changed
+//!   records again and patches its snapshot, so Redis works in proportion to
+//!   the change, never to the catalog. A replica loads the whole catalog (in
+//!   chunks) only at start, or when the log shows a gap, a trimmed stretch, a
+//!   new epoch (Redis was emptied) or a history other than the one it saw (a
+//!   restored Redis). Starting a replica writes nothing.
 //!
 //! With Redis, the catalog file is a bootstrap: at start (and after Redis was
-//! reset) a replica applies it only if its digest was never applied, by the
-//! rules of [`super::bootstrap`], in one transaction with the file state
-//! (`file_digests`, `file_records`). A file that cannot be applied is logged;
-//! it never keeps a replica from serving the catalog Redis has.
+//! emptied) a replica applies it only if its digest was never applied, by the
+//! rules of [`super::bootstrap`], in transactions of at most `redis::CHUNK`
+//! keys, each with its part of the file state (`file_records`); the digest is
+//! remembered with the last one. A file that cannot be applied is logged; it
+//! never keeps a replica from serving the catalog Redis has.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use deadpool_redis::{Connection, Pool, Runtime, Timeouts};
-use futures::StreamExt;
-use redis::AsyncCommands;
-use serde::{de::DeserializeOwned, Serialize};
+use tokio::sync::{watch, Notify, OwnedMutexGuard};
 
-use super::admin::{prune_old_values, AdminError};
-use super::bootstrap::{self, Applied, FileState};
+use super::admin::{AdminError, ImportRow, ImportWarning};
+use super::bootstrap::{self, Applied, FileState, Outcome, Record};
 use super::file::CatalogFile;
-use super::{Catalog, CatalogData, CatalogHandle, PlanKey};
+use super::memory::MemoryRecords;
+use super::records::{add_keys, check_partial, Change, ChangeSet, KeyRecord, Position, Want};
+use super::redis::{Committed, FileDelta, Index, RedisRecords, RedisTx, CHUNK, FOLLOW_BLOCK};
+use super::snapshot::{self, entries_of, Catalog, Small};
+use super::{CatalogData, CatalogHandle, PlanKey};
+use crate::model::{Api, Stage, UsagePlan};
 use crate::store::keys::Keys;
-use crate::store::redis::redact_url;
-
-/// The catalog of this process, kept in step with its store.
-pub struct CatalogService {
-    handle: CatalogHandle,
-    version: AtomicU64,
-    /// Serialises installs so that the version only moves forward.
-    install_lock: Mutex<()>,
-    ready: AtomicBool,
-    /// Whether the snapshot came from the store (a Redis catalog starts with
-    /// the file's records, which are not a base to compute changes from).
-    synced: AtomicBool,
-    backend: Backend,
-}
-
-enum Backend {
-    Memory(tokio::sync::Mutex<()>),
-    Redis(Box<RedisCatalog>),
-}
-
-struct RedisCatalog {
-    pool: Pool,
-    client: redis::Client,
-    keys: Keys,
-    url: String,
-    poll: Duration,
-    /// The catalog file, applied at start and again after a Redis reset.
-    file: Option<CatalogFile>,
-    /// An application of the file was cut short by Redis going away; the
-    /// poll tries again.
-    file_pending: AtomicBool,
-    /// Serialises loads, so that a late, older load never follows a newer one
-    /// (an older version then means only one thing: Redis was reset).
-    load_lock: tokio::sync::Mutex<()>,
-}
-
-const TABLES: [&str; 5] = ["apis", "stages", "plans", "keys", "old_values"];
 
 /// How many times a transaction is tried before the caller is told to retry.
 const ATTEMPTS: usize = 32;
 
-/// A catalog transaction under way: the version key is watched, and `data`
-/// is a copy of the records at version `v`, to be changed and committed.
-struct Tx {
-    conn: Connection,
-    v: u64,
-    /// The snapshot `data` was copied from.
-    old: Arc<Catalog>,
-    data: CatalogData,
-    now: u64,
-    /// Loading the records showed that Redis was reset.
-    reset: bool,
+/// How long a transaction waits for this replica's snapshot to reach the
+/// catalog's head before it gives up (UNAVAILABLE).
+const CATCH_UP: Duration = Duration::from_secs(5);
+
+/// The catalog of this process, kept in step with its store.
+pub struct CatalogService {
+    handle: CatalogHandle,
+    /// Where the installed snapshot stands; `None` before the first load.
+    at: Mutex<Option<Position>>,
+    /// Tells waiters the snapshot moved.
+    moved: watch::Sender<u64>,
+    /// Serialises changes to the snapshot.
+    install: tokio::sync::Mutex<()>,
+    ready: AtomicBool,
+    backend: Backend,
 }
 
-impl Tx {
-    /// Gives up the transaction (UNWATCH), so the pooled connection is clean.
-    async fn abort(mut self) {
-        let _: redis::RedisResult<()> = redis::cmd("UNWATCH").query_async(&mut self.conn).await;
-    }
+enum Backend {
+    Memory(Arc<tokio::sync::Mutex<MemoryRecords>>),
+    Redis(Box<RedisSide>),
+}
+
+struct RedisSide {
+    records: RedisRecords,
+    /// How often the follower looks at `head` when no change comes.
+    poll: Duration,
+    /// The catalog file, applied at start and again after Redis was emptied.
+    file: Option<CatalogFile>,
+    /// An application of the file was cut short; the follower tries again.
+    file_pending: AtomicBool,
+    /// Asks the follower to look at the log now.
+    wake: Notify,
+}
+
+/// A transaction under way.
+enum Tx {
+    Memory(OwnedMutexGuard<MemoryRecords>),
+    Redis(RedisTx),
+}
+
+/// The records a transaction starts from.
+struct Working {
+    tx: Tx,
+    before: CatalogData,
+    now: u64,
+}
+
+/// How a commit ended.
+enum Done {
+    /// Written (or nothing to write).
+    Yes,
+    /// Another writer got in first.
+    Retry,
 }
 
 /// What [`CatalogService::apply_file`] did.
@@ -107,59 +113,55 @@ enum FileOutcome {
     Applied(Applied),
 }
 
+/// A filter of [`CatalogService::list_keys`].
+#[derive(Debug, Clone, Default)]
+pub struct KeyFilter {
+    /// Names starting with this.
+    pub name_prefix: String,
+    /// This customer's keys only.
+    pub customer_id: String,
+}
+
 impl CatalogService {
-    /// A catalog kept in memory, starting from `initial`.
+    /// A catalog kept in memory, starting from `initial` (checked whole).
     pub fn memory(initial: CatalogData) -> Result<Arc<Self>, AdminError> {
-        let catalog = Catalog::compile(initial)?;
-        Ok(Arc::new(Self {
-            handle: CatalogHandle::new(catalog),
-            version: AtomicU64::new(1),
-            install_lock: Mutex::new(()),
-            ready: AtomicBool::new(true),
-            synced: AtomicBool::new(true),
-            backend: Backend::Memory(tokio::sync::Mutex::new(())),
-        }))
+        let catalog = Catalog::compile(initial.clone())?;
+        let mut recs = MemoryRecords::default();
+        let mut set = ChangeSet::diff(&CatalogData::default(), &initial);
+        set.added_stages.clear();
+        if !set.is_empty() {
+            recs.commit(&set)?;
+        }
+        let at = recs.at.clone();
+        let svc = Self::new(catalog, Backend::Memory(Arc::new(tokio::sync::Mutex::new(recs))));
+        *svc.at.lock().unwrap_or_else(|p| p.into_inner()) = Some(at);
+        svc.handle.set_loaded(true);
+        svc.ready.store(true, Ordering::SeqCst);
+        Ok(Arc::new(svc))
     }
 
-    /// A catalog in Redis. Starts unready with the file's records as its
-    /// snapshot; a background task loads the catalog once Redis can be
-    /// reached, applies the catalog file (if any, and if never applied
-    /// before), becomes ready, and then keeps the catalog fresh.
+    /// A catalog in Redis. Starts unready, with nothing loaded (decisions
+    /// answer UNAVAILABLE); a background task loads the catalog once Redis
+    /// can be reached, applies the catalog file (if any, and if never
+    /// applied before), becomes ready, and then follows the change log.
     pub fn redis(url: &str, keys: Keys, poll: Duration, file: Option<CatalogFile>) -> Result<Arc<Self>, AdminError> {
-        let client = redis::Client::open(url).map_err(|e| {
-            AdminError::Invalid(crate::model::Invalid::new("redis_url", format!("{}: {e}", redact_url(url))))
-        })?;
-        let mut cfg = deadpool_redis::Config::from_url(url);
-        let mut pool_cfg = deadpool_redis::PoolConfig::new(8);
-        pool_cfg.timeouts = Timeouts {
-            wait: Some(Duration::from_secs(2)),
-            create: Some(Duration::from_secs(2)),
-            recycle: Some(Duration::from_secs(2)),
-        };
-        cfg.pool = Some(pool_cfg);
-        let pool = cfg
-            .create_pool(Some(Runtime::Tokio1))
-            .map_err(|e| AdminError::Internal(format!("cannot create the Redis pool: {e}")))?;
-        let catalog = Catalog::compile(file.as_ref().map(|f| f.records.clone()).unwrap_or_default())?;
-        let svc = Arc::new(Self {
-            handle: CatalogHandle::new(catalog),
-            version: AtomicU64::new(0),
-            install_lock: Mutex::new(()),
-            ready: AtomicBool::new(false),
-            synced: AtomicBool::new(false),
-            backend: Backend::Redis(Box::new(RedisCatalog {
-                pool,
-                client,
-                keys,
-                url: url.to_string(),
-                poll,
-                file,
-                file_pending: AtomicBool::new(false),
-                load_lock: tokio::sync::Mutex::new(()),
-            })),
-        });
-        tokio::spawn(sync(svc.clone()));
+        let records = RedisRecords::open(url, keys)?;
+        let side = RedisSide { records, poll, file, file_pending: AtomicBool::new(false), wake: Notify::new() };
+        let svc = Arc::new(Self::new(Catalog::default(), Backend::Redis(Box::new(side))));
+        svc.handle.set_loaded(false);
+        tokio::spawn(follow(svc.clone()));
         Ok(svc)
+    }
+
+    fn new(catalog: Catalog, backend: Backend) -> Self {
+        Self {
+            handle: CatalogHandle::new(catalog),
+            at: Mutex::new(None),
+            moved: watch::channel(0).0,
+            install: tokio::sync::Mutex::new(()),
+            ready: AtomicBool::new(false),
+            backend,
+        }
     }
 
     /// The snapshot handle the data plane reads.
@@ -172,9 +174,14 @@ impl CatalogService {
         self.handle.load_full()
     }
 
-    /// The version of the current snapshot.
+    /// Where the snapshot stands (`None` before the first load).
+    pub fn position(&self) -> Option<Position> {
+        self.at.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The snapshot's version (0 before the first load).
     pub fn version(&self) -> u64 {
-        self.version.load(Ordering::SeqCst)
+        self.position().map_or(0, |p| p.version)
     }
 
     /// Whether the catalog has been loaded from its store.
@@ -182,194 +189,525 @@ impl CatalogService {
         self.ready.load(Ordering::SeqCst)
     }
 
-    /// Installs a catalog of version `v` read from the store, unless it is the
-    /// version we have. Loads are serialised, so a version older than ours
-    /// means the store was reset (a Redis restart without persistence, a
-    /// FLUSHALL): that catalog is installed too, and the answer says so.
-    fn install(&self, v: u64, catalog: Catalog) -> Install {
-        let _g = self.install_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let current = self.version.load(Ordering::SeqCst);
-        let synced = self.synced.load(Ordering::SeqCst);
-        if synced && v == current {
-            return Install::Same;
-        }
+    /// Installs `catalog` at `at` (the caller holds `install`).
+    fn set(&self, catalog: Catalog, at: Position) {
         self.handle.store(catalog);
-        self.version.store(v, Ordering::SeqCst);
-        self.synced.store(true, Ordering::SeqCst);
-        if synced && v < current {
-            tracing::warn!(from = current, to = v, "the catalog version went back: Redis was reset; reloaded");
-            Install::Reset
-        } else {
-            Install::Newer
-        }
+        self.handle.set_loaded(true);
+        let v = at.version;
+        *self.at.lock().unwrap_or_else(|p| p.into_inner()) = Some(at);
+        metrics::gauge!("tollgate_catalog_version").set(v as f64);
+        self.moved.send_replace(v);
     }
 
-    fn synced(&self) -> bool {
-        self.synced.load(Ordering::SeqCst)
-    }
+    // ---- transactions ----
 
-    /// Runs a change as a transaction: `f` edits a copy of the records; the
-    /// result is checked as a whole, stored, and installed. `f` may run more
-    /// than once (when another writer got in first), so it must not have side
-    /// effects beyond the records it is given.
+    /// Runs a change as a transaction: `f` edits the records `want` names
+    /// (and the small tables); the result is checked, written and applied to
+    /// the snapshot. `f` may run more than once (when another writer got in
+    /// first), so it must not have side effects beyond the records it gets.
     pub async fn update<T>(
         &self,
+        want: Want,
         mut f: impl FnMut(&mut CatalogData, u64) -> Result<T, AdminError>,
     ) -> Result<T, AdminError> {
-        match &self.backend {
-            Backend::Memory(lock) => {
-                let _g = lock.lock().await;
-                let now = crate::model::now_ms();
-                let mut data = self.snapshot().data().clone();
-                prune_old_values(&mut data, now);
-                let out = f(&mut data, now)?;
-                let catalog = Catalog::compile(data)?;
-                let v = self.version() + 1;
-                self.install(v, catalog);
-                Ok(out)
-            }
-            Backend::Redis(r) => {
-                for _ in 0..ATTEMPTS {
-                    if let Some(out) = self.try_redis_update(r, &mut f).await? {
-                        return Ok(out);
-                    }
-                    backoff().await;
-                }
-                Err(AdminError::Unavailable("the catalog is changing too fast to apply this change; retry".into()))
-            }
-        }
-    }
-
-    /// One attempt; `None` when another writer got in first.
-    async fn try_redis_update<T>(
-        &self,
-        r: &RedisCatalog,
-        f: &mut impl FnMut(&mut CatalogData, u64) -> Result<T, AdminError>,
-    ) -> Result<Option<T>, AdminError> {
-        let Some(mut tx) = self.begin(r).await? else { return Ok(None) };
-        if tx.reset && r.file.is_some() {
-            // Redis was reset: put the catalog file back first, then retry.
-            tx.abort().await;
-            self.apply_file_and_log(r).await?;
-            return Ok(None);
-        }
-        let out = match f(&mut tx.data, tx.now) {
-            Ok(o) => o,
-            Err(e) => {
-                tx.abort().await;
-                return Err(e);
-            }
-        };
-        Ok(self.commit(r, tx, None).await?.then_some(out))
-    }
-
-    /// Starts a transaction: WATCH the version key and, if the snapshot is
-    /// not of that version, load the records of that version. `None` when
-    /// the version moved while loading.
-    async fn begin(&self, r: &RedisCatalog) -> Result<Option<Tx>, AdminError> {
-        let mut conn = r.pool.get().await.map_err(|e| unavailable(&r.url, e))?;
-        let version_key = r.keys.catalog("version");
-        redis::cmd("WATCH").arg(&version_key).query_async::<()>(&mut conn).await.map_err(|e| unavailable(&r.url, e))?;
-        let v: u64 = conn.get::<_, Option<u64>>(&version_key).await.map_err(|e| unavailable(&r.url, e))?.unwrap_or(0);
-        let now = crate::model::now_ms();
-        let mut tx = Tx { conn, v, old: self.snapshot(), data: CatalogData::default(), now, reset: false };
-        if v != self.version() || !self.synced() {
-            let _g = r.load_lock.lock().await;
-            let loaded = match load(r).await {
-                Ok((loaded_v, data)) if loaded_v == v => Catalog::compile(data)
-                    .map_err(|e| AdminError::Internal(format!("the stored catalog is invalid: {e}"))),
-                Ok(_) => {
-                    tx.abort().await;
-                    return Ok(None);
-                }
-                Err(e) => Err(e),
+        for _ in 0..ATTEMPTS {
+            let Some(w) = self.begin(&want).await? else {
+                backoff().await;
+                continue;
             };
-            match loaded {
-                Ok(catalog) => tx.reset = self.install(v, catalog) == Install::Reset,
+            let mut after = w.before.clone();
+            let out = match f(&mut after, w.now) {
+                Ok(o) => o,
                 Err(e) => {
-                    tx.abort().await;
+                    abort(w.tx).await;
                     return Err(e);
                 }
+            };
+            match self.commit(w, &after, &FileDelta::default()).await? {
+                Done::Yes => return Ok(out),
+                Done::Retry => backoff().await,
             }
-            tx.old = self.snapshot();
         }
-        tx.data = tx.old.data().clone();
-        prune_old_values(&mut tx.data, now);
-        Ok(Some(tx))
+        Err(AdminError::Unavailable("the catalog is changing too fast to apply this change; retry".into()))
     }
 
-    /// Checks the changed records as a whole, writes what changed (with the
-    /// catalog file's state, `(stored, new)`, when given) and the new version
-    /// in one MULTI/EXEC, and installs the result. `false` when another
-    /// writer got in first.
-    async fn commit(
+    /// Runs `f` on the records `want` names without writing anything (a dry
+    /// run: what `update` would answer now).
+    pub async fn dry_run<T>(
         &self,
-        r: &RedisCatalog,
-        mut tx: Tx,
-        file_state: Option<(&FileState, &FileState)>,
-    ) -> Result<bool, AdminError> {
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        let checked = Catalog::compile(tx.data.clone())
-            .map_err(AdminError::from)
-            .and_then(|c| diff_into(&mut pipe, &r.keys, tx.old.data(), &tx.data).map(|()| c));
-        let catalog = match checked {
-            Ok(c) => c,
-            Err(e) => {
-                tx.abort().await;
-                return Err(e);
-            }
-        };
-        if let Some((stored, new)) = file_state {
-            file_state_into(&mut pipe, &r.keys, stored, new);
-        }
-        pipe.incr(r.keys.catalog("version"), 1).ignore();
-        pipe.publish(r.keys.catalog("changes"), tx.v + 1).ignore();
-        let done: Option<()> = pipe.query_async(&mut tx.conn).await.map_err(|e| unavailable(&r.url, e))?;
-        if done.is_none() {
-            return Ok(false);
-        }
-        self.install(tx.v + 1, catalog);
-        Ok(true)
-    }
-
-    /// Applies the catalog file unless a file with its digest was applied
-    /// before (docs/admin.md, "The catalog file at start").
-    async fn apply_file(&self, r: &RedisCatalog, file: &CatalogFile) -> Result<FileOutcome, AdminError> {
+        want: Want,
+        f: impl FnOnce(&mut CatalogData, u64) -> Result<T, AdminError>,
+    ) -> Result<T, AdminError> {
         for _ in 0..ATTEMPTS {
-            if let Some(out) = self.try_apply_file(r, file).await? {
-                return Ok(out);
+            if let Some(w) = self.begin(&want).await? {
+                let mut after = w.before.clone();
+                let out = f(&mut after, w.now);
+                abort(w.tx).await;
+                return out;
             }
             backoff().await;
         }
-        Err(AdminError::Unavailable("the catalog is changing too fast to apply the catalog file".into()))
+        Err(AdminError::Unavailable("the catalog is changing too fast; retry".into()))
     }
 
-    /// One attempt; `None` when another writer got in first. The file state
-    /// is read inside the transaction: of two replicas starting together
-    /// with a new file, one applies it and the other sees it applied.
-    async fn try_apply_file(&self, r: &RedisCatalog, file: &CatalogFile) -> Result<Option<FileOutcome>, AdminError> {
-        let Some(mut tx) = self.begin(r).await? else { return Ok(None) };
-        let state = match read_file_state(&mut tx.conn, &r.keys).await {
-            Ok(s) => s,
-            Err(e) => {
-                tx.abort().await;
-                return Err(e);
+    /// Imports CSV rows (`admin::import_keys`) in transactions of at most
+    /// [`CHUNK`] rows, so that an import of any size never holds Redis for
+    /// long. With `fail_on_warnings`, every chunk is first tried without
+    /// writing, and any warning means nothing is imported (a change racing
+    /// the import can still make a row fail later; it then comes back as a
+    /// warning). Safe to run again: rows whose value exists update that key.
+    pub async fn import_keys(
+        &self,
+        rows: Vec<ImportRow>,
+        mut warnings: Vec<ImportWarning>,
+        fail_on_warnings: bool,
+    ) -> Result<(Vec<String>, Vec<ImportWarning>), AdminError> {
+        let want = |chunk: &[ImportRow]| Want {
+            ids: Vec::new(),
+            hashes: chunk.iter().map(|r| crate::model::KeyHash::of(&r.value)).collect(),
+        };
+        if fail_on_warnings {
+            for chunk in rows.chunks(CHUNK) {
+                let (_, w) = self
+                    .dry_run(want(chunk), |d, now| super::admin::import_keys(d, chunk.to_vec(), Vec::new(), false, now))
+                    .await?;
+                warnings.extend(w);
+            }
+            if !warnings.is_empty() {
+                warnings.sort_by_key(|w| w.line);
+                let now = crate::model::now_ms();
+                super::admin::import_keys(&mut CatalogData::default(), Vec::new(), warnings, true, now)?;
+                unreachable!("warnings with fail_on_warnings are an error");
+            }
+        }
+        let mut ids = Vec::with_capacity(rows.len());
+        for chunk in rows.chunks(CHUNK) {
+            let (i, w) = self
+                .update(want(chunk), |d, now| super::admin::import_keys(d, chunk.to_vec(), Vec::new(), false, now))
+                .await?;
+            ids.extend(i);
+            warnings.extend(w);
+        }
+        warnings.sort_by_key(|w| w.line);
+        Ok((ids, warnings))
+    }
+
+    /// Begins a transaction and loads what `want` names. `None`: the catalog
+    /// moved on while this replica caught up; start over.
+    async fn begin(&self, want: &Want) -> Result<Option<Working>, AdminError> {
+        let now = crate::model::now_ms();
+        match &self.backend {
+            Backend::Memory(m) => {
+                let g = m.clone().lock_owned().await;
+                let mut before = CatalogData {
+                    apis: g.apis.clone(),
+                    stages: g.stages.clone(),
+                    plans: g.plans.clone(),
+                    ..CatalogData::default()
+                };
+                add_keys(&mut before, g.fetch_keys(&want.ids, &want.hashes));
+                prune_rotated(&mut before, now);
+                Ok(Some(Working { tx: Tx::Memory(g), before, now }))
+            }
+            Backend::Redis(r) => {
+                let mut tx = r.records.begin().await?;
+                if !self.caught_up(r, &tx.at).await {
+                    tx.abort().await;
+                    return Ok(None);
+                }
+                let small = self.snapshot();
+                let small = small.small();
+                let mut before = CatalogData {
+                    apis: small.apis.clone(),
+                    stages: small.stage_records.clone(),
+                    plans: small.plan_records.clone(),
+                    ..CatalogData::default()
+                };
+                let keys = match r.records.fetch_keys(&mut tx, &want.ids, &want.hashes).await {
+                    Ok(k) => k,
+                    Err(e) => {
+                        tx.abort().await;
+                        return Err(e);
+                    }
+                };
+                add_keys(&mut before, keys);
+                prune_rotated(&mut before, now);
+                Ok(Some(Working { tx: Tx::Redis(tx), before, now }))
+            }
+        }
+    }
+
+    /// Waits until the snapshot stands at `head`; false if it moved past it
+    /// (or did not get there in time).
+    async fn caught_up(&self, r: &RedisSide, head: &Position) -> bool {
+        let deadline = Instant::now() + CATCH_UP;
+        let mut moved = self.moved.subscribe();
+        loop {
+            match self.position() {
+                Some(p) if &p == head => return true,
+                Some(p) if p.epoch == head.epoch && p.version > head.version => return false,
+                _ => {}
+            }
+            r.wake.notify_one();
+            if tokio::time::timeout_at(deadline.into(), moved.changed()).await.is_err() {
+                return false;
+            }
+        }
+    }
+
+    /// Checks `after`, writes what changed since `w.before` (with the file
+    /// state's `file` changes), and applies it to the snapshot.
+    async fn commit(&self, w: Working, after: &CatalogData, file: &FileDelta) -> Result<Done, AdminError> {
+        if let Err(e) = check_partial(after) {
+            abort(w.tx).await;
+            return Err(e.into());
+        }
+        let set = ChangeSet::diff(&w.before, after);
+        if set.is_empty() && file.fingerprints.is_empty() && file.applied.is_empty() {
+            abort(w.tx).await;
+            return Ok(Done::Yes);
+        }
+        let (change, at) = match w.tx {
+            Tx::Memory(mut g) => match g.commit(&set)? {
+                Some(change) => (change, g.at.clone()),
+                None => return Ok(Done::Retry),
+            },
+            Tx::Redis(tx) => {
+                let Backend::Redis(r) = &self.backend else { unreachable!("a Redis transaction") };
+                match r.records.commit(tx, &set, &after.plans, file).await? {
+                    Committed::Done(done) => *done,
+                    Committed::Retry => return Ok(Done::Retry),
+                }
             }
         };
-        if let Some(at) = state.applied_at(&file.digest) {
-            tx.abort().await;
-            return Ok(Some(FileOutcome::AlreadyApplied(at)));
+        self.apply_local(&set, &change, at).await;
+        Ok(Done::Yes)
+    }
+
+    /// Applies a change this replica made to its snapshot, unless the
+    /// follower got there first.
+    async fn apply_local(&self, set: &ChangeSet, change: &Change, at: Position) {
+        let _g = self.install.lock().await;
+        let follows = match self.position() {
+            Some(p) => p.version + 1 == change.version && p.id == change.prev,
+            None => false,
+        };
+        if !follows {
+            if let Backend::Redis(r) = &self.backend {
+                r.wake.notify_one();
+            }
+            return;
         }
-        let applied = bootstrap::apply(&mut tx.data, &file.records, &state, &file.digest, tx.now);
-        let done = self.commit(r, tx, Some((&state, &applied.state))).await?;
-        Ok(done.then_some(FileOutcome::Applied(applied)))
+        let snap = self.snapshot();
+        let mut b = snap.edit();
+        for (id, api) in &set.apis {
+            b.api(id, api.clone());
+        }
+        for (id, stage) in &set.stages {
+            b.stage(id, stage.clone());
+        }
+        for (id, plan) in &set.plans {
+            b.plan(id, plan.clone());
+        }
+        let small = match b.small_preview() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("a catalog change does not compile ({e}); reloading");
+                self.request_reload();
+                return;
+            }
+        };
+        for k in &set.keys {
+            if let Some(before) = &k.before {
+                for h in before.hashes() {
+                    b.remove(&h, &k.id);
+                }
+            }
+            if let Some(after) = &k.after {
+                for (h, e) in entries_of(after, &small) {
+                    b.insert(h, e);
+                }
+            }
+        }
+        match b.build() {
+            Ok(c) => self.set(c, at),
+            Err(e) => {
+                tracing::error!("a catalog change does not compile ({e}); reloading");
+                self.request_reload();
+            }
+        }
+    }
+
+    fn request_reload(&self) {
+        if let Backend::Redis(r) = &self.backend {
+            *self.at.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            r.wake.notify_one();
+        }
+    }
+
+    // ---- reads for the Admin service ----
+
+    /// One key record.
+    pub async fn key(&self, id: &str) -> Result<Option<KeyRecord>, AdminError> {
+        match &self.backend {
+            Backend::Memory(m) => Ok(m.lock().await.keys.get(id).cloned()),
+            Backend::Redis(r) => r.records.key(id).await,
+        }
+    }
+
+    /// A page of an index; members from `from` (inclusive) to `to`
+    /// (exclusive), after `after`.
+    async fn page_of(
+        &self,
+        which: Index<'_>,
+        from: &str,
+        to: Option<&str>,
+        after: Option<&str>,
+        n: usize,
+    ) -> Result<Vec<String>, AdminError> {
+        match &self.backend {
+            Backend::Memory(m) => Ok(m.lock().await.index_page(&which, from, to, after, n)),
+            Backend::Redis(r) => r.records.index_page(&r.records.index(&which), from, to, after, n).await,
+        }
+    }
+
+    async fn records_in_order(&self, ids: &[String]) -> Result<Vec<KeyRecord>, AdminError> {
+        match &self.backend {
+            Backend::Memory(m) => {
+                let g = m.lock().await;
+                Ok(ids.iter().filter_map(|id| g.keys.get(id).cloned()).collect())
+            }
+            Backend::Redis(r) => r.records.keys_in_order(ids).await,
+        }
+    }
+
+    /// A page of keys, filtered by name prefix and customer; `after` is the
+    /// opaque position of the previous page. Walks an index (by id, by name
+    /// or by customer), so a page costs O(log n + page), however many keys
+    /// there are. Returns the keys and the next page's position (empty at the
+    /// end).
+    pub async fn list_keys(
+        &self,
+        filter: &KeyFilter,
+        size: usize,
+        after: Option<&str>,
+    ) -> Result<(Vec<KeyRecord>, Option<String>), AdminError> {
+        let (which, from, to) = if !filter.customer_id.is_empty() {
+            let from = format!("{}\0", filter.customer_id);
+            let to = format!("{}\u{1}", filter.customer_id);
+            (Index::Customers, from, Some(to))
+        } else if !filter.name_prefix.is_empty() {
+            (Index::Names, filter.name_prefix.clone(), prefix_end(&filter.name_prefix))
+        } else {
+            (Index::Ids, String::new(), None)
+        };
+        let id_of = |m: &str| m.rsplit_once('\0').map_or(m, |(_, id)| id).to_string();
+        let prefix = if matches!(which, Index::Customers) { filter.name_prefix.as_str() } else { "" };
+        self.walk(which, &from, to.as_deref(), after, size, id_of, prefix).await
+    }
+
+    /// A page of a plan's keys (by id), filtered by name prefix.
+    pub async fn list_plan_keys(
+        &self,
+        plan: &str,
+        name_prefix: &str,
+        size: usize,
+        after: Option<&str>,
+    ) -> Result<(Vec<KeyRecord>, Option<String>), AdminError> {
+        self.walk(Index::Plan(plan), "", None, after, size, str::to_string, name_prefix).await
+    }
+
+    /// Walks an index in batches, keeping the records whose name starts with
+    /// `name_prefix`, until a page is full or the index ends.
+    #[allow(clippy::too_many_arguments)]
+    async fn walk(
+        &self,
+        which: Index<'_>,
+        from: &str,
+        to: Option<&str>,
+        after: Option<&str>,
+        size: usize,
+        id_of: impl Fn(&str) -> String,
+        name_prefix: &str,
+    ) -> Result<(Vec<KeyRecord>, Option<String>), AdminError> {
+        let mut out = Vec::with_capacity(size);
+        let mut cursor = after.map(str::to_string);
+        let batch = if name_prefix.is_empty() { size + 1 } else { CHUNK };
+        loop {
+            let which = match &which {
+                Index::Ids => Index::Ids,
+                Index::Names => Index::Names,
+                Index::Customers => Index::Customers,
+                Index::Plan(p) => Index::Plan(p),
+            };
+            let members = self.page_of(which, from, to, cursor.as_deref(), batch).await?;
+            let ended = members.len() < batch;
+            let ids: Vec<String> = members.iter().map(|m| id_of(m)).collect();
+            let recs = self.records_in_order(&ids).await?;
+            let by_id: BTreeMap<&str, &KeyRecord> = recs.iter().map(|r| (r.key.id.as_str(), r)).collect();
+            for (m, id) in members.iter().zip(&ids) {
+                let Some(r) = by_id.get(id.as_str()) else { continue };
+                if !r.key.name.starts_with(name_prefix) {
+                    cursor = Some(m.clone());
+                    continue;
+                }
+                if out.len() == size {
+                    return Ok((out, cursor));
+                }
+                out.push((*r).clone());
+                cursor = Some(m.clone());
+            }
+            if ended {
+                return Ok((out, None));
+            }
+        }
+    }
+
+    /// How many keys a plan has.
+    pub async fn plan_key_count(&self, plan: &str) -> Result<u64, AdminError> {
+        match &self.backend {
+            Backend::Memory(m) => Ok(m.lock().await.plan_key_count(plan)),
+            Backend::Redis(r) => r.records.plan_key_count(plan).await,
+        }
+    }
+
+    /// Up to `n` ids of a plan's keys after `after`, in order.
+    pub async fn plan_key_ids(&self, plan: &str, after: Option<&str>, n: usize) -> Result<Vec<String>, AdminError> {
+        self.page_of(Index::Plan(plan), "", None, after, n).await
+    }
+
+    /// Deletes a usage plan: first its subscriptions, a chunk of keys per
+    /// transaction (a plan may have millions), then the plan. While it runs
+    /// the plan still exists, and keys added meanwhile are removed too.
+    pub async fn delete_plan(&self, id: &str) -> Result<(), AdminError> {
+        if !self.snapshot().small().plan_records.contains_key(id) {
+            return Err(AdminError::NotFound(format!("usage plan {id:?} does not exist")));
+        }
+        loop {
+            let ids = self.plan_key_ids(id, None, CHUNK).await?;
+            if ids.is_empty() {
+                break;
+            }
+            let want = Want { ids, hashes: Vec::new() };
+            self.update(want, |d, _| {
+                d.plan_keys.retain(|pk| pk.plan_id != id);
+                Ok(())
+            })
+            .await?;
+        }
+        let plan = id.to_string();
+        self.update(Want::nothing(), |d, _| super::admin::delete_plan(d, &plan)).await?;
+        // Keys subscribed while the plan's last chunk was being written.
+        while !self.plan_key_ids(id, None, 1).await?.is_empty() {
+            let ids = self.plan_key_ids(id, None, CHUNK).await?;
+            self.update(Want { ids, hashes: Vec::new() }, |d, _| {
+                d.plan_keys.retain(|pk| pk.plan_id != id);
+                Ok(())
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    // ---- the catalog file ----
+
+    /// Applies the catalog file unless a file with its digest was applied
+    /// before (docs/admin.md, "The catalog file at start"), in transactions
+    /// of at most [`CHUNK`] keys; the digest is remembered with the last.
+    async fn apply_file(&self, r: &RedisSide, file: &CatalogFile) -> Result<FileOutcome, AdminError> {
+        let parts = split_file(&file.records);
+        let plan_names: Vec<String> = file.records.plans.keys().map(|p| Record::Plan(p.clone()).name()).collect();
+        let mut report = Vec::new();
+        let mut last_state = FileState::default();
+        for (i, part) in parts.iter().enumerate() {
+            let last = i + 1 == parts.len();
+            let mut names = record_names(part);
+            names.extend(plan_names.iter().cloned());
+            names.sort();
+            names.dedup();
+            let want = Want {
+                ids: part.keys.keys().cloned().collect(),
+                hashes: part.keys.values().map(|k| k.value_hash).collect(),
+            };
+            let mut done = false;
+            for _ in 0..ATTEMPTS {
+                let Some(mut w) = self.begin(&want).await? else {
+                    backoff().await;
+                    continue;
+                };
+                let Tx::Redis(tx) = &mut w.tx else { unreachable!("files apply to Redis") };
+                let state = match r.records.file_state(tx, &names).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        abort(w.tx).await;
+                        return Err(e);
+                    }
+                };
+                if i == 0 {
+                    if let Some(at) = state.applied_at(&file.digest) {
+                        abort(w.tx).await;
+                        return Ok(FileOutcome::AlreadyApplied(at));
+                    }
+                }
+                let mut after = w.before.clone();
+                let mut applied = bootstrap::apply(&mut after, part, &state, &file.digest, w.now);
+                if !last {
+                    applied.state.applied = state.applied.clone();
+                }
+                let delta = FileDelta::between(&state, &applied.state);
+                if let Done::Yes = self.commit(w, &after, &delta).await? {
+                    report.extend(applied.report.into_iter().filter(|(_, o)| *o != Outcome::NoLongerInFile));
+                    last_state = applied.state;
+                    done = true;
+                    break;
+                }
+                backoff().await;
+            }
+            if !done {
+                return Err(AdminError::Unavailable(
+                    "the catalog is changing too fast to apply the catalog file".into(),
+                ));
+            }
+        }
+        report.extend(self.no_longer_in_file(r, file).await?);
+        Ok(FileOutcome::Applied(Applied { state: last_state, report }))
+    }
+
+    /// The records a previous file applied that this one does not list and
+    /// that are still in the catalog.
+    async fn no_longer_in_file(&self, r: &RedisSide, file: &CatalogFile) -> Result<Vec<(Record, Outcome)>, AdminError> {
+        let listed: BTreeSet<String> = record_names(&file.records).into_iter().collect();
+        let gone: Vec<Record> = r
+            .records
+            .all_fingerprints()
+            .await?
+            .into_iter()
+            .filter(|n| !listed.contains(n))
+            .filter_map(|n| Record::parse(&n))
+            .collect();
+        let snap = self.snapshot();
+        let mut out = Vec::new();
+        for rec in gone {
+            let exists = match &rec {
+                Record::Api(id) => snap.small().apis.contains_key(id),
+                Record::Stage(s) => snap.small().stage_records.contains_key(s),
+                Record::Plan(id) => snap.small().plan_records.contains_key(id),
+                Record::Key(id) => r.records.key(id).await?.is_some(),
+                Record::Subscription(pk) => {
+                    r.records.key(&pk.key_id).await?.is_some_and(|k| k.plans.contains(&pk.plan_id))
+                }
+            };
+            if exists {
+                out.push((rec, Outcome::NoLongerInFile));
+            }
+        }
+        Ok(out)
     }
 
     /// Applies the catalog file, if there is one, and logs what happened.
     /// Fails only when Redis cannot be reached: a file that cannot be applied
     /// is logged, and the catalog is served as Redis has it.
-    async fn apply_file_and_log(&self, r: &RedisCatalog) -> Result<(), AdminError> {
+    async fn apply_file_and_log(&self, r: &RedisSide) -> Result<(), AdminError> {
         let Some(file) = &r.file else { return Ok(()) };
         let sha256 = &file.digest[..12];
         r.file_pending.store(true, Ordering::SeqCst);
@@ -390,36 +728,19 @@ impl CatalogService {
         r.file_pending.store(false, Ordering::SeqCst);
         Ok(())
     }
+}
 
-    /// Loads the catalog from Redis if its version differs from ours; after a
-    /// reset of Redis, applies the catalog file again.
-    async fn refresh(&self, r: &RedisCatalog) -> Result<bool, AdminError> {
-        let installed = {
-            let _g = r.load_lock.lock().await;
-            let mut conn = r.pool.get().await.map_err(|e| unavailable(&r.url, e))?;
-            let v: u64 = conn
-                .get::<_, Option<u64>>(r.keys.catalog("version"))
-                .await
-                .map_err(|e| unavailable(&r.url, e))?
-                .unwrap_or(0);
-            drop(conn);
-            if v == self.version() && self.synced() {
-                return Ok(false);
-            }
-            let (v, data) = load(r).await?;
-            match Catalog::compile(data) {
-                Ok(c) => self.install(v, c),
-                Err(e) => {
-                    tracing::error!(version = v, error = %e, "the catalog in Redis is invalid; keeping the previous one");
-                    return Ok(false);
-                }
-            }
-        };
-        if installed == Install::Reset {
-            self.apply_file_and_log(r).await?;
-        }
-        Ok(installed != Install::Same)
+/// Gives up a transaction.
+async fn abort(tx: Tx) {
+    match tx {
+        Tx::Memory(_) => {}
+        Tx::Redis(t) => t.abort().await,
     }
+}
+
+/// Drops rotated values whose grace period is over, from the loaded keys.
+fn prune_rotated(d: &mut CatalogData, now: u64) {
+    d.old_values.retain(|_, o| o.valid_until_ms > now);
 }
 
 /// A short random pause before a transaction is tried again.
@@ -427,214 +748,297 @@ async fn backoff() {
     tokio::time::sleep(Duration::from_millis(rand::random_range(1..20))).await;
 }
 
-/// What [`CatalogService::install`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Install {
-    /// Nothing: we had that version.
-    Same,
-    /// A newer version (or the first load).
-    Newer,
-    /// An older version: the store was reset.
-    Reset,
-}
-
-fn unavailable(url: &str, e: impl std::fmt::Display) -> AdminError {
-    AdminError::Unavailable(format!("the catalog store ({}) cannot be reached: {e}", redact_url(url)))
-}
-
-fn to_json<T: Serialize>(v: &T) -> Result<String, AdminError> {
-    serde_json::to_string(v).map_err(|e| AdminError::Internal(format!("cannot encode a catalog record: {e}")))
-}
-
-/// Adds to `pipe` the writes that turn `old` into `new`.
-fn diff_into(pipe: &mut redis::Pipeline, keys: &Keys, old: &CatalogData, new: &CatalogData) -> Result<(), AdminError> {
-    fn table<T: Serialize + PartialEq>(
-        pipe: &mut redis::Pipeline,
-        key: String,
-        old: &BTreeMap<String, T>,
-        new: &BTreeMap<String, T>,
-    ) -> Result<(), AdminError> {
-        for (id, rec) in new {
-            if old.get(id) != Some(rec) {
-                pipe.hset(&key, id, to_json(rec)?).ignore();
-            }
-        }
-        for id in old.keys().filter(|id| !new.contains_key(*id)) {
-            pipe.hdel(&key, id).ignore();
-        }
-        Ok(())
-    }
-    table(pipe, keys.catalog("apis"), &old.apis, &new.apis)?;
-    table(pipe, keys.catalog("stages"), &old.stages, &new.stages)?;
-    table(pipe, keys.catalog("plans"), &old.plans, &new.plans)?;
-    table(pipe, keys.catalog("keys"), &old.keys, &new.keys)?;
-    table(pipe, keys.catalog("old_values"), &old.old_values, &new.old_values)?;
-    let pk = keys.catalog("plan_keys");
-    for x in new.plan_keys.difference(&old.plan_keys) {
-        pipe.sadd(&pk, format!("{}/{}", x.plan_id, x.key_id)).ignore();
-    }
-    for x in old.plan_keys.difference(&new.plan_keys) {
-        pipe.srem(&pk, format!("{}/{}", x.plan_id, x.key_id)).ignore();
-    }
-    Ok(())
-}
-
-/// Reads the whole catalog in one MULTI/EXEC, so it is one consistent version.
-async fn load(r: &RedisCatalog) -> Result<(u64, CatalogData), AdminError> {
-    let mut conn = r.pool.get().await.map_err(|e| unavailable(&r.url, e))?;
-    let mut pipe = redis::pipe();
-    pipe.atomic().get(r.keys.catalog("version"));
-    for t in TABLES {
-        pipe.hgetall(r.keys.catalog(t));
-    }
-    pipe.smembers(r.keys.catalog("plan_keys"));
-    type Raw = (
-        Option<u64>,
-        Vec<(String, String)>,
-        Vec<(String, String)>,
-        Vec<(String, String)>,
-        Vec<(String, String)>,
-        Vec<(String, String)>,
-        Vec<String>,
-    );
-    let (v, apis, stages, plans, keys, old, pks): Raw =
-        pipe.query_async(&mut conn).await.map_err(|e| unavailable(&r.url, e))?;
-    fn parse<T: DeserializeOwned>(table: &str, rows: Vec<(String, String)>) -> Result<BTreeMap<String, T>, AdminError> {
-        rows.into_iter()
-            .map(|(id, json)| {
-                serde_json::from_str(&json)
-                    .map(|v| (id.clone(), v))
-                    .map_err(|e| AdminError::Internal(format!("catalog record {table}/{id} cannot be read: {e}")))
-            })
-            .collect()
-    }
-    let plan_keys: BTreeSet<PlanKey> = pks
-        .into_iter()
-        .filter_map(|m| m.split_once('/').map(|(p, k)| PlanKey { plan_id: p.to_string(), key_id: k.to_string() }))
-        .collect();
-    Ok((
-        v.unwrap_or(0),
-        CatalogData {
-            apis: parse("apis", apis)?,
-            stages: parse("stages", stages)?,
-            plans: parse("plans", plans)?,
-            keys: parse("keys", keys)?,
-            old_values: parse("old_values", old)?,
-            plan_keys,
-        },
-    ))
-}
-
-/// Reads the catalog file's state (which files were applied, and what they
-/// applied to each record). A state that is not what tollgate writes is an
-/// `Internal` error (the file is then not applied), not a reason to wait.
-async fn read_file_state(conn: &mut Connection, keys: &Keys) -> Result<FileState, AdminError> {
-    let (digests, records) = (keys.catalog_file_digests(), keys.catalog_file_records());
-    let (applied, fingerprints) = redis::pipe()
-        .hgetall(&digests)
-        .hgetall(&records)
-        .query_async::<(BTreeMap<String, u64>, BTreeMap<String, String>)>(conn)
-        .await
-        .map_err(|e| {
-            if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() {
-                AdminError::Unavailable(format!("cannot read the catalog file state: {e}"))
-            } else {
-                AdminError::Internal(format!(
-                    "the catalog file state in Redis ({digests}, {records}) cannot be read: {e}; delete both keys to apply the file as if no file had been applied"
-                ))
-            }
-        })?;
-    Ok(FileState { applied, fingerprints })
-}
-
-/// Adds to `pipe` the writes that turn the stored file state into `new`.
-fn file_state_into(pipe: &mut redis::Pipeline, keys: &Keys, stored: &FileState, new: &FileState) {
-    fn hash<V: PartialEq + redis::ToRedisArgs + redis::ToSingleRedisArg>(
-        pipe: &mut redis::Pipeline,
-        key: String,
-        stored: &BTreeMap<String, V>,
-        new: &BTreeMap<String, V>,
-    ) {
-        for (field, value) in new.iter().filter(|(f, v)| stored.get(*f) != Some(*v)) {
-            pipe.hset(&key, field, value).ignore();
-        }
-        for field in stored.keys().filter(|f| !new.contains_key(*f)) {
-            pipe.hdel(&key, field).ignore();
+/// The end (exclusive) of the strings starting with `prefix`, if any.
+fn prefix_end(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(c) = chars.pop() {
+        if let Some(next) = char::from_u32(c as u32 + 1) {
+            chars.push(next);
+            return Some(chars.into_iter().collect());
         }
     }
-    hash(pipe, keys.catalog_file_digests(), &stored.applied, &new.applied);
-    hash(pipe, keys.catalog_file_records(), &stored.fingerprints, &new.fingerprints);
+    None
 }
 
-/// The background task of a Redis catalog: first load, the catalog file,
-/// then pub/sub plus polling.
-async fn sync(svc: Arc<CatalogService>) {
+/// Splits a file's records into parts of at most [`CHUNK`] keys: the first
+/// part also has every API, stage and plan; each key goes with its
+/// subscriptions.
+fn split_file(file: &CatalogData) -> Vec<CatalogData> {
+    let mut subs: BTreeMap<&str, Vec<&PlanKey>> = BTreeMap::new();
+    for pk in &file.plan_keys {
+        subs.entry(pk.key_id.as_str()).or_default().push(pk);
+    }
+    let mut parts = vec![CatalogData {
+        apis: file.apis.clone(),
+        stages: file.stages.clone(),
+        plans: file.plans.clone(),
+        ..CatalogData::default()
+    }];
+    for (id, key) in &file.keys {
+        if parts.last().is_some_and(|p| p.keys.len() >= CHUNK) {
+            parts.push(CatalogData::default());
+        }
+        let part = parts.last_mut().expect("at least one part");
+        part.keys.insert(id.clone(), key.clone());
+        for pk in subs.get(id.as_str()).into_iter().flatten() {
+            part.plan_keys.insert((*pk).clone());
+        }
+    }
+    parts
+}
+
+/// The fingerprint names of a part's records.
+fn record_names(d: &CatalogData) -> Vec<String> {
+    d.apis
+        .keys()
+        .map(|id| Record::Api(id.clone()))
+        .chain(d.stages.keys().map(|s| Record::Stage(s.clone())))
+        .chain(d.plans.keys().map(|id| Record::Plan(id.clone())))
+        .chain(d.keys.keys().map(|id| Record::Key(id.clone())))
+        .chain(d.plan_keys.iter().map(|pk| Record::Subscription(pk.clone())))
+        .map(|r| r.name())
+        .collect()
+}
+
+// ---- the follower: full loads and the change log ----
+
+/// Why following stopped.
+enum Stop {
+    /// The log does not continue what this replica saw: load everything.
+    Reload(String),
+    /// Redis is away.
+    Unavailable(AdminError),
+}
+
+/// The background task of a Redis catalog: load, apply the file, become
+/// ready, follow the log; load again when the log says so.
+async fn follow(svc: Arc<CatalogService>) {
     let Backend::Redis(r) = &svc.backend else { return };
-    first_load(&svc, r).await;
     let mut delay = Duration::from_millis(100);
-    while let Err(e) = svc.apply_file_and_log(r).await {
-        tracing::warn!("the catalog file is not applied yet: {e}; retrying in {delay:?}");
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(5));
+    loop {
+        match full_load(&svc, r).await {
+            Ok(reset) => {
+                delay = Duration::from_millis(100);
+                if !svc.is_ready() || reset {
+                    while let Err(e) = svc.apply_file_and_log(r).await {
+                        tracing::warn!("the catalog file is not applied yet: {e}; retrying in {delay:?}");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(5));
+                    }
+                    if !svc.is_ready() {
+                        svc.ready.store(true, Ordering::SeqCst);
+                        tracing::info!(at = %svc.position().unwrap_or_default(), "catalog loaded from Redis");
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!("catalog not loaded yet: {e}; retrying in {delay:?}");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        }
+        match follow_log(&svc, r).await {
+            Stop::Reload(why) => tracing::warn!("reloading the whole catalog: {why}"),
+            Stop::Unavailable(e) => {
+                tracing::debug!("catalog change log: {e}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
     }
-    svc.ready.store(true, Ordering::SeqCst);
-    tracing::info!(version = svc.version(), "catalog loaded from Redis");
+}
 
-    let listener = svc.clone();
-    tokio::spawn(async move {
-        let Backend::Redis(r) = &listener.backend else { return };
+/// Loads the whole catalog: the small tables, then every key in chunks, then
+/// the changes made meanwhile from the log. Returns whether Redis was
+/// emptied or replaced since the last load (a new epoch, or a history going
+/// back), which calls for the catalog file again.
+async fn full_load(svc: &CatalogService, r: &RedisSide) -> Result<bool, AdminError> {
+    loop {
+        let started = Instant::now();
+        let head = r.records.head().await?;
+        let apis: BTreeMap<String, Api> = r.records.scan_table("apis").await?;
+        let stages: BTreeMap<String, Stage> = r.records.scan_table("stages").await?;
+        let plans: BTreeMap<String, UsagePlan> = r.records.scan_table("plans").await?;
+        let small = match Small::compile(apis, stages, plans) {
+            Ok(s) => s,
+            Err(e) => {
+                // Read while a change was half way through the tables (a
+                // plan naming a stage not yet read): read them again.
+                tracing::debug!("catalog tables read mid-change ({e}); reading again");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let mut entries = Vec::new();
+        let mut count = 0usize;
+        r.records
+            .scan_keys(|id, json| {
+                count += 1;
+                let rec: KeyRecord = super::redis::parse_record("keys", id, json)?;
+                entries.extend(entries_of(&rec, &small));
+                Ok(())
+            })
+            .await?;
+        let mut catalog = snapshot::bulk(small, entries);
+        let _g = svc.install.lock().await;
+        let reset = match svc.position() {
+            Some(p) => p.epoch != head.epoch || p.version > head.version,
+            None => false,
+        };
+        let mut at = head.clone();
+        let mut conn = r.records.follower().await?;
         loop {
-            if let Err(e) = listen(&listener, r).await {
-                tracing::debug!("catalog change subscription lost: {e}; resubscribing");
+            let changes = r.records.changes_after(&mut conn, at.version, None).await?;
+            if changes.is_empty() {
+                break;
             }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    });
-    loop {
-        tokio::time::sleep(r.poll).await;
-        if r.file_pending.load(Ordering::SeqCst) {
-            if let Err(e) = svc.apply_file_and_log(r).await {
-                tracing::warn!("the catalog file is not applied again yet after the Redis reset: {e}");
+            match apply_changes(r, catalog.clone(), &at, &changes).await? {
+                Ok((c, p)) => {
+                    catalog = c;
+                    at = p;
+                }
+                Err(why) => {
+                    tracing::debug!("catalog changed too much during the load ({why}); loading again");
+                    at = Position { version: u64::MAX, ..Position::default() };
+                    break;
+                }
             }
         }
-        match svc.refresh(r).await {
-            Ok(true) => tracing::info!(version = svc.version(), "catalog reloaded (poll)"),
-            Ok(false) => {}
-            Err(e) => tracing::debug!("catalog poll failed: {e}"),
+        if at.version == u64::MAX {
+            continue;
         }
+        tracing::info!(keys = count, entries = catalog.key_entries(), at = %at, took_ms = started.elapsed().as_millis() as u64, "catalog loaded");
+        if reset {
+            tracing::warn!(at = %at, "Redis was emptied or restored: the catalog there is not the one this replica had; reloaded");
+        }
+        svc.set(catalog, at);
+        return Ok(reset);
     }
 }
 
-/// Loads the catalog from Redis, retrying until Redis answers with a valid
-/// catalog.
-async fn first_load(svc: &CatalogService, r: &RedisCatalog) {
-    let mut delay = Duration::from_millis(100);
-    loop {
-        match svc.refresh(r).await {
-            Ok(_) if svc.synced() => return,
-            // `refresh` logged why the stored catalog cannot be used.
-            Ok(_) => {}
-            Err(e) => tracing::warn!("catalog not loaded yet: {e}; retrying in {delay:?}"),
+/// Applies log entries after `at` to `catalog`, reading the changed records
+/// again. `Ok(Err(why))` when the entries do not continue `at`.
+async fn apply_changes(
+    r: &RedisSide,
+    catalog: Catalog,
+    at: &Position,
+    changes: &[Change],
+) -> Result<Result<(Catalog, Position), String>, AdminError> {
+    let mut pos = at.clone();
+    let mut keys: BTreeMap<String, Vec<crate::model::KeyHash>> = BTreeMap::new();
+    let (mut plans, mut stages, mut apis) = (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
+    for c in changes {
+        if c.version <= pos.version {
+            continue;
         }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(5));
+        let chained =
+            c.version == pos.version + 1 && c.prev == pos.id && (pos.epoch.is_empty() || c.epoch == pos.epoch);
+        if !chained {
+            return Ok(Err(format!("change {} of epoch {} does not follow {pos}", c.version, c.epoch)));
+        }
+        for (id, hs) in &c.keys {
+            keys.entry(id.clone()).or_default().extend(hs.iter().copied());
+        }
+        plans.extend(c.plans.iter().cloned());
+        stages.extend(c.stages.iter().cloned());
+        apis.extend(c.apis.iter().cloned());
+        pos = Position { epoch: c.epoch.clone(), version: c.version, id: c.id.clone() };
     }
-}
-
-/// Subscribes to the change channel and reloads on every message.
-async fn listen(svc: &CatalogService, r: &RedisCatalog) -> Result<(), AdminError> {
-    let mut pubsub = r.client.get_async_pubsub().await.map_err(|e| unavailable(&r.url, e))?;
-    pubsub.subscribe(r.keys.catalog("changes")).await.map_err(|e| unavailable(&r.url, e))?;
-    // Changes made while we were not subscribed.
-    svc.refresh(r).await?;
-    let mut messages = pubsub.on_message();
-    while let Some(msg) = messages.next().await {
-        let v: u64 = msg.get_payload().unwrap_or(u64::MAX);
-        if v > svc.version() {
-            if let Err(e) = svc.refresh(r).await {
-                tracing::debug!("catalog reload failed: {e}");
+    if pos == *at {
+        return Ok(Ok((catalog, pos)));
+    }
+    let mut b = catalog.edit();
+    for (id, api) in r.records.small_records::<Api>("apis", &apis.into_iter().collect::<Vec<_>>()).await? {
+        b.api(&id, api);
+    }
+    for (id, st) in r.records.small_records::<Stage>("stages", &stages.into_iter().collect::<Vec<_>>()).await? {
+        b.stage(&id, st);
+    }
+    for (id, p) in r.records.small_records::<UsagePlan>("plans", &plans.into_iter().collect::<Vec<_>>()).await? {
+        b.plan(&id, p);
+    }
+    let small = match b.small_preview() {
+        Ok(s) => s,
+        Err(e) => return Ok(Err(format!("the changed plans and stages do not compile: {e}"))),
+    };
+    for (id, hs) in &keys {
+        for h in hs {
+            b.remove(h, id);
+        }
+    }
+    let ids: Vec<String> = keys.keys().cloned().collect();
+    for chunk in ids.chunks(CHUNK) {
+        for rec in r.records.keys_in_order(chunk).await? {
+            // Entries for the value it has now (also those of an older
+            // version of it that a full load may have seen).
+            for (h, e) in entries_of(&rec, &small) {
+                b.insert(h, e);
             }
         }
     }
-    Err(AdminError::Unavailable("subscription closed".into()))
+    match b.build() {
+        Ok(c) => Ok(Ok((c, pos))),
+        Err(e) => Ok(Err(format!("the changed records do not compile: {e}"))),
+    }
+}
+
+/// Follows the change log from where the snapshot stands.
+async fn follow_log(svc: &CatalogService, r: &RedisSide) -> Stop {
+    let mut conn = match r.records.follower().await {
+        Ok(c) => c,
+        Err(e) => return Stop::Unavailable(e),
+    };
+    let mut last_head_check = Instant::now();
+    loop {
+        let Some(at) = svc.position() else { return Stop::Reload("a reload was asked for".into()) };
+        let block = FOLLOW_BLOCK.min(r.poll);
+        let changes = tokio::select! {
+            c = r.records.changes_after(&mut conn, at.version, Some(block)) => c,
+            _ = r.wake.notified() => continue,
+        };
+        let changes = match changes {
+            Ok(c) => c,
+            Err(e) => return Stop::Unavailable(e),
+        };
+        if changes.is_empty() || last_head_check.elapsed() >= r.poll {
+            last_head_check = Instant::now();
+            if r.file_pending.load(Ordering::SeqCst) {
+                if let Err(e) = svc.apply_file_and_log(r).await {
+                    tracing::warn!("the catalog file is not applied again yet after Redis was emptied: {e}");
+                }
+            }
+            match r.records.head_on(&mut conn).await {
+                Ok(head) => {
+                    let moved_on = (!at.epoch.is_empty() && head.epoch != at.epoch)
+                        || head.version < at.version
+                        || (head.version == at.version && head.id != at.id);
+                    if moved_on {
+                        return Stop::Reload(format!("the catalog in Redis is at {head}, this replica at {at}"));
+                    }
+                    if changes.is_empty() && head.version > at.version {
+                        // Behind, and the log holds nothing after us: trimmed.
+                        let next = r.records.changes_after(&mut conn, at.version, None).await;
+                        if matches!(next, Ok(ref c) if c.is_empty()) {
+                            return Stop::Reload(format!("the change log no longer holds the changes after {at}"));
+                        }
+                    }
+                }
+                Err(e) => return Stop::Unavailable(e),
+            }
+            if changes.is_empty() {
+                continue;
+            }
+        }
+        let _g = svc.install.lock().await;
+        let Some(at) = svc.position() else { return Stop::Reload("a reload was asked for".into()) };
+        match apply_changes(r, (*svc.snapshot()).clone(), &at, &changes).await {
+            Ok(Ok((catalog, pos))) => {
+                if pos != at {
+                    svc.set(catalog, pos);
+                }
+            }
+            Ok(Err(why)) => return Stop::Reload(why),
+            Err(e) => return Stop::Unavailable(e),
+        }
+    }
 }

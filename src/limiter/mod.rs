@@ -242,6 +242,12 @@ impl<S: LimitStore> Limiter<S> {
 
     /// Steps 1–7 for a validated request.
     async fn decide(&self, req: Request<'_, &CanonicalMethod>) -> Result<Decision, AuthorizeError> {
+        if !self.catalog.is_loaded() {
+            // A Redis catalog before its first load: answering from an empty
+            // (or a file's) catalog would refuse valid keys, or let revoked
+            // ones through.
+            return Err(StoreError::Unavailable("the catalog is not loaded from Redis yet".into()).into());
+        }
         let (check, kinds, mut decision) = {
             let catalog = self.catalog.load();
             // 1. the stage
@@ -268,14 +274,13 @@ impl<S: LimitStore> Limiter<S> {
                 // 4. the key
                 let entry = req.api_key.and_then(|v| catalog.key_by_hash(&KeyHash::of(v)));
                 let now = crate::model::now_ms();
-                let Some(entry) = entry.filter(|e| e.key.usable_at(now) && e.valid_until_ms.is_none_or(|t| now < t))
-                else {
+                let Some(entry) = entry.filter(|e| e.usable_at(now)) else {
                     return Ok(Decision::deny(Reason::InvalidApiKey));
                 };
-                let key_id = entry.key.id.as_str();
+                let key_id = &*entry.id;
                 decision.key_id = Some(key_id.to_string());
                 // 5. the key's plan for this stage
-                let Some(sp) = entry.plans_by_stage.get(req.stage) else {
+                let Some(sp) = catalog.plan_for(entry, req.stage) else {
                     decision.reason = Reason::NotSubscribed;
                     return Ok(decision);
                 };

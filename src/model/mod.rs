@@ -356,6 +356,30 @@ impl KeyHash {
     }
 }
 
+impl Serialize for KeyHash {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut buf = [0u8; 64];
+        hex::encode_to_slice(self.0, &mut buf).map_err(serde::ser::Error::custom)?;
+        s.serialize_str(std::str::from_utf8(&buf).map_err(serde::ser::Error::custom)?)
+    }
+}
+
+impl<'de> Deserialize<'de> for KeyHash {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Hex;
+        impl serde::de::Visitor<'_> for Hex {
+            type Value = KeyHash;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("64 hex digits")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<KeyHash, E> {
+                KeyHash::from_hex(s).ok_or_else(|| E::custom("a value hash must be 64 hex digits"))
+            }
+        }
+        d.deserialize_str(Hex)
+    }
+}
+
 impl fmt::Debug for KeyHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "KeyHash({}…)", &self.to_hex()[..12])
@@ -410,8 +434,7 @@ pub struct ApiKey {
     pub enabled: bool,
     /// The operator's customer reference (AWS Marketplace's customerId).
     pub customer_id: String,
-    /// SHA-256 of the value.
-    #[serde(with = "key_hash_hex")]
+    /// SHA-256 of the value (hex in JSON).
     pub value_hash: KeyHash,
     /// The first 4 characters of the value, to help a person tell keys apart.
     pub value_hint: String,
@@ -433,20 +456,6 @@ impl ApiKey {
 /// The non-secret hint shown for a key value.
 pub fn value_hint(value: &str) -> String {
     value.chars().take(4).collect()
-}
-
-mod key_hash_hex {
-    use super::KeyHash;
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(h: &KeyHash, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&h.to_hex())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<KeyHash, D::Error> {
-        let s = String::deserialize(d)?;
-        KeyHash::from_hex(&s).ok_or_else(|| serde::de::Error::custom("value_hash must be 64 hex digits"))
-    }
 }
 
 /// Milliseconds since the Unix epoch, from the system clock.

@@ -21,11 +21,14 @@
 //!
 //! | key | type | what |
 //! |---|---|---|
-//! | `P{cat}:version` | string (counter) | bumped by every catalog change |
-//! | `P{cat}:apis`, `:stages`, `:plans`, `:keys` | hash id → JSON | the records (keys hold value hashes only) |
-//! | `P{cat}:old_values` | hash value-hash → JSON | old values of rotated keys in their grace period |
-//! | `P{cat}:plan_keys` | set of `PLAN/KEY` | subscriptions |
-//! | `P{cat}:changes` | pub/sub channel | the new version, after each change |
+//! | `P{cat}:head` | hash `epoch`, `version`, `id` | where the catalog stands: its epoch (new when Redis starts empty), the number of changes, the id of the last one |
+//! | `P{cat}:changes` | stream, entry `0-VERSION` | the change log: per change its version, id, the previous change's id, and the ids of the records it changed (keys with the value hashes they had before); about 100,000 entries kept |
+//! | `P{cat}:apis`, `:stages`, `:plans` | hash id → JSON | the small tables |
+//! | `P{cat}:keys` | hash id → JSON | the keys, each with its plans and rotated-out values (value hashes only) |
+//! | `P{cat}:hashes` | hash value-hash → key id | every value (current or in its grace period) and its key: unique values, lookups by value |
+//! | `P{cat}:key_ids` | sorted set of key ids | listing all keys, in pages |
+//! | `P{cat}:key_names`, `:key_customers` | sorted set of `NAME\0ID`, `CUSTOMER\0ID` | listing keys by name prefix or customer, in pages |
+//! | `P{cat}:plan_keys:PLAN` | sorted set of key ids | a plan's keys, in pages (usage reports) |
 //! | `P{cat}:file_digests` | hash digest → ms | the catalog files applied (SHA-256 of their bytes, hex) and when; the last 100 |
 //! | `P{cat}:file_records` | hash record → fingerprint | for each record a catalog file applied (`api:ID`, `stage:API/STAGE`, `plan:ID`, `key:ID`, `sub:PLAN/KEY`), a hash of what the file last applied to it |
 //!
