@@ -70,12 +70,17 @@ pub struct CatalogData {
 }
 
 impl CatalogData {
-    /// The plans a key is subscribed to.
+    /// The plans a key is subscribed to: O(plans × log subscriptions), as
+    /// subscriptions are ordered by plan first and plans are few.
     pub fn plans_of_key<'a>(&'a self, key_id: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.plan_keys.iter().filter(move |pk| pk.key_id == key_id).map(|pk| pk.plan_id.as_str())
+        self.plans
+            .keys()
+            .filter(move |p| self.plan_keys.contains(&PlanKey { plan_id: (*p).clone(), key_id: key_id.to_string() }))
+            .map(String::as_str)
     }
 
-    /// The key with this value hash, if any.
+    /// The key with this value hash, if any (a linear scan: for the few keys
+    /// of a transaction's partial view).
     pub fn key_by_hash(&self, hash: &KeyHash) -> Option<&ApiKey> {
         self.keys.values().find(|k| &k.value_hash == hash)
     }

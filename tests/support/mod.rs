@@ -132,6 +132,17 @@ impl TollgateProcess {
         authorizer_client(self.addr).await
     }
 
+    /// Stops the process (SIGSTOP): it holds its connections but does
+    /// nothing, like a replica stuck in a long pause.
+    pub fn pause(&self) {
+        let _ = Command::new("kill").args(["-STOP", &self.child.id().to_string()]).status();
+    }
+
+    /// Lets a paused process go on (SIGCONT).
+    pub fn resume(&self) {
+        let _ = Command::new("kill").args(["-CONT", &self.child.id().to_string()]).status();
+    }
+
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
