@@ -233,9 +233,10 @@ pub struct Settings {
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_message_bytes: usize,
 
-    /// With Redis: how often each replica checks the catalog version, in
-    /// milliseconds, besides listening for change messages (heals a lost
-    /// message or subscription).
+    /// With Redis: how often, in milliseconds, each replica checks the
+    /// catalog's head when no change comes (it follows the change log with a
+    /// blocking read of at most this long); a reset or restore of Redis is
+    /// noticed within it.
     #[arg(long, env = "TOLLGATE_CATALOG_POLL_MS", default_value_t = 1000)]
     pub catalog_poll_ms: u64,
 
