@@ -504,6 +504,30 @@ impl RedisRecords {
         conn.zcard(self.plan_keys_key(plan)).await.map_err(|e| self.err(e))
     }
 
+    /// Reads key records by id as raw JSON, handing each to `each` (missing
+    /// ones left out).
+    pub async fn raw_keys(
+        &self,
+        ids: &[String],
+        mut each: impl FnMut(&str, &str) -> Result<(), AdminError>,
+    ) -> Result<(), AdminError> {
+        let mut conn = self.conn().await?;
+        for chunk in ids.chunks(CHUNK) {
+            let rows: Vec<Option<String>> = redis::cmd("HMGET")
+                .arg(self.k("keys"))
+                .arg(chunk)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| self.err(e))?;
+            for (id, row) in chunk.iter().zip(rows) {
+                if let Some(json) = row {
+                    each(id, &json)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Reads key records by id, in that order (missing ones left out).
     pub async fn keys_in_order(&self, ids: &[String]) -> Result<Vec<KeyRecord>, AdminError> {
         let mut conn = self.conn().await?;

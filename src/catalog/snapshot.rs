@@ -240,35 +240,69 @@ impl Catalog {
         let mut entries = Vec::with_capacity(data.keys.len());
         for id in data.keys.keys() {
             if let Some(rec) = records::key_record(&data, id, &idx) {
-                entries.extend(entries_of(&rec, &small));
+                entries.extend(entries_of(&KeyLean::of(&rec), &small));
             }
         }
         Ok(bulk(small, entries))
     }
 }
 
+/// What the data plane needs of a key record; read from stored JSON without
+/// the fields it does not need (a full load parses a million of these).
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct KeyLean<'a> {
+    /// The key's id.
+    #[serde(borrow)]
+    pub id: std::borrow::Cow<'a, str>,
+    /// Disabled keys get no entry.
+    pub enabled: bool,
+    /// The current value's hash.
+    pub value_hash: KeyHash,
+    /// Expiry, ms since the epoch.
+    #[serde(default)]
+    pub expires_at_ms: Option<u64>,
+    /// Plan ids.
+    #[serde(default, borrow)]
+    pub plans: Vec<std::borrow::Cow<'a, str>>,
+    /// Rotated-out values.
+    #[serde(default)]
+    pub rotated: Vec<records::Rotated>,
+}
+
+impl<'a> KeyLean<'a> {
+    /// The lean view of a whole record.
+    pub fn of(rec: &'a KeyRecord) -> Self {
+        Self {
+            id: rec.key.id.as_str().into(),
+            enabled: rec.key.enabled,
+            value_hash: rec.key.value_hash,
+            expires_at_ms: rec.key.expires_at_ms,
+            plans: rec.plans.iter().map(|p| p.as_str().into()).collect(),
+            rotated: rec.rotated.clone(),
+        }
+    }
+}
+
 /// The entries a key record puts into the key table: its current value
 /// (unless disabled) and its rotated-out values still in their grace period.
 /// Plan ids share the small tables' strings where the plan exists.
-pub fn entries_of(rec: &KeyRecord, small: &Small) -> Vec<(KeyHash, KeyEntry)> {
-    let key = &rec.key;
+pub fn entries_of(key: &KeyLean<'_>, small: &Small) -> Vec<(KeyHash, KeyEntry)> {
     if !key.enabled {
         return Vec::new();
     }
     let plans = PlanIds::from_vec(
-        rec.plans
+        key.plans
             .iter()
-            .map(|p| {
-                small.plans.get_key_value(p.as_str()).map(|(k, _)| k.clone()).unwrap_or_else(|| Arc::from(p.as_str()))
-            })
+            .map(|p| small.plans.get_key_value(&**p).map(|(k, _)| k.clone()).unwrap_or_else(|| Arc::from(&**p)))
             .collect(),
     );
     let until_ms = key.expires_at_ms.unwrap_or(u64::MAX);
-    let mut out = Vec::with_capacity(1 + rec.rotated.len());
-    out.push((key.value_hash, KeyEntry { id: key.id.as_str().into(), until_ms, plans: plans.clone() }));
-    for old in &rec.rotated {
+    let id: &str = &key.id;
+    let mut out = Vec::with_capacity(1 + key.rotated.len());
+    out.push((key.value_hash, KeyEntry { id: id.into(), until_ms, plans: plans.clone() }));
+    for old in &key.rotated {
         let until_ms = old.valid_until_ms.min(until_ms);
-        out.push((old.hash, KeyEntry { id: key.id.as_str().into(), until_ms, plans: plans.clone() }));
+        out.push((old.hash, KeyEntry { id: id.into(), until_ms, plans: plans.clone() }));
     }
     out
 }

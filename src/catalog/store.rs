@@ -42,7 +42,7 @@ use super::file::CatalogFile;
 use super::memory::MemoryRecords;
 use super::records::{add_keys, check_partial, Change, ChangeSet, KeyRecord, Position, Want};
 use super::redis::{Committed, FileDelta, Index, RedisRecords, RedisTx, CHUNK, FOLLOW_BLOCK};
-use super::snapshot::{self, entries_of, Catalog, Small};
+use super::snapshot::{self, entries_of, Catalog, KeyLean, Small};
 use super::{CatalogData, CatalogHandle, PlanKey};
 use crate::model::{Api, Stage, UsagePlan};
 use crate::store::keys::Keys;
@@ -424,7 +424,7 @@ impl CatalogService {
                 }
             }
             if let Some(after) = &k.after {
-                for (h, e) in entries_of(after, &small) {
+                for (h, e) in entries_of(&KeyLean::of(after), &small) {
                     b.insert(h, e);
                 }
             }
@@ -730,6 +730,11 @@ impl CatalogService {
     }
 }
 
+/// The data plane's part of a stored key record.
+fn lean<'a>(id: &str, json: &'a str) -> Result<KeyLean<'a>, AdminError> {
+    serde_json::from_str(json).map_err(|e| AdminError::Internal(format!("catalog record keys/{id} cannot be read: {e}")))
+}
+
 /// Gives up a transaction.
 async fn abort(tx: Tx) {
     match tx {
@@ -874,7 +879,7 @@ async fn full_load(svc: &CatalogService, r: &RedisSide) -> Result<bool, AdminErr
         r.records
             .scan_keys(|id, json| {
                 count += 1;
-                let rec: KeyRecord = super::redis::parse_record("keys", id, json)?;
+                let rec = lean(id, json)?;
                 entries.extend(entries_of(&rec, &small));
                 Ok(())
             })
@@ -968,13 +973,15 @@ async fn apply_changes(
     }
     let ids: Vec<String> = keys.keys().cloned().collect();
     for chunk in ids.chunks(CHUNK) {
-        for rec in r.records.keys_in_order(chunk).await? {
-            // Entries for the value it has now (also those of an older
-            // version of it that a full load may have seen).
-            for (h, e) in entries_of(&rec, &small) {
-                b.insert(h, e);
-            }
-        }
+        r.records
+            .raw_keys(chunk, |id, json| {
+                let rec = lean(id, json)?;
+                for (h, e) in entries_of(&rec, &small) {
+                    b.insert(h, e);
+                }
+                Ok(())
+            })
+            .await?;
     }
     match b.build() {
         Ok(c) => Ok(Ok((c, pos))),
