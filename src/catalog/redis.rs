@@ -599,9 +599,9 @@ impl RedisRecords {
 
     /// The changes after `version`, oldest first, at most [`CHUNK`]; with
     /// `block`, waits that long for one to come.
-    pub async fn changes_after(
+    pub async fn changes_after<C: redis::aio::ConnectionLike>(
         &self,
-        conn: &mut redis::aio::MultiplexedConnection,
+        conn: &mut C,
         version: u64,
         block: Option<Duration>,
     ) -> Result<Vec<Change>, AdminError> {
@@ -624,6 +624,11 @@ impl RedisRecords {
             }
         }
         Ok(out)
+    }
+
+    /// A pooled connection (for reading the log without blocking).
+    pub async fn pooled(&self) -> Result<Connection, AdminError> {
+        self.conn().await
     }
 
     /// Where the catalog stands, on the follower's connection.

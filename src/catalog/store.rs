@@ -337,8 +337,10 @@ impl CatalogService {
         }
     }
 
-    /// Waits until the snapshot stands at `head`; false if it moved past it
-    /// (or did not get there in time).
+    /// Brings the snapshot to `head` (reading the log itself, so that it
+    /// works also while the follower is busy, e.g. applying the catalog file
+    /// at start); false if the catalog moved past `head`, or the log does not
+    /// lead there (the follower then loads everything again).
     async fn caught_up(&self, r: &RedisSide, head: &Position) -> bool {
         let deadline = Instant::now() + CATCH_UP;
         let mut moved = self.moved.subscribe();
@@ -346,12 +348,41 @@ impl CatalogService {
             match self.position() {
                 Some(p) if &p == head => return true,
                 Some(p) if p.epoch == head.epoch && p.version > head.version => return false,
-                _ => {}
+                Some(p) if p.epoch == head.epoch || p.epoch.is_empty() => match self.catch_up_from_log(r).await {
+                    Ok(true) => continue,
+                    Ok(false) => {}
+                    Err(()) => {
+                        r.wake.notify_one();
+                        return false;
+                    }
+                },
+                _ => r.wake.notify_one(),
             }
-            r.wake.notify_one();
             if tokio::time::timeout_at(deadline.into(), moved.changed()).await.is_err() {
                 return false;
             }
+        }
+    }
+
+    /// Applies the log entries after the snapshot's position, if any: `true`
+    /// when it moved, `Err` when the log does not continue it.
+    async fn catch_up_from_log(&self, r: &RedisSide) -> Result<bool, ()> {
+        let _g = self.install.lock().await;
+        let Some(at) = self.position() else { return Err(()) };
+        let mut conn = r.records.pooled().await.map_err(|_| ())?;
+        let changes = r.records.changes_after(&mut conn, at.version, None).await.map_err(|_| ())?;
+        if changes.is_empty() {
+            return Ok(false);
+        }
+        match apply_changes(r, (*self.snapshot()).clone(), &at, &changes).await {
+            Ok(Ok((catalog, pos))) => {
+                let moved = pos != at;
+                if moved {
+                    self.set(catalog, pos);
+                }
+                Ok(moved)
+            }
+            _ => Err(()),
         }
     }
 
@@ -732,7 +763,8 @@ impl CatalogService {
 
 /// The data plane's part of a stored key record.
 fn lean<'a>(id: &str, json: &'a str) -> Result<KeyLean<'a>, AdminError> {
-    serde_json::from_str(json).map_err(|e| AdminError::Internal(format!("catalog record keys/{id} cannot be read: {e}")))
+    serde_json::from_str(json)
+        .map_err(|e| AdminError::Internal(format!("catalog record keys/{id} cannot be read: {e}")))
 }
 
 /// Gives up a transaction.
@@ -823,18 +855,22 @@ async fn follow(svc: Arc<CatalogService>) {
     loop {
         match full_load(&svc, r).await {
             Ok(reset) => {
-                delay = Duration::from_millis(100);
                 if !svc.is_ready() || reset {
-                    while let Err(e) = svc.apply_file_and_log(r).await {
+                    // The file, applied by this task: on failure (Redis went
+                    // away, or the catalog changed under it in a way the log
+                    // cannot explain) load again and retry.
+                    if let Err(e) = svc.apply_file_and_log(r).await {
                         tracing::warn!("the catalog file is not applied yet: {e}; retrying in {delay:?}");
                         tokio::time::sleep(delay).await;
                         delay = (delay * 2).min(Duration::from_secs(5));
+                        continue;
                     }
                     if !svc.is_ready() {
                         svc.ready.store(true, Ordering::SeqCst);
                         tracing::info!(at = %svc.position().unwrap_or_default(), "catalog loaded from Redis");
                     }
                 }
+                delay = Duration::from_millis(100);
             }
             Err(e) => {
                 tracing::warn!("catalog not loaded yet: {e}; retrying in {delay:?}");
