@@ -11,6 +11,12 @@ use std::time::Duration;
 use clap::{ArgAction, Args, ValueEnum};
 
 use crate::model::{Invalid, Throttle};
+pub use crate::store::redis::target::Mode as RedisMode;
+use crate::store::redis::target::Target as RedisTarget;
+use crate::store::redis::WaitReplicas;
+
+/// How long a batch waits for --redis-wait-replicas by default.
+pub const DEFAULT_REDIS_WAIT_TIMEOUT_MS: u64 = 100;
 
 /// What the native Authorize RPC answers when the store cannot decide.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
@@ -114,6 +120,34 @@ pub struct Settings {
     /// live in this process only (the embedded memory store).
     #[arg(long, env = "TOLLGATE_REDIS_URL")]
     pub redis_url: Option<String>,
+
+    /// How Redis is deployed: `single` (one node), `cluster` (a Redis
+    /// Cluster: --redis-url lists seed nodes) or `sentinel` (--redis-url
+    /// lists the sentinels, --redis-sentinel-master names the primary).
+    #[arg(long, env = "TOLLGATE_REDIS_MODE", value_enum, default_value_t = RedisMode::Single)]
+    pub redis_mode: RedisMode,
+
+    /// With --redis-mode sentinel: the primary's name in the sentinels'
+    /// configuration (`sentinel monitor NAME ...`).
+    #[arg(long, env = "TOLLGATE_REDIS_SENTINEL_MASTER")]
+    pub redis_sentinel_master: Option<String>,
+
+    /// A CA certificate (PEM) to trust for rediss:// URLs, besides the
+    /// system's roots.
+    #[arg(long, env = "TOLLGATE_REDIS_CA_CERT")]
+    pub redis_ca_cert: Option<PathBuf>,
+
+    /// Replicas that must acknowledge every batch of decisions (Redis `WAIT`)
+    /// before its answers are given, so that a failover never forgets an
+    /// admitted request; 0 (the default) does not wait. Fewer acknowledgements
+    /// within --redis-wait-timeout-ms make the batch's admitted requests
+    /// answer UNAVAILABLE.
+    #[arg(long, env = "TOLLGATE_REDIS_WAIT_REPLICAS", default_value_t = 0)]
+    pub redis_wait_replicas: u32,
+
+    /// How long a batch waits for --redis-wait-replicas, in milliseconds.
+    #[arg(long, env = "TOLLGATE_REDIS_WAIT_TIMEOUT_MS", default_value_t = DEFAULT_REDIS_WAIT_TIMEOUT_MS)]
+    pub redis_wait_timeout_ms: u64,
 
     /// Prefix of every Redis key tollgate writes.
     #[arg(long, env = "TOLLGATE_REDIS_PREFIX", default_value = "tg:")]
@@ -265,6 +299,11 @@ impl Settings {
             config: None,
             listen,
             redis_url: None,
+            redis_mode: RedisMode::Single,
+            redis_sentinel_master: None,
+            redis_ca_cert: None,
+            redis_wait_replicas: 0,
+            redis_wait_timeout_ms: DEFAULT_REDIS_WAIT_TIMEOUT_MS,
             redis_prefix: "tg:".into(),
             store_timeout_ms: 250,
             redis_max_batch: 64,
@@ -311,6 +350,22 @@ impl Settings {
             }
             t => Ok(t),
         }
+    }
+
+    /// Where Redis is, from --redis-url, --redis-mode, --redis-sentinel-master
+    /// and --redis-ca-cert.
+    pub fn redis_target(&self) -> Result<RedisTarget, Invalid> {
+        let url = self.redis_url.as_deref().unwrap_or_default();
+        RedisTarget::new(self.redis_mode, url, self.redis_sentinel_master.as_deref(), self.redis_ca_cert.as_deref())
+            .map_err(|e| Invalid::new("redis_url", e.to_string()))
+    }
+
+    /// The replicas that must acknowledge each batch, if any.
+    pub fn redis_wait(&self) -> Option<WaitReplicas> {
+        (self.redis_wait_replicas > 0).then(|| WaitReplicas {
+            replicas: self.redis_wait_replicas,
+            timeout: Duration::from_millis(self.redis_wait_timeout_ms.max(1)),
+        })
     }
 
     /// The store deadline.

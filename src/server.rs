@@ -47,7 +47,7 @@ use crate::config::{AdminListen, Settings};
 use crate::limiter::Limiter;
 use crate::store::keys::Keys;
 use crate::store::memory::MemoryStore;
-use crate::store::redis::{redact_url, RedisSettings, RedisStore};
+use crate::store::redis::{RedisSettings, RedisStore};
 use crate::store::{LimitStore, Store};
 use crate::usage::UsageService;
 
@@ -58,11 +58,12 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub fn open_store(settings: &Settings) -> Result<Store, BoxError> {
     Ok(match &settings.redis_url {
         None => Store::Memory(Arc::new(MemoryStore::new())),
-        Some(url) => {
-            let mut rs = RedisSettings::new(url);
+        Some(_) => {
+            let mut rs = RedisSettings::with_target(settings.redis_target()?);
             rs.timeout = settings.store_timeout();
             rs.max_batch = settings.redis_max_batch.max(1);
             rs.max_in_flight = settings.redis_max_in_flight.max(1);
+            rs.wait = settings.redis_wait();
             Store::Redis(Arc::new(RedisStore::open(rs)?))
         }
     })
@@ -83,9 +84,12 @@ pub fn open_catalog(settings: &Settings, keys: &Keys) -> Result<Arc<CatalogServi
     let file = read_catalog_file(settings)?;
     Ok(match &settings.redis_url {
         None => CatalogService::memory(file.map(|f| f.records).unwrap_or_default())?,
-        Some(url) => {
-            CatalogService::redis(url, keys.clone(), Duration::from_millis(settings.catalog_poll_ms.max(50)), file)?
-        }
+        Some(_) => CatalogService::redis(
+            settings.redis_target()?,
+            keys.clone(),
+            Duration::from_millis(settings.catalog_poll_ms.max(50)),
+            file,
+        )?,
     })
 }
 
@@ -136,8 +140,9 @@ pub async fn run(
     let addr = listener.local_addr()?;
     let admin_at = bind_admin(&settings, addr).await?;
     match &settings.redis_url {
-        Some(url) => {
-            tracing::info!(%addr, store = "redis", redis = %redact_url(url), "tollgate listening")
+        Some(_) => {
+            let t = settings.redis_target()?;
+            tracing::info!(%addr, store = "redis", mode = t.mode.as_str(), redis = %t.describe(), "tollgate listening")
         }
         None => tracing::info!(%addr, store = "memory", "tollgate listening"),
     }

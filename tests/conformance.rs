@@ -8,24 +8,41 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use support::redis::RedisServer;
+use support::redis::{RedisCluster, RedisServer};
 use tollgate::catalog::{file, Catalog, CatalogHandle};
 use tollgate::limiter::{Decision, LimitKind, Limiter, Reason, Request};
 use tollgate::model::Throttle;
 use tollgate::store::keys::Keys;
 use tollgate::store::memory::MemoryStore;
+use tollgate::store::redis::target::{Mode, Target};
 use tollgate::store::redis::{RedisSettings, RedisStore};
 use tollgate::store::{LimitStore, Store};
 
-/// A store under test, with the Redis server it needs (if any).
+/// A store under test, with the Redis server it needs (if any), and the key
+/// prefix of its scenario (scenarios sharing one cluster get one each).
 struct Backend {
     store: Store,
     redis: Option<RedisServer>,
+    keys: Keys,
 }
 
 impl Backend {
     fn memory() -> Self {
-        Self { store: Store::Memory(Arc::new(MemoryStore::new())), redis: None }
+        Self { store: Store::Memory(Arc::new(MemoryStore::new())), redis: None, keys: Keys::default() }
+    }
+
+    /// A Redis Cluster store on `cluster`, its keys under `prefix`.
+    async fn cluster(cluster: &RedisCluster, prefix: &str) -> Self {
+        let target = Target::new(Mode::Cluster, &cluster.urls().join(","), None, None).expect("cluster target");
+        let store = Store::Redis(Arc::new(RedisStore::open(RedisSettings::with_target(target)).expect("open")));
+        for _ in 0..200 {
+            if store.is_ready() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(store.is_ready(), "Redis Cluster store not ready; logs:\n{}", cluster.log());
+        Self { store, redis: None, keys: Keys::new(prefix) }
     }
 
     async fn redis() -> Self {
@@ -39,7 +56,7 @@ impl Backend {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         assert!(store.is_ready(), "Redis store not ready; log:\n{}", server.log());
-        Self { store, redis: Some(server) }
+        Self { store, redis: Some(server), keys: Keys::default() }
     }
 
     fn limiter(&self, yaml: &str) -> Limiter<Store> {
@@ -49,7 +66,7 @@ impl Backend {
     fn limiter_with_account(&self, yaml: &str, account: Option<Throttle>) -> Limiter<Store> {
         let data = file::parse("test.yaml", yaml, tollgate::model::now_ms()).unwrap_or_else(|e| panic!("{e}"));
         let catalog = Catalog::compile(data).expect("catalog compiles");
-        Limiter::new(CatalogHandle::new(catalog), self.store.clone(), Keys::default(), account)
+        Limiter::new(CatalogHandle::new(catalog), self.store.clone(), self.keys.clone(), account)
     }
 }
 
@@ -71,6 +88,15 @@ macro_rules! conformance {
                 }
             )*
         }
+        /// Every scenario, one after the other, on one Redis Cluster of 3
+        /// primaries (a cluster per scenario would cost seconds each).
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn cluster_runs_every_scenario() {
+            let cluster = RedisCluster::start(3);
+            $(
+                $name(Backend::cluster(&cluster, concat!("c:", stringify!($name), ":")).await).await;
+            )*
+        }
     };
 }
 
@@ -85,6 +111,8 @@ conformance!(
     throttle_denial_does_not_burn_quota,
     quota_denial_does_not_burn_tokens,
     stage_denial_does_not_burn_plan_limits,
+    plan_denial_does_not_burn_stage_or_account_tokens,
+    reason_is_the_first_failing_limit_in_order,
     bucket_refills_over_time,
     cost_above_one,
     cost_above_burst_never_passes,
@@ -262,6 +290,44 @@ async fn stage_method_throttle_counts_all_callers(b: Backend) {
     assert_eq!((d.allowed, d.reason), (false, Reason::Throttled));
     assert_eq!(d.rate.unwrap().kind, LimitKind::StageMethodThrottle);
     assert!(ask(&l, Some(K1), "shop/prod", "/items/GET", 1).await.allowed, "other methods are free");
+}
+
+/// A request denied by its plan takes nothing from the stage and account
+/// buckets (on a Redis Cluster, where those live in other slots, what was
+/// taken is given back).
+async fn plan_denial_does_not_burn_stage_or_account_tokens(b: Backend) {
+    let limits = "    quota: { limit: 1, period: DAY }";
+    let stage = "          /shared/GET: { throttle: { rate_limit: 0.001, burst_limit: 3 } }";
+    let l = b.limiter_with_account(&catalog(limits, stage), Some(Throttle { rate_limit: 0.001, burst_limit: 4 }));
+    assert!(ask(&l, Some(K1), "shop/prod", "/shared/GET", 1).await.allowed);
+    for _ in 0..5 {
+        let d = ask(&l, Some(K1), "shop/prod", "/shared/GET", 1).await;
+        assert_eq!(d.reason, Reason::QuotaExceeded, "{d:?}");
+    }
+    // K3 (same plan, its own quota) still finds 2 of the stage's 3 tokens and
+    // 3 of the account's 4: the five denials took nothing.
+    let d = ask(&l, Some(K3), "shop/prod", "/shared/GET", 1).await;
+    assert!(d.allowed, "{d:?}");
+    let d = ask(&l, Some(K3), "shop/prod", "/shared/GET", 1).await;
+    assert_eq!(d.reason, Reason::QuotaExceeded, "{d:?}");
+    let d = ask(&l, Some(K2), "shop/other", "/x/GET", 2).await;
+    assert!(d.allowed, "the account had 2 of 4 left: {d:?}");
+}
+
+/// When several limits would deny, the reason is the first in the order of
+/// docs/semantics.md (plan limits before the stage and account throttles),
+/// whatever order the store checks them in.
+async fn reason_is_the_first_failing_limit_in_order(b: Backend) {
+    let limits = "    quota: { limit: 1, period: DAY }";
+    let stage = "          /shared/GET: { throttle: { rate_limit: 0.001, burst_limit: 1 } }";
+    let l = b.limiter(&catalog(limits, stage));
+    assert!(ask(&l, Some(K1), "shop/prod", "/shared/GET", 1).await.allowed);
+    // Both the quota and the stage throttle are spent: the quota is the reason.
+    let d = ask(&l, Some(K1), "shop/prod", "/shared/GET", 1).await;
+    assert_eq!((d.reason, d.rate.unwrap().kind), (Reason::QuotaExceeded, LimitKind::PlanQuota), "{d:?}");
+    // Only the stage throttle is spent for K3.
+    let d = ask(&l, Some(K3), "shop/prod", "/shared/GET", 1).await;
+    assert_eq!((d.reason, d.rate.unwrap().kind), (Reason::Throttled, LimitKind::StageMethodThrottle), "{d:?}");
 }
 
 async fn account_throttle_counts_all_traffic(b: Backend) {

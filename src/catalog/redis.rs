@@ -23,6 +23,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use arc_swap::ArcSwapOption;
 use deadpool_redis::{Connection, Pool, Runtime, Timeouts};
 use redis::AsyncCommands;
 use serde::de::DeserializeOwned;
@@ -32,7 +35,7 @@ use super::bootstrap::FileState;
 use super::records::{Change, ChangeSet, KeyRecord, Position};
 use crate::model::{Api, KeyHash, Stage, UsagePlan};
 use crate::store::keys::Keys;
-use crate::store::redis::redact_url;
+use crate::store::redis::target::{slot_of, Mode, Target};
 
 /// Most fields one command reads or writes in the large tables.
 pub const CHUNK: usize = 1000;
@@ -47,10 +50,20 @@ pub const FOLLOW_BLOCK: Duration = Duration::from_secs(1);
 
 /// The Redis side of the catalog.
 pub struct RedisRecords {
+    target: Target,
+    keys: Keys,
+    /// The node that serves `{cat}` (the primary; on a cluster, the
+    /// primary of `{cat}`'s slot), found when first needed and again after
+    /// an error says it moved.
+    at: ArcSwapOption<Located>,
+    relocating: tokio::sync::Mutex<()>,
+}
+
+/// Connections to the node that serves the catalog.
+struct Located {
     pool: Pool,
     client: redis::Client,
-    keys: Keys,
-    url: String,
+    addr: String,
 }
 
 /// A transaction under way: `head` is watched on `conn`.
@@ -102,12 +115,30 @@ fn internal(what: &str, e: impl std::fmt::Display) -> AdminError {
 }
 
 impl RedisRecords {
-    /// Connects (lazily: nothing is sent until the first command).
-    pub fn open(url: &str, keys: Keys) -> Result<Self, AdminError> {
-        let client = redis::Client::open(url).map_err(|e| {
-            AdminError::Invalid(crate::model::Invalid::new("redis_url", format!("{}: {e}", redact_url(url))))
-        })?;
-        let mut cfg = deadpool_redis::Config::from_url(url);
+    /// The catalog on `target` (nothing is connected until first needed).
+    pub fn open(target: Target, keys: Keys) -> Result<Self, AdminError> {
+        Ok(Self { target, keys, at: ArcSwapOption::empty(), relocating: tokio::sync::Mutex::new(()) })
+    }
+
+    /// The node serving the catalog: found (single: the URL; sentinel: the
+    /// primary the sentinels name; cluster: the primary of `{cat}`'s slot)
+    /// and connected when first needed, or after an error said it moved.
+    async fn located(&self) -> Result<Arc<Located>, AdminError> {
+        if let Some(l) = self.at.load_full() {
+            return Ok(l);
+        }
+        let _g = self.relocating.lock().await;
+        if let Some(l) = self.at.load_full() {
+            return Ok(l);
+        }
+        let slot = slot_of(&self.keys.catalog("head"));
+        let (host, port) = self.target.primary(Some(slot)).await.map_err(|e| self.unavailable(e))?;
+        let client = match self.target.mode {
+            Mode::Single => self.target.url_client(&self.target.urls[0]),
+            _ => self.target.node(&host, port),
+        }
+        .map_err(|e| AdminError::Internal(e.to_string()))?;
+        let mut cfg = deadpool_redis::Config::from_connection_info(Target::info_of(&client));
         let mut pool_cfg = deadpool_redis::PoolConfig::new(8);
         pool_cfg.timeouts = Timeouts {
             wait: Some(Duration::from_secs(2)),
@@ -118,7 +149,19 @@ impl RedisRecords {
         let pool = cfg
             .create_pool(Some(Runtime::Tokio1))
             .map_err(|e| AdminError::Internal(format!("cannot create the Redis pool: {e}")))?;
-        Ok(Self { pool, client, keys, url: url.to_string() })
+        let addr = format!("{host}:{port}");
+        tracing::debug!(%addr, "the catalog is served by this node");
+        let l = Arc::new(Located { pool, client, addr });
+        self.at.store(Some(l.clone()));
+        Ok(l)
+    }
+
+    /// Forgets the node serving the catalog, so that the next command finds
+    /// it again.
+    fn relocate(&self) {
+        if self.at.swap(None).is_some() {
+            tracing::info!("the catalog's Redis node moved (failover or resharding); finding it again");
+        }
     }
 
     /// The key names in use.
@@ -128,13 +171,23 @@ impl RedisRecords {
 
     /// An error for Redis not answering.
     pub fn unavailable(&self, e: impl std::fmt::Display) -> AdminError {
-        AdminError::Unavailable(format!("the catalog store ({}) cannot be reached: {e}", redact_url(&self.url)))
+        AdminError::Unavailable(format!("the catalog store ({}) cannot be reached: {e}", self.target.describe()))
     }
 
-    /// A Redis error as an admin error: connection trouble is UNAVAILABLE,
-    /// anything the server said is INTERNAL.
+    /// A Redis error as an admin error: connection trouble and a node that
+    /// no longer serves the catalog (MOVED, READONLY: a failover or a
+    /// resharding, after which the node is found again) are UNAVAILABLE;
+    /// anything else the server said is INTERNAL.
     fn err(&self, e: redis::RedisError) -> AdminError {
-        if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() {
+        use redis::{ErrorKind::Server, ServerErrorKind as S};
+        let moved =
+            matches!(e.kind(), Server(S::Moved | S::Ask | S::ReadOnly | S::MasterDown | S::TryAgain | S::ClusterDown))
+                || e.to_string().contains("READONLY");
+        let gone = e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal();
+        if moved || (gone && self.target.mode != Mode::Single) {
+            self.relocate();
+        }
+        if moved || gone || matches!(e.kind(), Server(S::BusyLoading)) {
             self.unavailable(e)
         } else {
             AdminError::Internal(format!("the catalog store answered with an error: {e}"))
@@ -142,7 +195,16 @@ impl RedisRecords {
     }
 
     async fn conn(&self) -> Result<Connection, AdminError> {
-        self.pool.get().await.map_err(|e| self.unavailable(e))
+        let l = self.located().await?;
+        match l.pool.get().await {
+            Ok(c) => Ok(c),
+            Err(e) => {
+                if self.target.mode != Mode::Single {
+                    self.relocate();
+                }
+                Err(self.unavailable(format!("{} ({e})", l.addr)))
+            }
+        }
     }
 
     fn k(&self, part: &str) -> String {
@@ -594,7 +656,13 @@ impl RedisRecords {
         let cfg = redis::AsyncConnectionConfig::new()
             .set_response_timeout(Some(FOLLOW_BLOCK + Duration::from_secs(4)))
             .set_connection_timeout(Some(Duration::from_secs(2)));
-        self.client.get_multiplexed_async_connection_with_config(&cfg).await.map_err(|e| self.unavailable(e))
+        let l = self.located().await?;
+        l.client.get_multiplexed_async_connection_with_config(&cfg).await.map_err(|e| {
+            if self.target.mode != Mode::Single {
+                self.relocate();
+            }
+            self.unavailable(e)
+        })
     }
 
     /// The changes after `version`, oldest first, at most [`CHUNK`]; with

@@ -144,8 +144,13 @@ impl CatalogService {
     /// answer UNAVAILABLE); a background task loads the catalog once Redis
     /// can be reached, applies the catalog file (if any, and if never
     /// applied before), becomes ready, and then follows the change log.
-    pub fn redis(url: &str, keys: Keys, poll: Duration, file: Option<CatalogFile>) -> Result<Arc<Self>, AdminError> {
-        let records = RedisRecords::open(url, keys)?;
+    pub fn redis(
+        target: crate::store::redis::target::Target,
+        keys: Keys,
+        poll: Duration,
+        file: Option<CatalogFile>,
+    ) -> Result<Arc<Self>, AdminError> {
+        let records = RedisRecords::open(target, keys)?;
         let side = RedisSide { records, poll, file, file_pending: AtomicBool::new(false), wake: Notify::new() };
         let svc = Arc::new(Self::new(Catalog::default(), Backend::Redis(Box::new(side))));
         svc.handle.set_loaded(false);

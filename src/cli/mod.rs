@@ -88,6 +88,8 @@ fn check_config(args: CheckConfigArgs) -> ExitCode {
 /// Runs the parsed command line and returns the process exit code.
 pub fn main(cli: Cli) -> ExitCode {
     crate::telemetry::init();
+    // TLS (rediss://) uses rustls with ring; say so once for the process.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let threads = match &cli.command {
         Command::Serve(s) => s.worker_threads,
         _ => 1,

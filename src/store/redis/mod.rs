@@ -43,15 +43,24 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 
-use super::{Check, DayUsage, LimitStore, Rule, StoreError, Verdict};
+use super::{Check, DayUsage, Limit, LimitStore, Rule, StoreError, Verdict};
+use link::{Conn, Link};
+
+mod cluster;
+pub mod link;
+pub mod target;
 use crate::model::Quota;
 
 /// Builds a script from its file, with `clock.lua` and `calendar.lua`
 /// inserted at its `-- @clock` and `-- @calendar` lines.
 fn script(body: &str) -> redis::Script {
+    redis::Script::new(&script_code(body))
+}
+
+/// A script's code, with its inserts.
+fn script_code(body: &str) -> String {
     let clock = include_str!("scripts/clock.lua");
     let calendar = include_str!("scripts/calendar.lua");
     let mut out = String::with_capacity(body.len() + clock.len() + calendar.len());
@@ -65,11 +74,14 @@ fn script(body: &str) -> redis::Script {
         }
         out.push('\n');
     }
-    redis::Script::new(&out)
+    out
 }
 
-/// The decision script (see its header for KEYS and ARGV).
-static DECIDE: LazyLock<redis::Script> = LazyLock::new(|| script(include_str!("scripts/decide.lua")));
+/// The decision script's code (see its header for KEYS and ARGV).
+static DECIDE_CODE: LazyLock<String> = LazyLock::new(|| script_code(include_str!("scripts/decide.lua")));
+
+/// The decision script.
+static DECIDE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(&DECIDE_CODE));
 
 /// UpdateUsage's script.
 static SET_REMAINING: LazyLock<redis::Script> = LazyLock::new(|| script(include_str!("scripts/set_remaining.lua")));
@@ -103,30 +115,48 @@ impl std::fmt::Debug for TestClock {
     }
 }
 
+/// Each batch acknowledged by replicas before its answers are given
+/// (`WAIT`): an admitted request is then never forgotten by a failover.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WaitReplicas {
+    /// How many replicas must have the batch.
+    pub replicas: u32,
+    /// How long to wait for them; past it the batch's callers get UNAVAILABLE.
+    pub timeout: Duration,
+}
+
 /// How the Redis store behaves.
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
-    /// `redis://[user:pass@]host:port[/db]` or `rediss://…`.
-    pub url: String,
+    /// Where Redis is (mode, URLs, TLS).
+    pub target: target::Target,
     /// Deadline of one decision, from its arrival to its answer.
     pub timeout: Duration,
     /// Most requests decided by one script call.
     pub max_batch: usize,
     /// Most script calls in flight at once.
     pub max_in_flight: usize,
+    /// Replicas that must acknowledge each batch, if any.
+    pub wait: Option<WaitReplicas>,
     /// The scripts' clock instead of Redis's `TIME` (tests only).
     #[cfg(feature = "test-clock")]
     pub clock: Option<TestClock>,
 }
 
 impl RedisSettings {
-    /// Defaults for `url`.
+    /// Defaults for one Redis at `url` (panics on a malformed URL: tests).
     pub fn new(url: &str) -> Self {
+        Self::with_target(target::Target::single(url).unwrap_or_else(|e| panic!("{e}")))
+    }
+
+    /// Defaults for `target`.
+    pub fn with_target(target: target::Target) -> Self {
         Self {
-            url: url.to_string(),
+            target,
             timeout: super::DEFAULT_TIMEOUT,
             max_batch: 64,
             max_in_flight: 4,
+            wait: None,
             #[cfg(feature = "test-clock")]
             clock: None,
         }
@@ -153,7 +183,7 @@ struct Job {
 pub struct RedisStore {
     jobs: mpsc::Sender<Job>,
     ready: Arc<AtomicBool>,
-    conn: ConnectionManager,
+    link: Arc<Link>,
     settings: RedisSettings,
 }
 
@@ -250,39 +280,26 @@ fn redact_unparsable(url: &str) -> String {
 }
 
 impl RedisStore {
-    /// Opens the store. Fails only when the URL is malformed; an unreachable
-    /// Redis leaves the store unready until it can be reached.
+    /// Opens the store. Nothing is connected yet: an unreachable Redis leaves
+    /// the store unready until it can be reached.
     pub fn open(settings: RedisSettings) -> Result<Self, StoreError> {
-        let client = redis::Client::open(settings.url.as_str())
-            .map_err(|e| StoreError::Internal(format!("invalid Redis URL {}: {e}", redact_url(&settings.url))))?;
-        let config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(response_timeout(settings.timeout)))
-            .set_connection_timeout(Some(Duration::from_secs(1)))
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_secs(1));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| StoreError::Internal(format!("cannot set up the Redis connection: {e}")))?;
+        let link = Link::new(settings.target.clone(), response_timeout(settings.timeout));
         let ready = Arc::new(AtomicBool::new(false));
         let look_now = Arc::new(Notify::new());
         let (tx, rx) = mpsc::channel(settings.max_batch * settings.max_in_flight * 16);
-        tokio::spawn(batcher(rx, conn.clone(), settings.clone(), look_now.clone()));
-        tokio::spawn(probe(conn.clone(), ready.clone(), settings.url.clone(), look_now));
-        Ok(Self { jobs: tx, ready, conn, settings })
+        tokio::spawn(batcher(rx, link.clone(), settings.clone(), look_now.clone()));
+        tokio::spawn(probe(link.clone(), ready.clone(), look_now));
+        Ok(Self { jobs: tx, ready, link, settings })
     }
 
-    /// A connection to the same Redis (shares the multiplexed connection).
-    pub fn connection(&self) -> ConnectionManager {
-        self.conn.clone()
-    }
-
-    /// Decides `checks` in ONE script call, in their order, outside the
-    /// batcher: what the batcher does with each batch. One answer per check;
-    /// `Err` as a whole when Redis could not be asked. (The model-based tests
-    /// use it to control exactly which requests share a script call.)
+    /// Decides `checks` in ONE script call per slot group, in their order,
+    /// outside the batcher: what the batcher does with each batch. One answer
+    /// per check; `Err` as a whole when Redis could not be asked. (The
+    /// model-based tests use it to control exactly which requests share a
+    /// script call.)
     pub async fn check_batch(&self, checks: &[Check]) -> Result<Vec<Result<Verdict, StoreError>>, StoreError> {
-        let mut conn = self.conn.clone();
-        run_batch(&mut conn, checks.iter(), &self.settings.clock_arg()).await
+        let refs: Vec<&Check> = checks.iter().collect();
+        run_batch(&self.link, &refs, &self.settings.clock_arg(), self.settings.wait).await
     }
 }
 
@@ -312,19 +329,38 @@ impl LimitStore for RedisStore {
     }
 
     async fn read_usage(&self, keys: Vec<String>) -> Result<Vec<Option<DayUsage>>, StoreError> {
-        let mut conn = self.conn.clone();
         let mut out = Vec::with_capacity(keys.len());
-        // Pipelines of bounded size, so one huge read does not stall others.
-        for chunk in keys.chunks(1000) {
-            let mut pipe = redis::pipe();
-            for k in chunk {
-                pipe.cmd("HMGET").arg(k).arg("n").arg("q");
+        match self.link.conn().await? {
+            Conn::Node { mut conn, .. } => {
+                // Pipelines of bounded size, so one huge read does not stall others.
+                for chunk in keys.chunks(1000) {
+                    let mut pipe = redis::pipe();
+                    for k in chunk {
+                        pipe.cmd("HMGET").arg(k).arg("n").arg("q");
+                    }
+                    let rows: Vec<(Option<i64>, Option<i64>)> = pipe.query_async(&mut conn).await.map_err(classify)?;
+                    out.extend(rows.into_iter().map(day_usage));
+                }
             }
-            let rows: Vec<(Option<i64>, Option<i64>)> = pipe.query_async(&mut conn).await.map_err(classify)?;
-            out.extend(
-                rows.into_iter()
-                    .map(|(n, q)| (n.is_some() || q.is_some()).then_some(DayUsage { n: n.unwrap_or(0), q })),
-            );
+            Conn::Cluster(conn) => {
+                // Keys of many slots: one command each, a few hundred at once.
+                for chunk in keys.chunks(200) {
+                    let reads = chunk.iter().map(|k| {
+                        let mut c = conn.clone();
+                        async move {
+                            redis::cmd("HMGET")
+                                .arg(k)
+                                .arg("n")
+                                .arg("q")
+                                .query_async::<(Option<i64>, Option<i64>)>(&mut c)
+                                .await
+                        }
+                    });
+                    for r in futures::future::join_all(reads).await {
+                        out.push(day_usage(r.map_err(classify)?));
+                    }
+                }
+            }
         }
         Ok(out)
     }
@@ -337,14 +373,34 @@ impl LimitStore for RedisStore {
         created_at_ms: u64,
         remaining: u64,
     ) -> Result<(u64, u64), StoreError> {
-        let mut conn = self.conn.clone();
         let mut inv = SET_REMAINING.prepare_invoke();
         inv.key(quota_base).key(usage_base);
         inv.arg(self.settings.clock_arg());
         inv.arg(quota.limit).arg(quota.offset).arg(created_at_ms).arg(quota.period.code()).arg(remaining);
-        let (r, end): (u64, u64) = inv.invoke_async(&mut conn).await.map_err(classify)?;
-        Ok((r, end))
+        let r: Result<(u64, u64), redis::RedisError> = match self.link.conn().await? {
+            Conn::Node { mut conn, .. } => inv.invoke_async(&mut conn).await,
+            Conn::Cluster(mut conn) => inv.invoke_async(&mut conn).await,
+        };
+        r.map_err(|e| self.failed(e))
     }
+}
+
+impl RedisStore {
+    /// A Redis error as a store error, relocating the link when the error
+    /// says it points at the wrong node.
+    fn failed(&self, e: redis::RedisError) -> StoreError {
+        if self.link.calls_for_relocation(&e) {
+            let link = self.link.clone();
+            tokio::spawn(async move {
+                let _ = link.relocate("a command was refused").await;
+            });
+        }
+        classify(e)
+    }
+}
+
+fn day_usage((n, q): (Option<i64>, Option<i64>)) -> Option<DayUsage> {
+    (n.is_some() || q.is_some()).then_some(DayUsage { n: n.unwrap_or(0), q })
 }
 
 /// What one probe saw.
@@ -352,36 +408,35 @@ impl LimitStore for RedisStore {
 enum Seen {
     Up,
     Down,
-    Cluster,
+    /// A replica where a primary was expected (a demoted primary).
+    Replica,
+    /// A Redis Cluster node in single or sentinel mode.
+    WrongMode,
 }
 
-/// Asks Redis whether it is there (`INFO cluster`, as cheap as a PING) every
+/// Asks Redis whether it is there and takes writes (single, sentinel:
+/// `ROLE`, master; cluster: `CLUSTER INFO`, state ok) every
 /// [`PROBE_INTERVAL`], or at once when a decision failed (`look_now`), and
-/// sets `ready` by the rules in the module docs. A Redis Cluster node counts
-/// as not ready at once: cluster mode is not supported yet
-/// (docs/architecture.md), and a single-node client would get MOVED errors.
-async fn probe(mut conn: ConnectionManager, ready: Arc<AtomicBool>, url: String, look_now: Arc<Notify>) {
+/// sets `ready` by the rules in the module docs. A demoted primary, or with
+/// Sentinel an unreachable one, makes the link find the primary again.
+async fn probe(link: Arc<Link>, ready: Arc<AtomicBool>, look_now: Arc<Notify>) {
     let mut was = None;
     let mut failing: Option<(Instant, u32)> = None;
+    let mut config_checked = false;
     loop {
-        let info = tokio::time::timeout(
-            Duration::from_secs(1),
-            redis::cmd("INFO").arg("cluster").query_async::<String>(&mut conn),
-        )
-        .await;
-        let seen = match info {
-            Ok(Ok(text)) if text.contains("cluster_enabled:1") => Seen::Cluster,
-            Ok(Ok(_)) => Seen::Up,
-            _ => Seen::Down,
-        };
+        let seen = tokio::time::timeout(Duration::from_secs(1), look(&link)).await.unwrap_or(Seen::Down);
+        if matches!(seen, Seen::Replica) || (seen == Seen::Down && link.target.mode == target::Mode::Sentinel) {
+            let why = if seen == Seen::Replica { "the node is a replica now" } else { "the primary does not answer" };
+            let _ = link.relocate(why).await;
+        }
         let now = Instant::now();
         let is_ready = match seen {
             Seen::Up => {
                 failing = None;
                 true
             }
-            Seen::Cluster => false,
-            Seen::Down => {
+            Seen::WrongMode => false,
+            Seen::Down | Seen::Replica => {
                 let (since, n) = failing.get_or_insert((now, 0));
                 *n += 1;
                 let sustained = *n >= UNREADY_AFTER_PROBES && now.duration_since(*since) >= UNREADY_AFTER;
@@ -389,8 +444,13 @@ async fn probe(mut conn: ConnectionManager, ready: Arc<AtomicBool>, url: String,
             }
         };
         ready.store(is_ready, Ordering::Relaxed);
-        report(&url, seen, &mut was);
-        let pause = if seen == Seen::Down { FAILING_PROBE_INTERVAL } else { PROBE_INTERVAL };
+        metrics::gauge!("tollgate_redis_up").set(if seen == Seen::Up { 1.0 } else { 0.0 });
+        report(&link, seen, &mut was);
+        if seen == Seen::Up && !config_checked {
+            config_checked = true;
+            check_config(&link).await;
+        }
+        let pause = if seen == Seen::Up { PROBE_INTERVAL } else { FAILING_PROBE_INTERVAL };
         tokio::select! {
             _ = tokio::time::sleep(pause) => {}
             _ = look_now.notified() => {}
@@ -398,28 +458,117 @@ async fn probe(mut conn: ConnectionManager, ready: Arc<AtomicBool>, url: String,
     }
 }
 
+/// One look at Redis.
+async fn look(link: &Link) -> Seen {
+    let Ok(conn) = link.conn().await else { return Seen::Down };
+    match conn {
+        Conn::Node { mut conn, .. } => {
+            let info: redis::RedisResult<String> = redis::cmd("INFO").arg("cluster").query_async(&mut conn).await;
+            match info {
+                Ok(t) if t.contains("cluster_enabled:1") => return Seen::WrongMode,
+                Ok(_) => {}
+                Err(e) if link.calls_for_relocation(&e) => return Seen::Replica,
+                Err(_) => return Seen::Down,
+            }
+            match redis::cmd("ROLE").query_async::<redis::Value>(&mut conn).await {
+                Ok(redis::Value::Array(v)) => match v.first() {
+                    Some(redis::Value::BulkString(r)) if r == b"master" => Seen::Up,
+                    Some(redis::Value::SimpleString(r)) if r == "master" => Seen::Up,
+                    _ => Seen::Replica,
+                },
+                Ok(_) | Err(_) => Seen::Down,
+            }
+        }
+        Conn::Cluster(mut conn) => {
+            let routing = redis::cluster_routing::RoutingInfo::SingleNode(
+                redis::cluster_routing::SingleNodeRoutingInfo::RandomPrimary,
+            );
+            let mut cmd = redis::cmd("CLUSTER");
+            cmd.arg("INFO");
+            match conn.route_command(cmd, routing).await.ok().and_then(|v| redis::from_redis_value::<String>(v).ok()) {
+                Some(t) if t.contains("cluster_state:ok") => Seen::Up,
+                _ => Seen::Down,
+            }
+        }
+    }
+}
+
+/// Warns (log and metric) when Redis may lose counters: an eviction policy
+/// other than `noeviction` drops keys under memory pressure (every counter
+/// has a TTL, so `volatile-*` policies drop them too), and without
+/// persistence a restart forgets every count and the catalog. Checked once,
+/// when Redis is first reached; a Redis that refuses `CONFIG GET` (managed
+/// services) is reported as unknown.
+async fn check_config(link: &Link) {
+    let get = |param: &'static str| async move {
+        let mut cmd = redis::cmd("CONFIG");
+        cmd.arg("GET").arg(param);
+        let v: redis::RedisResult<Vec<String>> = match link.conn().await.ok()? {
+            Conn::Node { mut conn, .. } => cmd.query_async(&mut conn).await,
+            Conn::Cluster(mut conn) => {
+                let routing = redis::cluster_routing::RoutingInfo::SingleNode(
+                    redis::cluster_routing::SingleNodeRoutingInfo::RandomPrimary,
+                );
+                match conn.route_command(cmd, routing).await {
+                    Ok(v) => redis::from_redis_value(v)
+                        .map_err(|e| redis::RedisError::from((redis::ErrorKind::Parse, "CONFIG GET", e.to_string()))),
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        v.ok().and_then(|v| v.get(1).cloned())
+    };
+    let (policy, save, aof) = (get("maxmemory-policy").await, get("save").await, get("appendonly").await);
+    let redis = link.describe();
+    match policy.as_deref() {
+        Some("noeviction") => metrics::gauge!("tollgate_redis_unsafe_config", "problem" => "eviction").set(0.0),
+        Some(p) => {
+            metrics::gauge!("tollgate_redis_unsafe_config", "problem" => "eviction").set(1.0);
+            tracing::error!(
+                %redis,
+                policy = p,
+                "Redis may evict tollgate's keys (maxmemory-policy {p}): quotas and throttles would silently reset; set maxmemory-policy noeviction"
+            );
+        }
+        None => {
+            tracing::warn!(%redis, "cannot read Redis's maxmemory-policy (CONFIG GET refused); make sure it is noeviction")
+        }
+    }
+    match (save.as_deref(), aof.as_deref()) {
+        (Some(""), Some("no")) => {
+            metrics::gauge!("tollgate_redis_unsafe_config", "problem" => "persistence").set(1.0);
+            tracing::warn!(
+                %redis,
+                "Redis has no persistence (no RDB snapshots, no AOF): a Redis restart forgets every count and the catalog; turn on appendonly (docs/operations.md)"
+            );
+        }
+        (Some(_), Some(_)) => metrics::gauge!("tollgate_redis_unsafe_config", "problem" => "persistence").set(0.0),
+        _ => {}
+    }
+}
+
 /// Logs a change of what the probe sees.
-fn report(url: &str, seen: Seen, was: &mut Option<Seen>) {
+fn report(link: &Link, seen: Seen, was: &mut Option<Seen>) {
     if *was == Some(seen) {
         return;
     }
-    let redis = redact_url(url);
+    let redis = link.describe();
     match seen {
         Seen::Up => tracing::info!(%redis, "Redis is reachable"),
         Seen::Down => tracing::warn!(
             %redis,
             "Redis is not reachable; decisions answer UNAVAILABLE until it is (health: NOT_SERVING if it lasts)"
         ),
-        Seen::Cluster => tracing::error!(
+        Seen::Replica => tracing::warn!(%redis, "the Redis node is a replica, not a primary; looking for the primary"),
+        Seen::WrongMode => tracing::error!(
             %redis,
-            "this Redis is a Redis Cluster node, which tollgate does not support yet: use a single Redis \
-             (with replicas / Sentinel for availability)"
+            "this Redis is a Redis Cluster node: start tollgate with --redis-mode cluster (and the cluster's nodes in --redis-url)"
         ),
     }
     *was = Some(seen);
 }
 
-async fn batcher(mut rx: mpsc::Receiver<Job>, conn: ConnectionManager, s: RedisSettings, look_now: Arc<Notify>) {
+async fn batcher(mut rx: mpsc::Receiver<Job>, link: Arc<Link>, s: RedisSettings, look_now: Arc<Notify>) {
     let slots = Arc::new(Semaphore::new(s.max_in_flight));
     while let Some(first) = rx.recv().await {
         let Ok(permit) = slots.clone().acquire_owned().await else {
@@ -439,11 +588,13 @@ async fn batcher(mut rx: mpsc::Receiver<Job>, conn: ConnectionManager, s: RedisS
         if batch.is_empty() {
             continue;
         }
-        let mut conn = conn.clone();
+        let link = link.clone();
         let clock = s.clock_arg();
+        let wait = s.wait;
         let look_now = look_now.clone();
         tokio::spawn(async move {
-            let result = run_batch(&mut conn, batch.iter().map(|j| &j.check), &clock).await;
+            let checks: Vec<&Check> = batch.iter().map(|j| &j.check).collect();
+            let result = run_batch(&link, &checks, &clock, wait).await;
             // The slot is held until Redis answered (or the connection gave up).
             drop(permit);
             match result {
@@ -475,26 +626,56 @@ fn admit(job: Job, now: Instant, batch: &mut Vec<Job>) {
     }
 }
 
-/// Builds the one EVALSHA of `decide.lua` for `checks`. A `Cmd` keeps its
+/// What a script call does with one request (`decide.lua`, ARGV).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Op {
+    /// Check every limit; consume only if all pass.
+    Take,
+    /// Check only.
+    Dry,
+    /// Give the cost back to the buckets.
+    Refund,
+}
+
+/// One request as one script call sees it: some or all of a check's limits.
+pub(crate) struct Sub<'a> {
+    pub limits: Vec<&'a Limit>,
+    pub cost: u64,
+    pub usage: Option<&'a str>,
+    pub op: Op,
+}
+
+impl<'a> Sub<'a> {
+    /// The whole check, taken.
+    fn take(c: &'a Check) -> Self {
+        Sub { limits: c.limits.iter().collect(), cost: c.cost, usage: c.usage_key.as_deref(), op: Op::Take }
+    }
+}
+
+/// Builds the one EVALSHA of `decide.lua` for `subs`. A `Cmd` keeps its
 /// arguments in one buffer, where `Script::prepare_invoke` allocates (and
 /// later copies) every argument on its own; a batch has hundreds of them.
-fn decide_cmd<'a>(checks: impl Iterator<Item = &'a Check> + Clone, clock: &str) -> (redis::Cmd, usize) {
-    let nkeys: usize = checks.clone().map(|c| c.limits.len() + c.usage_key.is_some() as usize).sum();
+pub(crate) fn decide_cmd(subs: &[Sub<'_>], clock: &str) -> redis::Cmd {
+    let nkeys: usize = subs.iter().map(|c| c.limits.len() + c.usage.is_some() as usize).sum();
     let mut cmd = redis::cmd("EVALSHA");
     cmd.arg(DECIDE.get_hash()).arg(nkeys);
-    let mut n = 0;
-    for c in checks.clone() {
+    for c in subs {
         for l in &c.limits {
             cmd.arg(&l.key);
         }
-        if let Some(u) = &c.usage_key {
+        if let Some(u) = c.usage {
             cmd.arg(u);
         }
-        n += 1;
     }
-    cmd.arg(clock).arg(n);
-    for c in checks {
-        cmd.arg(c.cost).arg(c.limits.len()).arg(if c.usage_key.is_some() { "1" } else { "0" });
+    cmd.arg(clock).arg(subs.len());
+    for c in subs {
+        let op = match (c.op, c.usage.is_some()) {
+            (Op::Take, true) => "TU",
+            (Op::Take, false) => "T",
+            (Op::Dry, _) => "D",
+            (Op::Refund, _) => "R",
+        };
+        cmd.arg(c.cost).arg(c.limits.len()).arg(op);
         for l in &c.limits {
             match &l.rule {
                 Rule::Bucket(t) => {
@@ -506,29 +687,110 @@ fn decide_cmd<'a>(checks: impl Iterator<Item = &'a Check> + Clone, clock: &str) 
             }
         }
     }
-    (cmd, n)
+    cmd
 }
 
-/// Runs `decide.lua` once for `checks`: one answer per check.
-async fn run_batch<'a>(
-    conn: &mut ConnectionManager,
-    checks: impl Iterator<Item = &'a Check> + Clone,
+/// Decides `checks`: one script call on one node, or the cluster protocol.
+async fn run_batch(
+    link: &Link,
+    checks: &[&Check],
     clock: &str,
+    wait: Option<WaitReplicas>,
 ) -> Result<Vec<Result<Verdict, StoreError>>, StoreError> {
-    let (cmd, n) = decide_cmd(checks, clock);
-    let out: Vec<redis::Value> = match cmd.query_async(conn).await {
-        // NOSCRIPT: nothing ran, so loading the script and sending the same
-        // command again cannot charge anything twice.
-        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-            DECIDE.load_async(conn).await.map_err(classify)?;
-            cmd.query_async(conn).await.map_err(classify)?
+    match link.conn().await? {
+        Conn::Node { mut conn, addr } => {
+            let subs: Vec<Sub<'_>> = checks.iter().map(|c| Sub::take(c)).collect();
+            let started = Instant::now();
+            let out = script_call(&mut conn, &subs, clock, wait).await;
+            metrics::histogram!("tollgate_redis_call_seconds", "node" => addr.clone()).record(started.elapsed());
+            match out {
+                Ok(v) => Ok(v),
+                Err(e) => {
+                    metrics::counter!("tollgate_redis_errors_total", "node" => addr).increment(1);
+                    if link.calls_for_relocation(&e) {
+                        let _ = link.relocate("a script was refused").await;
+                    }
+                    Err(classify(e))
+                }
+            }
         }
-        r => r.map_err(classify)?,
-    };
-    if out.len() != n * 6 {
-        return Err(StoreError::Internal(format!("decide.lua returned {} values for {n} requests", out.len())));
+        Conn::Cluster(conn) => Ok(cluster::run(conn, checks, clock, wait).await),
     }
-    Ok(out.chunks_exact(6).map(verdict).collect())
+}
+
+/// Runs `decide.lua` once for `subs` on `conn` (with `WAIT` after it when
+/// asked): one answer per sub. A NOSCRIPT reply means nothing ran: the
+/// script is loaded and the same call sent again.
+pub(crate) async fn script_call<C: redis::aio::ConnectionLike>(
+    conn: &mut C,
+    subs: &[Sub<'_>],
+    clock: &str,
+    wait: Option<WaitReplicas>,
+) -> redis::RedisResult<Vec<Result<Verdict, StoreError>>> {
+    let cmd = decide_cmd(subs, clock);
+    let mut pipe = redis::pipe();
+    pipe.add_command(cmd);
+    if let Some(w) = wait {
+        pipe.cmd("WAIT").arg(w.replicas).arg(w.timeout.as_millis() as u64);
+    }
+    let reply: Vec<redis::Value> = match pipe.query_async(conn).await {
+        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+            DECIDE.load_async(conn).await?;
+            pipe.query_async(conn).await?
+        }
+        r => r?,
+    };
+    answers(subs.len(), reply, wait)
+}
+
+/// The script's answers, checked against `WAIT`'s count when asked.
+pub(crate) fn answers(
+    n: usize,
+    mut reply: Vec<redis::Value>,
+    wait: Option<WaitReplicas>,
+) -> redis::RedisResult<Vec<Result<Verdict, StoreError>>> {
+    // A cluster pipeline hands back a command's error as a value.
+    if let Some(redis::Value::ServerError(e)) = reply.first() {
+        return Err(redis::RedisError::from(e.clone()));
+    }
+    let acked = match (wait, reply.len()) {
+        (Some(_), 2) => match reply.pop() {
+            Some(redis::Value::Int(n)) => Some(n),
+            _ => Some(0),
+        },
+        _ => None,
+    };
+    let values = match reply.pop() {
+        Some(redis::Value::Array(v)) => v,
+        other => {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::Parse,
+                "decide.lua returned an unexpected reply",
+                format!("{other:?}"),
+            )))
+        }
+    };
+    if values.len() != n * 6 {
+        return Err(redis::RedisError::from((
+            redis::ErrorKind::Parse,
+            "decide.lua returned a wrong number of values",
+            format!("{} values for {n} requests", values.len()),
+        )));
+    }
+    let mut out: Vec<Result<Verdict, StoreError>> = values.chunks_exact(6).map(verdict).collect();
+    if let (Some(w), Some(acked)) = (wait, acked) {
+        if acked < i64::from(w.replicas) {
+            metrics::counter!("tollgate_redis_wait_shortfalls_total").increment(1);
+            let e = StoreError::Unavailable(format!(
+                "the decision was acknowledged by {acked} replica(s) within {:?}, not the {} --redis-wait-replicas asks for",
+                w.timeout, w.replicas
+            ));
+            for v in out.iter_mut().filter(|v| v.as_ref().is_ok_and(|v| v.allowed)) {
+                *v = Err(e.clone());
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// One request's six values from `decide.lua`.

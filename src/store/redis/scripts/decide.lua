@@ -31,7 +31,11 @@
 -- ARGV:
 --   [1] the clock: empty (Redis's TIME), or µs since the epoch (clock.lua)
 --   [2] number of requests
---   then per request: cost, number of limits, counts usage (0/1),
+--   then per request: cost, number of limits, what to do: "T" take (check
+--   all limits, consume only if all pass), "D" dry (check only: Redis Cluster
+--   asks this to name the right reason of a denial), "R" refund (give `cost`
+--   back to every bucket, after a take that a later step undid; quotas are
+--   never refunded), each with "U" appended when the request counts usage,
 --   then per limit five values:
 --     "B", rate in thousandths of a request per second, burst, 0, 0 (unused)
 --     "Q", limit, offset, plan creation time in ms, period code (D, W or M)
@@ -89,8 +93,29 @@ local function bucket_level(key, rate)
   return level, at
 end
 
--- Decides one request; returns its six values. Reads first, writes last.
-local function decide(cost, n_limits, a0, k0, usage_key)
+-- Gives `cost` back to the request's buckets (a take undone on Redis
+-- Cluster: see src/store/redis/cluster.rs). Never below an empty level.
+local function refund(cost, n_limits, a0, k0)
+  for i = 1, n_limits do
+    local ai = a0 + 5 * (i - 1)
+    if ARGV[ai] == 'B' then
+      local key = KEYS[k0 + i - 1]
+      local rate = tonumber(ARGV[ai + 1])
+      local level, at = bucket_level(key, rate)
+      level = level - cost * NANO
+      if level <= 0 then
+        redis.call('DEL', key)
+      else
+        redis.call('SET', key, string.format('%.0f:%.0f', level, at), 'PX', ms_to_drain(level, rate) + 1 + TTL_SLACK_MS)
+      end
+    end
+  end
+  return { 1, 0, 0, 0, 0, -1 }
+end
+
+-- Decides one request; returns its six values. Reads first, writes last
+-- (none when `dry`).
+local function decide(cost, n_limits, a0, k0, usage_key, dry)
   local best, best_limit, best_rem, best_reset = 0, 0, 0, 0
   local writes = {}
   local quota_used = nil
@@ -146,6 +171,9 @@ local function decide(cost, n_limits, a0, k0, usage_key)
     end
   end
 
+  if dry then
+    return { 1, best, best_limit, best_rem, best_reset, -1 }
+  end
   -- Writes. HINCRBY on the usage hash is the only one that can fail (a key of
   -- another type): it goes first, so a failure leaves nothing written.
   if usage_key then
@@ -173,13 +201,19 @@ local k = 1
 for _ = 1, n_requests do
   local cost = tonumber(ARGV[a])
   local n_limits = tonumber(ARGV[a + 1])
-  local counts_usage = ARGV[a + 2] == '1'
+  local op = string.sub(ARGV[a + 2], 1, 1)
+  local counts_usage = string.sub(ARGV[a + 2], 2, 2) == 'U'
   local a0, k0 = a + 3, k
   a = a0 + 5 * n_limits
   k = k0 + n_limits
   local usage_key = nil
   if counts_usage then usage_key = KEYS[k]; k = k + 1 end
-  local ok, r = pcall(decide, cost, n_limits, a0, k0, usage_key)
+  local ok, r
+  if op == 'R' then
+    ok, r = pcall(refund, cost, n_limits, a0, k0)
+  else
+    ok, r = pcall(decide, cost, n_limits, a0, k0, usage_key, op == 'D')
+  end
   if not ok then
     -- an error raised by redis.call is a table with the message in `err`
     if type(r) == 'table' then r = r.err end

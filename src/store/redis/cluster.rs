@@ -1,0 +1,290 @@
+//! Decisions on a Redis Cluster, exact although a request's limits live in
+//! several slots.
+//!
+//! A request's per-key limits (the plan's per-method throttle, throttle and
+//! quota) and its usage share the hash tag `{k:KEY}`, so one slot; the stage
+//! throttle (`{s:API/STAGE}`) and the account throttle (`{acct}`) live in
+//! others, maybe on other nodes. One script cannot touch them all, so a
+//! request is decided in steps (docs/operations.md, "Redis Cluster"):
+//!
+//! 1. **take** from every group of limits other than the request's *main*
+//!    one (the group holding its usage key, else its first group), in
+//!    parallel;
+//! 2. if all passed, **take** from the main group and count usage; if one was
+//!    denied, ask the main group **dry** (check only): its limits come first
+//!    in the order of docs/semantics.md, so if one of them denies too, it is
+//!    the reason;
+//! 3. **refund** what step 1 took when the request is denied after all: a
+//!    bucket gets its tokens back (its level lowered by the cost).
+//!
+//! The guarantee: **nothing is ever over-admitted** — a request is admitted
+//! only when every limit admitted it, and a limit's tokens are never given
+//! back beyond what was taken. What it costs: while a request holds tokens
+//! that are given back a moment later, another request may be refused (a
+//! transient under-admission, bounded by the concurrent denials), and a
+//! refund that cannot be delivered (the node died) loses those tokens for the
+//! bucket's window. Quotas are only in the main group, which is never
+//! refunded. Requests are batched per slot: one script call per slot and
+//! step, in parallel across slots; with `--redis-wait-replicas`, each call
+//! is followed by `WAIT` on its own node.
+
+use std::collections::BTreeMap;
+
+use futures::future::join_all;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{Route, SingleNodeRoutingInfo, SlotAddr};
+
+use super::target::slot_of;
+use super::{answers, classify, decide_cmd, Op, Sub, WaitReplicas, DECIDE_CODE};
+use crate::store::{Check, Limit, StoreError, Verdict};
+
+/// One group of a request's limits: those in one slot.
+struct Group {
+    slot: u16,
+    /// Indexes of the limits in the check.
+    limits: Vec<usize>,
+    /// Whether the request's usage is counted here.
+    usage: bool,
+}
+
+/// A request's groups: the main one (index into `groups`) and the others.
+struct Plan {
+    groups: Vec<Group>,
+    main: usize,
+}
+
+fn plan(c: &Check) -> Plan {
+    let mut groups: Vec<Group> = Vec::new();
+    for (i, l) in c.limits.iter().enumerate() {
+        let slot = slot_of(&l.key);
+        match groups.iter_mut().find(|g| g.slot == slot) {
+            Some(g) => g.limits.push(i),
+            None => groups.push(Group { slot, limits: vec![i], usage: false }),
+        }
+    }
+    let main = match &c.usage_key {
+        Some(u) => {
+            let slot = slot_of(u);
+            match groups.iter().position(|g| g.slot == slot) {
+                Some(i) => {
+                    groups[i].usage = true;
+                    i
+                }
+                None => {
+                    groups.push(Group { slot, limits: Vec::new(), usage: true });
+                    groups.len() - 1
+                }
+            }
+        }
+        None => 0,
+    };
+    Plan { groups, main }
+}
+
+/// A script call's request: which check, which group, what to do.
+struct Ask {
+    check: usize,
+    group: usize,
+    op: Op,
+}
+
+/// Runs the calls of one step: `asks` grouped by slot, one call per slot, in
+/// parallel. Returns one answer per ask.
+async fn step(
+    conn: &ClusterConnection,
+    checks: &[&Check],
+    plans: &[Plan],
+    asks: &[Ask],
+    clock: &str,
+    wait: Option<WaitReplicas>,
+) -> Vec<Result<Verdict, StoreError>> {
+    let mut by_slot: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
+    for (i, a) in asks.iter().enumerate() {
+        by_slot.entry(plans[a.check].groups[a.group].slot).or_default().push(i);
+    }
+    let calls = by_slot.into_iter().map(|(slot, idx)| {
+        let mut conn = conn.clone();
+        async move {
+            let subs: Vec<Sub<'_>> = idx
+                .iter()
+                .map(|&i| {
+                    let a = &asks[i];
+                    let c = checks[a.check];
+                    let g = &plans[a.check].groups[a.group];
+                    let limits: Vec<&Limit> = g.limits.iter().map(|&l| &c.limits[l]).collect();
+                    let usage = if g.usage && a.op == Op::Take { c.usage_key.as_deref() } else { None };
+                    Sub { limits, cost: c.cost, usage, op: a.op }
+                })
+                .collect();
+            (idx, slot_call(&mut conn, slot, &subs, clock, wait).await)
+        }
+    });
+    let mut out: Vec<Option<Result<Verdict, StoreError>>> = (0..asks.len()).map(|_| None).collect();
+    for (idx, result) in join_all(calls).await {
+        match result {
+            Ok(vs) => {
+                for (i, v) in idx.into_iter().zip(vs) {
+                    out[i] = Some(v);
+                }
+            }
+            Err(e) => {
+                let e = classify(e);
+                for i in idx {
+                    out[i] = Some(Err(e.clone()));
+                }
+            }
+        }
+    }
+    out.into_iter().map(|v| v.unwrap_or_else(|| Err(StoreError::Internal("no answer".into())))).collect()
+}
+
+/// One script call on the primary of `slot`, with `WAIT` after it when asked.
+async fn slot_call(
+    conn: &mut ClusterConnection,
+    slot: u16,
+    subs: &[Sub<'_>],
+    clock: &str,
+    wait: Option<WaitReplicas>,
+) -> redis::RedisResult<Vec<Result<Verdict, StoreError>>> {
+    let route = SingleNodeRoutingInfo::SpecificNode(Route::new(slot, SlotAddr::Master));
+    let mut pipe = redis::pipe();
+    pipe.add_command(decide_cmd(subs, clock));
+    if let Some(w) = wait {
+        pipe.cmd("WAIT").arg(w.replicas).arg(w.timeout.as_millis() as u64);
+    }
+    let n = if wait.is_some() { 2 } else { 1 };
+    let first = conn.route_pipeline(pipe.clone(), 0, n, route.clone()).await?;
+    match answers(subs.len(), first, wait) {
+        // NOSCRIPT: nothing ran; load the script on that node and send again.
+        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+            let mut load = redis::cmd("SCRIPT");
+            load.arg("LOAD").arg(DECIDE_CODE.as_str());
+            conn.route_command(load, redis::cluster_routing::RoutingInfo::SingleNode(route.clone())).await?;
+            let again = conn.route_pipeline(pipe, 0, n, route).await?;
+            answers(subs.len(), again, wait)
+        }
+        r => r,
+    }
+}
+
+/// Decides `checks` on a cluster by the steps of the module docs.
+pub(super) async fn run(
+    conn: ClusterConnection,
+    checks: &[&Check],
+    clock: &str,
+    wait: Option<WaitReplicas>,
+) -> Vec<Result<Verdict, StoreError>> {
+    let plans: Vec<Plan> = checks.iter().map(|c| plan(c)).collect();
+    // 1. take from every group but the main one.
+    let first: Vec<Ask> = plans
+        .iter()
+        .enumerate()
+        .flat_map(|(c, p)| {
+            (0..p.groups.len()).filter(move |g| *g != p.main).map(move |g| Ask { check: c, group: g, op: Op::Take })
+        })
+        .collect();
+    let got_first = step(&conn, checks, &plans, &first, clock, wait).await;
+    // Per check: its step-1 answers, by group.
+    let mut taken: Vec<Vec<(usize, Result<Verdict, StoreError>)>> = (0..checks.len()).map(|_| Vec::new()).collect();
+    for (a, v) in first.iter().zip(got_first) {
+        taken[a.check].push((a.group, v));
+    }
+    // 2. the main group: taken when every other group admitted, else dry.
+    let second: Vec<Ask> = plans
+        .iter()
+        .enumerate()
+        .map(|(c, p)| {
+            let all_in = taken[c].iter().all(|(_, v)| v.as_ref().is_ok_and(|v| v.allowed));
+            Ask { check: c, group: p.main, op: if all_in { Op::Take } else { Op::Dry } }
+        })
+        .collect();
+    let got_second = step(&conn, checks, &plans, &second, clock, wait).await;
+    // 3. refunds, and the answers.
+    let mut refunds = Vec::new();
+    let mut out = Vec::with_capacity(checks.len());
+    for (c, (ask, main)) in second.iter().zip(got_second).enumerate() {
+        let admitted = ask.op == Op::Take && main.as_ref().is_ok_and(|v| v.allowed);
+        if !admitted {
+            for (g, v) in &taken[c] {
+                if v.as_ref().is_ok_and(|v| v.allowed) {
+                    refunds.push(Ask { check: c, group: *g, op: Op::Refund });
+                }
+            }
+        }
+        out.push(answer(checks[c], &plans[c], &taken[c], main, ask.op));
+    }
+    if !refunds.is_empty() {
+        for (a, r) in refunds.iter().zip(step(&conn, checks, &plans, &refunds, clock, None).await) {
+            if let Err(e) = r {
+                metrics::counter!("tollgate_redis_refunds_lost_total").increment(1);
+                tracing::warn!(error = %e, slot = plans[a.check].groups[a.group].slot, "a refund could not be given back; those tokens are lost for the bucket's window");
+            }
+        }
+    }
+    out
+}
+
+/// One request's answer from its groups' answers.
+fn answer(
+    check: &Check,
+    plan: &Plan,
+    others: &[(usize, Result<Verdict, StoreError>)],
+    main: Result<Verdict, StoreError>,
+    main_op: Op,
+) -> Result<Verdict, StoreError> {
+    // Errors first: the request cannot be decided.
+    if let Some(e) = others.iter().find_map(|(_, v)| v.as_ref().err()) {
+        return Err(e.clone());
+    }
+    let main = main?;
+    let global = |g: usize, v: &Verdict| Verdict { index: v.index.map(|i| plan.groups[g].limits[i]), ..*v };
+    let main_v = global(plan.main, &main);
+    if !main.allowed {
+        // The main group's limits come first in the semantic order.
+        return Ok(main_v);
+    }
+    if main_op == Op::Dry {
+        // A limit of another group denied: the earliest of those.
+        let denial = others
+            .iter()
+            .filter_map(|(g, v)| v.as_ref().ok().filter(|v| !v.allowed).map(|v| global(*g, v)))
+            .min_by_key(|v| v.index);
+        if let Some(d) = denial {
+            return Ok(d);
+        }
+    }
+    // Admitted: describe the limit with the least remaining, the earliest on
+    // a tie, across the groups.
+    let all = std::iter::once(main_v).chain(others.iter().filter_map(|(g, v)| v.as_ref().ok().map(|v| global(*g, v))));
+    let best = all.filter(|v| v.index.is_some()).min_by_key(|v| (v.remaining, v.index));
+    let _ = check;
+    Ok(best.map(|b| Verdict { allowed: true, retry_after_ms: None, ..b }).unwrap_or(Verdict::UNLIMITED))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Throttle;
+    use crate::store::keys::Keys;
+    use crate::store::Rule;
+
+    #[test]
+    fn a_keyed_request_has_its_plan_limits_and_usage_in_one_group() {
+        let k = Keys::default();
+        let t = Rule::Bucket(Throttle { rate_limit: 1.0, burst_limit: 1 });
+        let stage = crate::model::StageRef::parse("a/b").unwrap();
+        let c = Check {
+            limits: vec![
+                Limit { key: k.plan_bucket("key1", "p"), rule: t },
+                Limit { key: k.stage_bucket(&stage, "/x/GET"), rule: t },
+                Limit { key: k.account_bucket(), rule: t },
+            ],
+            cost: 1,
+            usage_key: Some(k.usage_base("key1", "p")),
+        };
+        let p = plan(&c);
+        assert_eq!(p.groups.len(), 3);
+        assert_eq!(p.groups[p.main].limits, vec![0]);
+        assert!(p.groups[p.main].usage);
+    }
+}
