@@ -26,7 +26,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 
-use super::admin::{Client, Failure};
+use super::admin::{AdminOpts, Client, Failure, Secret};
 use super::bench::bench_key_name;
 use crate::api::pb;
 
@@ -66,17 +66,37 @@ pub async fn run(args: BenchCatalogArgs) -> ExitCode {
         BenchCatalogCommand::WaitServing(a) => wait_serving::run(a).await,
         BenchCatalogCommand::Propagation(a) => {
             let outcome = propagation::run(&a).await;
-            super::admin::finish(&a.opts, outcome)
+            super::admin::finish(&a.admin.opts(), outcome)
         }
         BenchCatalogCommand::Churn(a) => {
             let outcome = churn::run(&a).await;
-            super::admin::finish(&a.opts, outcome)
+            super::admin::finish(&a.admin.opts(), outcome)
         }
         BenchCatalogCommand::List(a) => {
             let outcome = list::run(&a).await;
-            super::admin::finish(&a.opts, outcome)
+            super::admin::finish(&a.admin.opts(), outcome)
         }
         BenchCatalogCommand::Slowlog(a) => slowlog::run(a).await,
+    }
+}
+
+/// The Admin service the measuring commands talk to: `--server` and
+/// `--admin-token` as for every admin command (they always print JSON).
+#[derive(Debug, Args)]
+pub struct AdminTarget {
+    /// A replica's Admin address (its --admin-listen).
+    #[arg(long, env = "TOLLGATE_ADMIN_SERVER", default_value = super::DEFAULT_ADMIN_SERVER.as_str())]
+    pub server: String,
+    /// The admin token (the server's TOLLGATE_ADMIN_TOKEN); prefer the
+    /// environment variable.
+    #[arg(long, env = "TOLLGATE_ADMIN_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    pub admin_token: Option<Secret>,
+}
+
+impl AdminTarget {
+    /// The same as the admin commands' options, for their client and errors.
+    pub fn opts(&self) -> AdminOpts {
+        AdminOpts { server: self.server.clone(), admin_token: self.admin_token.clone(), json: true }
     }
 }
 

@@ -18,16 +18,16 @@ use clap::Args;
 use serde_json::json;
 use tokio::task::JoinSet;
 
-use super::summary;
+use super::{summary, AdminTarget};
 use crate::api::pb;
-use crate::cli::admin::{client, code_name, note, AdminOpts, Client, Failure, Outcome};
+use crate::cli::admin::{client, code_name, note, Client, Failure, Outcome};
 use crate::cli::bench::BENCH_KEY_NAME_PREFIX;
 
 /// Arguments of `bench-catalog churn`.
 #[derive(Debug, Args)]
 pub struct ChurnArgs {
     #[command(flatten)]
-    pub opts: AdminOpts,
+    pub admin: AdminTarget,
     /// Changes per second.
     #[arg(long, default_value_t = 100.0)]
     pub rate: f64,
@@ -71,7 +71,7 @@ pub async fn run(a: &ChurnArgs) -> Outcome {
     if !(a.rate > 0.0 && a.rate.is_finite()) {
         return Err(Failure::Message(format!("--rate {}: must be a positive number of changes per second", a.rate)));
     }
-    let mut c = client(&a.opts).await?;
+    let mut c = client(&a.admin.opts()).await?;
     let ids = pool(&mut c, a.pool).await?;
     note(&format!("churn: started: {} changes/s for {:?} over {} bench keys", a.rate, a.duration, ids.len()));
     let start = Instant::now();

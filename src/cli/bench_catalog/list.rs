@@ -6,15 +6,15 @@ use std::time::Instant;
 use clap::Args;
 use serde_json::json;
 
-use super::summary;
+use super::{summary, AdminTarget};
 use crate::api::pb;
-use crate::cli::admin::{client, AdminOpts, Outcome};
+use crate::cli::admin::{client, Outcome};
 
 /// Arguments of `bench-catalog list`.
 #[derive(Debug, Args)]
 pub struct ListArgs {
     #[command(flatten)]
-    pub opts: AdminOpts,
+    pub admin: AdminTarget,
     /// Keys per page (1 to 500).
     #[arg(long, default_value_t = 500)]
     pub page_size: u32,
@@ -25,7 +25,7 @@ pub struct ListArgs {
 
 /// Reads the pages and prints `{pages, keys, p50_ms, p99_ms, max_ms, ...}`.
 pub async fn run(a: &ListArgs) -> Outcome {
-    let mut c = client(&a.opts).await?;
+    let mut c = client(&a.admin.opts()).await?;
     let (mut token, mut keys, mut times) = (String::new(), 0usize, Vec::new());
     for _ in 0..a.pages {
         let req = pb::ListApiKeysRequest { page_size: a.page_size, page_token: token, ..Default::default() };

@@ -16,16 +16,16 @@ use futures::future::join_all;
 use serde_json::json;
 use tonic::transport::Channel;
 
-use super::{find_bench_key, summary};
+use super::{find_bench_key, summary, AdminTarget};
 use crate::api::pb;
-use crate::cli::admin::{client, AdminOpts, Failure, Outcome};
+use crate::cli::admin::{client, Failure, Outcome};
 use crate::cli::bench::bench_key_value;
 
 /// Arguments of `bench-catalog propagation`.
 #[derive(Debug, Args)]
 pub struct PropagationArgs {
     #[command(flatten)]
-    pub opts: AdminOpts,
+    pub admin: AdminTarget,
     /// A replica's data-plane address (its --listen); repeat for each, or
     /// separate with commas.
     #[arg(long = "replica", value_name = "URL", required = true, value_delimiter = ',')]
@@ -84,7 +84,7 @@ impl Replica {
 
 /// Runs the trials and prints the report.
 pub async fn run(a: &PropagationArgs) -> Outcome {
-    let mut admin = client(&a.opts).await?;
+    let mut admin = client(&a.admin.opts()).await?;
     let key = find_bench_key(&mut admin, a.key_index).await?;
     let mut replicas = Vec::new();
     for url in &a.replicas {
