@@ -196,8 +196,9 @@ measure() { # K
   secs=$(since "$t0")
   if [ "$rc" != 0 ]; then
     report "CSV import time" "> $(fmt "$secs" 0) s (exit $rc)" "<= 60 s" 0
-    note "import failed: $(tail -3 "$RUN/import.err"); the later targets need the keys: skipped"
+    note "import stopped: $(tail -1 "$RUN/import.err"); the later targets need the keys: not measured"
     stop_run
+    echo "| $K | $(IFS='|'; echo "${ROW[*]}" | sed 's/|/ | /g') | (not measured) |" >>"$WORK/rows.md"
     return
   fi
   local imported warnings
