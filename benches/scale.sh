@@ -43,10 +43,11 @@ CHUNK_ROWS=${CHUNK_ROWS:-5000}
 STEP_TIMEOUT=${STEP_TIMEOUT:-1800}
 STAGE=bench/live
 METHOD=/items/42/GET
-# What a replica's log says when it loads the catalog again (today: the
-# catalog poll's "catalog reloaded"); the check that a start makes no other
-# replica reload counts these lines.
-RELOAD_PATTERN='catalog reloaded|catalog loaded'
+# What a replica's log says when it loads the whole catalog (before the
+# rewrite: "catalog reloaded"; after: "reloading the whole catalog" and
+# "catalog loaded"); the check that a start makes no other replica reload
+# counts these lines.
+RELOAD_PATTERN='catalog reloaded|catalog loaded|reloading the whole catalog'
 export TOLLGATE_ADMIN_TOKEN=scale-bench-admin-token-0123456789
 export RUST_LOG=${RUST_LOG:-info}
 
