@@ -273,7 +273,7 @@ measure() { # K
   errors=$(jq .rounds[0].authorize.errors "$RUN/bench-churn.json")
   calls=$(jq .rounds[0].authorize.calls "$RUN/bench-churn.json")
   report "decisions failed, $CHURN_RATE changes/s" "$errors of $calls" "0" "$([ "$errors" = 0 ] && echo 1 || echo 0)"
-  note "decisions failed alone: $(jq .rounds[0].authorize.errors "$RUN/bench-alone.json"); an Admin change took $(jq .latency.p50_ms "$RUN/churn.json") ms (p50), $(jq .latency.p99_ms "$RUN/churn.json") ms (p99); errors: $(jq -c .errors "$RUN/churn.json")"
+  note "decisions failed alone: $(jq .rounds[0].authorize.errors "$RUN/bench-alone.json"); an Admin change took $(jq .latency.p50_ms "$RUN/churn.json") ms (p50), $(jq .latency.p99_ms "$RUN/churn.json") ms (p99); errors: $(jq -c .errors "$RUN/churn.json") $(jq -c .first_errors "$RUN/churn.json")"
 
   # 8. ListApiKeys pages of 500.
   "$BIN" bench-catalog list --server "$r0_admin" --pages 10 >"$RUN/list.json"

@@ -8,7 +8,8 @@
 //! leaves every decision as it was. Changes start on a fixed schedule,
 //! `--rate` per second, whatever the previous ones are doing (open loop); a
 //! change due while `--max-in-flight` are still running is skipped and
-//! counted. When the pool is ready, `churn: started` goes to stderr, so a
+//! counted. The report counts failures by gRPC code, with the first message
+//! of each. When the pool is ready, `churn: started` goes to stderr, so a
 //! script can start its load then.
 
 use std::collections::BTreeMap;
@@ -75,7 +76,7 @@ pub async fn run(a: &ChurnArgs) -> Outcome {
     let ids = pool(&mut c, a.pool).await?;
     note(&format!("churn: started: {} changes/s for {:?} over {} bench keys", a.rate, a.duration, ids.len()));
     let start = Instant::now();
-    let mut tasks: JoinSet<(u64, Result<(), tonic::Code>)> = JoinSet::new();
+    let mut tasks: JoinSet<(u64, Result<(), tonic::Status>)> = JoinSet::new();
     let (mut attempted, mut skipped) = (0u64, 0u64);
     let mut finished = Vec::new();
     for n in 0u64.. {
@@ -97,17 +98,18 @@ pub async fn run(a: &ChurnArgs) -> Outcome {
         tasks.spawn(async move {
             let t = Instant::now();
             let req = pb::UpdateApiKeyRequest { id, description: Some(format!("churn {n}")), ..Default::default() };
-            let r = c.update_api_key(req).await.map(|_| ()).map_err(|s| s.code());
+            let r = c.update_api_key(req).await.map(|_| ());
             (t.elapsed().as_micros() as u64, r)
         });
     }
     let secs = start.elapsed().as_secs_f64();
     finished.extend(tasks.join_all().await);
     let mut latency: Vec<u64> = finished.iter().map(|(us, _)| *us).collect();
-    let mut errors: BTreeMap<&str, u64> = BTreeMap::new();
+    let (mut errors, mut first_errors): (BTreeMap<&str, u64>, BTreeMap<&str, &str>) = Default::default();
     for (_, r) in &finished {
-        if let Err(code) = r {
-            *errors.entry(code_name(*code)).or_default() += 1;
+        if let Err(s) = r {
+            *errors.entry(code_name(s.code())).or_default() += 1;
+            first_errors.entry(code_name(s.code())).or_insert(s.message());
         }
     }
     let failed: u64 = errors.values().sum();
@@ -122,6 +124,7 @@ pub async fn run(a: &ChurnArgs) -> Outcome {
         "achieved_per_sec": (attempted - failed) as f64 / secs,
         "latency": summary(&mut latency),
         "errors": errors,
+        "first_errors": first_errors,
     });
     crate::cli::emit(&format!("{report}\n"));
     Ok(())
