@@ -12,10 +12,10 @@
 # Admin replica; import the CSV through Admin (`keys import`, in chunks);
 # start a replica on the catalog now in Redis and time it to SERVING, read
 # its RSS; start the other replicas (REPLICAS in all) and time propagation
-# of a key change to all of them; run `tollgate bench --keys K` alone, then
-# beside a stream of CHURN_RATE changes/s; time ListApiKeys pages of 500;
-# start one more replica and check that it wrote nothing to Redis and made
-# no other replica reload; read the slowest catalog command in SLOWLOG.
+# of a key change to all of them; start one more replica and check that it
+# wrote nothing to Redis and made no other replica reload; run `tollgate
+# bench --keys K` alone, then beside a stream of CHURN_RATE changes/s; time
+# ListApiKeys pages of 500; read the slowest catalog command in SLOWLOG.
 #
 # Not a test: nothing here runs in CI. Settings (environment):
 #   TOLLGATE_BIN    the binary to measure (default: `cargo build --release`
@@ -77,13 +77,20 @@ le() { [ "$(echo "$1 <= $2" | bc -l)" = 1 ]; }              # $1 <= $2, decimals
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 note() { echo "# $*" >&2; }
 
-# One result line; also kept for the summary row.
-ROW=()
-report() { # name, measured, target, met (0|1|-)
+# One result line; with a column name, the value also goes into that column
+# of the Markdown row (docs/benchmarks.md's tables).
+declare -A COL
+report() { # name, measured, target, met (0|1|-), [column]
   local verdict=$4
   case "$verdict" in 1) verdict=met ;; 0) verdict=MISSED ;; esac
   printf '%-40s %-24s %-14s %s\n' "$1" "$2" "$3" "$verdict"
-  ROW+=("$2")
+  [ -z "${5:-}" ] || COL[$5]=$2
+}
+col() { echo "${COL[$1]:--}"; }
+markdown_row() { # K
+  echo "| $1 | $(col check) | $(col import) | $(col start) | $(col rss) | $(col perkey) | $(col p50) / $(col p99) |" \
+    "$(col alone) / $(col churn) | $(col changes) | $(col decisions) | $(col list50) / $(col listmax) |" \
+    "$(col writes) / $(col reloads) | $(col slow) |"
 }
 check() { if le "$1" "$2"; then echo 1; else echo 0; fi; }
 
@@ -153,7 +160,7 @@ measure() { # K
   local K=$1
   RUN="$WORK/$K"
   mkdir -p "$RUN"
-  ROW=()
+  COL=()
   echo
   echo "== $K keys ($(date -u +%FT%TZ), $BIN, $("$BIN" --version))"
   printf '%-40s %-24s %-14s %s\n' target measured goal verdict
@@ -169,9 +176,9 @@ measure() { # K
   timeout "$STEP_TIMEOUT" "$BIN" check-config "$RUN/catalog.yaml" >"$RUN/check-config.out" 2>&1 || rc=$?
   secs=$(since "$t0")
   if [ "$rc" = 0 ]; then
-    report "check-config time" "$(fmt "$secs") s" "<= 10 s" "$(check "$secs" 10)"
+    report "check-config time" "$(fmt "$secs") s" "<= 10 s" "$(check "$secs" 10)" check
   else
-    report "check-config time" "> $(fmt "$secs" 0) s (exit $rc)" "<= 10 s" 0
+    report "check-config time" "> $(fmt "$secs" 0) s (exit $rc)" "<= 10 s" 0 check
   fi
 
   # 3. Redis, with a slow log of every command over 1 ms.
@@ -196,16 +203,16 @@ measure() { # K
     >"$RUN/import.json" 2>"$RUN/import.err" || rc=$?
   secs=$(since "$t0")
   if [ "$rc" != 0 ]; then
-    report "CSV import time" "> $(fmt "$secs" 0) s (exit $rc)" "<= 60 s" 0
+    report "CSV import time" "> $(fmt "$secs" 0) s (exit $rc)" "<= 60 s" 0 import
     note "import stopped: $(tail -1 "$RUN/import.err"); the later targets need the keys: not measured"
     stop_run
-    echo "| $K | $(IFS='|'; echo "${ROW[*]}" | sed 's/|/ | /g') | (not measured) |" >>"$WORK/rows.md"
+    markdown_row "$K" >>"$WORK/rows.md"
     return
   fi
   local imported warnings
   imported=$(jq '.ids | length' "$RUN/import.json")
   warnings=$(jq '.warnings | length' "$RUN/import.json")
-  report "CSV import time" "$(fmt "$secs") s" "<= 60 s" "$(check "$secs" 60)"
+  report "CSV import time" "$(fmt "$secs") s" "<= 60 s" "$(check "$secs" 60)" import
   report "CSV import: keys imported / warnings" "$imported / $warnings" "$K / 0" "$([ "$imported" = "$K" ] && [ "$warnings" = 0 ] && echo 1 || echo 0)"
 
   # 5. A replica starting on the catalog in Redis: time to SERVING, memory.
@@ -214,7 +221,7 @@ measure() { # K
   local r1_url=$REPLICA_URL r1_pid=$REPLICA_PID
   wait_serving "$r1_url" >/dev/null
   secs=$(since "$t0")
-  report "replica start to SERVING" "$(fmt "$secs" 2) s" "<= 10 s" "$(check "$secs" 10)"
+  report "replica start to SERVING" "$(fmt "$secs" 2) s" "<= 10 s" "$(check "$secs" 10)" start
   local rss empty_rss per_key
   rss=$(rss_kb "$r1_pid")
   start_replica empty --redis-prefix "empty$K:"   # the same process with no keys, for the per-key figure
@@ -222,8 +229,8 @@ measure() { # K
   empty_rss=$(rss_kb "$REPLICA_PID")
   kill "$REPLICA_PID"; wait "$REPLICA_PID" 2>/dev/null || true; rm -f "$RUN/empty.pid"
   per_key=$(echo "($rss - $empty_rss) * 1024 / $K" | bc -l)
-  report "replica RSS" "$(fmt "$(echo "$rss / 1024" | bc -l)") MB" "<= 400 MB" "$(check "$rss" $((400 * 1024)))"
-  report "replica RSS per key (above no keys)" "$(fmt "$per_key" 0) B" "<= 400 B" "$(check "$per_key" 400)"
+  report "replica RSS" "$(fmt "$(echo "$rss / 1024" | bc -l)") MB" "<= 400 MB" "$(check "$rss" $((400 * 1024)))" rss
+  report "replica RSS per key (above no keys)" "$(fmt "$per_key" 0) B" "<= 400 B" "$(check "$per_key" 400)" perkey
   note "peak RSS of r1 while loading: $(awk '/^VmHWM:/ {print $2}' "/proc/$r1_pid/status") kB; with no keys: $empty_rss kB"
 
   # 6. The other replicas, as many as memory allows (each may hold two
@@ -245,10 +252,29 @@ measure() { # K
   p50=$(jq .all.p50_ms "$RUN/propagation.json")
   p99=$(jq .all.p99_ms "$RUN/propagation.json")
   maxp=$(jq .all.max_ms "$RUN/propagation.json")
-  report "propagation to all $n replicas, p50" "$(fmt "$p50") ms" "-" -
-  report "propagation to all $n replicas, p99" "$(fmt "$p99") ms (max $(fmt "$maxp"))" "<= 1000 ms" "$(check "$p99" 1000)"
+  report "propagation to all $n replicas, p50" "$(fmt "$p50") ms" "-" - p50
+  report "propagation to all $n replicas, p99" "$(fmt "$p99") ms (max $(fmt "$maxp"))" "<= 1000 ms" "$(check "$p99" 1000)" p99
 
-  # 7. Decisions over all K keys, alone and beside a stream of changes.
+  # 7. One more replica: it writes nothing, and no other replica reloads.
+  #    Watched from before its start until one catalog poll (1 s) after it
+  #    is SERVING, while nothing else happens (before the churn below, whose
+  #    aftermath could make a replica reload on its own); then stopped.
+  write_calls >"$RUN/writes.before"
+  local reloads_before
+  reloads_before=$(reload_lines "${names[@]}")
+  start_replica extra
+  wait_serving "$REPLICA_URL" >/dev/null
+  sleep 1.1   # an observation window (one catalog poll), not a synchronisation
+  write_calls >"$RUN/writes.after"
+  local writes reloads
+  writes=$(join -a2 -e0 -o 2.1,1.2,2.2 "$RUN/writes.before" "$RUN/writes.after" | awk '$3 > $2 {n += $3 - $2; printf "%s+%d ", $1, $3 - $2 > "/dev/stderr"} END {print n + 0}' 2>"$RUN/writes.diff")
+  reloads=$(( $(reload_lines "${names[@]}") - reloads_before ))
+  report "writes by a starting replica" "$(echo "$writes $(cat "$RUN/writes.diff")" | sed "s/ *$//")" "0" "$([ "$writes" = 0 ] && echo 1 || echo 0)" writes
+  report "other replicas reloaded by it" "$reloads" "0" "$([ "$reloads" = 0 ] && echo 1 || echo 0)" reloads
+  kill "$REPLICA_PID"; wait "$REPLICA_PID" 2>/dev/null || true; rm -f "$RUN/extra.pid"
+
+
+  # 8. Decisions over all K keys, alone and beside a stream of changes.
   local bench_args=(--server "$r1_url" --keys "$K" --stage "$STAGE" --method "$METHOD" --rounds 1 --duration "$BENCH_DURATION" --json)
   "$BIN" bench "${bench_args[@]}" >"$RUN/bench-alone.json"
   local alone with churn_secs
@@ -266,46 +292,30 @@ measure() { # K
   failed=$(jq .failed "$RUN/churn.json")
   skipped=$(jq .skipped "$RUN/churn.json")
   attempted=$(jq .attempted "$RUN/churn.json")
-  report "decision p99, no changes" "$(fmt "$alone" 2) ms" "-" -
-  report "decision p99, $CHURN_RATE changes/s" "$(fmt "$with" 2) ms" "<= $NOISE x alone" "$(check "$with" "$(echo "$NOISE * $alone" | bc -l)")"
-  report "changes failed / skipped (of due)" "$failed / $skipped (of $((attempted + skipped)))" "0 / 0" "$([ "$failed" = 0 ] && [ "$skipped" = 0 ] && echo 1 || echo 0)"
+  report "decision p99, no changes" "$(fmt "$alone" 2) ms" "-" - alone
+  report "decision p99, $CHURN_RATE changes/s" "$(fmt "$with" 2) ms" "<= $NOISE x alone" "$(check "$with" "$(echo "$NOISE * $alone" | bc -l)")" churn
+  report "changes failed / skipped (of due)" "$failed / $skipped (of $((attempted + skipped)))" "0 / 0" "$([ "$failed" = 0 ] && [ "$skipped" = 0 ] && echo 1 || echo 0)" changes
   local errors calls
   errors=$(jq .rounds[0].authorize.errors "$RUN/bench-churn.json")
   calls=$(jq .rounds[0].authorize.calls "$RUN/bench-churn.json")
-  report "decisions failed, $CHURN_RATE changes/s" "$errors of $calls" "0" "$([ "$errors" = 0 ] && echo 1 || echo 0)"
+  report "decisions failed, $CHURN_RATE changes/s" "$errors of $calls" "0" "$([ "$errors" = 0 ] && echo 1 || echo 0)" decisions
   note "decisions failed alone: $(jq .rounds[0].authorize.errors "$RUN/bench-alone.json"); an Admin change took $(jq .latency.p50_ms "$RUN/churn.json") ms (p50), $(jq .latency.p99_ms "$RUN/churn.json") ms (p99); errors: $(jq -c .errors "$RUN/churn.json") $(jq -c .first_errors "$RUN/churn.json")"
 
-  # 8. ListApiKeys pages of 500.
+  # 9. ListApiKeys pages of 500.
   "$BIN" bench-catalog list --server "$r0_admin" --pages 10 >"$RUN/list.json"
-  report "ListApiKeys 500-key page, p50" "$(fmt "$(jq .p50_ms "$RUN/list.json")") ms" "-" -
-  report "ListApiKeys 500-key page, max" "$(fmt "$(jq .max_ms "$RUN/list.json")") ms" "<= 50 ms" "$(check "$(jq .max_ms "$RUN/list.json")" 50)"
-
-  # 9. One more replica: it writes nothing, and no other replica reloads.
-  #    Watched from before its start until one catalog poll (1 s) after it
-  #    is SERVING.
-  write_calls >"$RUN/writes.before"
-  local reloads_before
-  reloads_before=$(reload_lines "${names[@]}")
-  start_replica extra
-  wait_serving "$REPLICA_URL" >/dev/null
-  sleep 1.1   # an observation window (one catalog poll), not a synchronisation
-  write_calls >"$RUN/writes.after"
-  local writes reloads
-  writes=$(join -a2 -e0 -o 2.1,1.2,2.2 "$RUN/writes.before" "$RUN/writes.after" | awk '$3 > $2 {n += $3 - $2; printf "%s+%d ", $1, $3 - $2 > "/dev/stderr"} END {print n + 0}' 2>"$RUN/writes.diff")
-  reloads=$(( $(reload_lines "${names[@]}") - reloads_before ))
-  report "writes by a starting replica" "$(echo "$writes $(cat "$RUN/writes.diff")" | sed "s/ *$//")" "0" "$([ "$writes" = 0 ] && echo 1 || echo 0)"
-  report "other replicas reloaded by it" "$reloads" "0" "$([ "$reloads" = 0 ] && echo 1 || echo 0)"
+  report "ListApiKeys 500-key page, p50" "$(fmt "$(jq .p50_ms "$RUN/list.json")") ms" "-" - list50
+  report "ListApiKeys 500-key page, max" "$(fmt "$(jq .max_ms "$RUN/list.json")") ms" "<= 50 ms" "$(check "$(jq .max_ms "$RUN/list.json")" 50)" listmax
 
   # 10. The slowest catalog command Redis saw in all of the above.
   "$BIN" bench-catalog slowlog --redis-url "$REDIS_URL" >"$RUN/slowlog.json"
   local slow cmd
   slow=$(jq '.longest_catalog.ms // 0' "$RUN/slowlog.json")
   cmd=$(jq -r '.longest_catalog.command // "-"' "$RUN/slowlog.json" | cut -c1-60)
-  report "longest catalog command (SLOWLOG)" "$(fmt "$slow") ms" "<= 5 ms" "$(check "$slow" 5)"
+  report "longest catalog command (SLOWLOG)" "$(fmt "$slow") ms" "<= 5 ms" "$(check "$slow" 5)" slow
   note "it was: $cmd ($(jq .catalog_entries "$RUN/slowlog.json") catalog commands over 1 ms)"
 
   stop_run
-  echo "| $K | $(IFS='|'; echo "${ROW[*]}" | sed 's/|/ | /g') |" >>"$WORK/rows.md"
+  markdown_row "$K" >>"$WORK/rows.md"
 }
 
 for K in "${SIZES[@]}"; do
