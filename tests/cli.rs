@@ -38,6 +38,14 @@ impl Out {
         &self.stdout
     }
 
+    /// Asserts a failure noticed before any call: exit code 2 and
+    /// `error: message` on stderr.
+    fn failed_with_message(&self) -> &str {
+        assert_eq!(self.code, 2, "exit code; stdout: {} stderr: {}", self.stdout, self.stderr);
+        assert!(self.stderr.starts_with("error: "), "{}", self.stderr);
+        &self.stderr
+    }
+
     /// Asserts a failed call: exit code 2 and `error: CODE: ...` on stderr.
     fn failed(&self, code: &str) -> &str {
         assert_eq!(self.code, 2, "exit code; stdout: {} stderr: {}", self.stdout, self.stderr);
@@ -325,6 +333,37 @@ fn keys_import_csv_gives_ids_and_warnings() {
     let out = tg(&p, &["keys", "import", "/nonexistent/keys.csv"]);
     assert_eq!(out.code, 2);
     assert!(out.stderr.contains("/nonexistent/keys.csv"), "{}", out.stderr);
+}
+
+/// A file imported a few rows per call: the warnings name the file's own
+/// lines, and --fail-on-warnings still imports nothing for a bad row anywhere.
+#[test]
+fn keys_import_in_chunks_names_the_files_lines() {
+    let p = server(&[]);
+    tg(&p, &["stages", "put", "shop/a"]).ok();
+    tg(&p, &["plans", "create", "--name", "A", "--stage", "shop/a", "--id", "pa"]).ok();
+    let csv = "Name,Key,Enabled,UsagePlanIds\n\
+               one,chunkone0123456789abcdefghijklm,true,pa\n\
+               two,chunktwo0123456789abcdefghijklm,true,pa\n\
+               short,tooshort,true,pa\n\
+               four,chunkfour0123456789abcdefghijkl,true,pa\n\
+               five,chunkfive0123456789abcdefghijkl,true,nosuchplan\n\
+               six,chunksix0123456789abcdefghijklm,true,pa\n";
+    let (_d, path) = write_temp("keys.csv", csv);
+    let path = path.to_str().unwrap();
+
+    // A bad row in the second chunk: nothing imported, the file's line named.
+    let err =
+        tg(&p, &["keys", "import", path, "--chunk-rows", "2", "--fail-on-warnings"]).failed_with_message().to_string();
+    assert!(err.contains("line 4:") && err.contains("nothing imported"), "{err}");
+    assert_eq!(tgj(&p, &["keys", "list"])["keys"], serde_json::json!([]), "nothing was imported");
+
+    let out = tg(&p, &["keys", "import", path, "--chunk-rows", "2", "--json"]);
+    let v = out.json();
+    assert_eq!(v["ids"].as_array().unwrap().len(), 4, "{v}");
+    let lines: Vec<u64> = v["warnings"].as_array().unwrap().iter().map(|w| w["line"].as_u64().unwrap()).collect();
+    assert_eq!(lines, [4, 6], "the file's lines, not the chunks': {v}");
+    assert!(out.stderr.contains("chunk 3/3: 2 row(s) from line 6: 1 warning(s)"), "{}", out.stderr);
 }
 
 #[test]

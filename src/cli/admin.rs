@@ -8,6 +8,7 @@
 //! shapes of the things the service returns ([`key_json`], [`plan_json`],
 //! [`stage_json`]), so that every command prints a key or a plan the same way.
 
+pub mod csv_chunks;
 pub mod keys;
 pub mod plan_keys;
 pub mod plans;

@@ -8,6 +8,13 @@
 //! Phases alternate (health, authorize, health, authorize, ...) for
 //! `--rounds` pairs of `--duration` each; the report gives each phase's
 //! calls/s and latency percentiles, and the mean ratio over the pairs.
+//!
+//! With `--keys K` each call presents one of K *bench keys*, picked uniformly
+//! at random, so that a catalog of K keys is exercised as a whole. Bench key
+//! number `i` is [`bench_key_value`]`(i)`, named [`bench_key_name`]`(i)`:
+//! the catalog generator (`tollgate bench-catalog generate`, which writes
+//! them into a catalog file and an import CSV) and the load generator agree
+//! on them by this rule alone, without sharing a file.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -28,8 +35,13 @@ pub struct BenchArgs {
     #[arg(long, env = "TOLLGATE_SERVER", default_value = super::DEFAULT_SERVER.as_str())]
     pub server: String,
     /// The API key value to send (omit for no key).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "keys")]
     pub key: Option<String>,
+    /// Spread the calls over the bench keys 0..K (`bench` and the number,
+    /// zero-padded to 40 characters; `tollgate bench-catalog generate`
+    /// writes them), one picked at random per call. 1 means key 0.
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u64).range(1..=MAX_BENCH_KEYS))]
+    pub keys: Option<u64>,
     /// Stage, API/STAGE.
     #[arg(long, default_value = "petstore/prod")]
     pub stage: String,
@@ -51,6 +63,34 @@ pub struct BenchArgs {
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
+}
+
+/// The most bench keys there can be: a value has 35 digits for the number,
+/// a name 9 (so that a name is never a prefix of another).
+pub const MAX_BENCH_KEYS: u64 = 1_000_000_000;
+
+/// The value of bench key number `i`: `bench` and `i` zero-padded to 35
+/// digits, 40 alphanumerics in all (a valid key value). The one definition
+/// of the rule: the catalog generator and `bench --keys` both call it.
+pub fn bench_key_value(i: u64) -> String {
+    format!("bench{i:035}")
+}
+
+/// The name of bench key number `i`: `bench-` and `i` zero-padded to 9
+/// digits. Every bench key name has the same length below
+/// [`MAX_BENCH_KEYS`], so a name used as `ListApiKeys`' `name_prefix` finds
+/// that key alone.
+pub fn bench_key_name(i: u64) -> String {
+    format!("bench-{i:09}")
+}
+
+/// The `name_prefix` that lists the bench keys.
+pub const BENCH_KEY_NAME_PREFIX: &str = "bench-";
+
+/// The `p`-th quantile (0.0 to 1.0) of `sorted` (ascending; 0 when empty).
+pub fn percentile(sorted: &[u64], p: f64) -> u64 {
+    let i = ((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1));
+    sorted.get(i).copied().unwrap_or(0)
 }
 
 /// What one phase measured.
@@ -95,10 +135,14 @@ async fn phase(channels: &[Channel], args: &Arc<BenchArgs>, rpc: Rpc) -> Phase {
                 cost: None,
             };
             while Instant::now() < deadline {
+                let mut req = req.clone();
+                if let Some(k) = args.keys {
+                    req.api_key = Some(bench_key_value(rand::random_range(0..k)));
+                }
                 let t = Instant::now();
                 let ok = match rpc {
                     Rpc::Health => health.check(HealthCheckRequest { service: String::new() }).await.is_ok(),
-                    Rpc::Authorize => match auth.authorize(req.clone()).await {
+                    Rpc::Authorize => match auth.authorize(req).await {
                         Ok(r) => {
                             allowed += r.get_ref().allowed as u64;
                             true
@@ -123,9 +167,14 @@ async fn phase(channels: &[Channel], args: &Arc<BenchArgs>, rpc: Rpc) -> Phase {
     }
     let secs = start.elapsed().as_secs_f64();
     lat.sort_unstable();
-    let pct =
-        |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or(0);
-    Phase { calls: lat.len() as u64, errors, allowed, secs, p50_us: pct(0.50), p99_us: pct(0.99) }
+    Phase {
+        calls: lat.len() as u64,
+        errors,
+        allowed,
+        secs,
+        p50_us: percentile(&lat, 0.50),
+        p99_us: percentile(&lat, 0.99),
+    }
 }
 
 /// Runs the benchmark.
@@ -162,20 +211,22 @@ pub async fn run(args: BenchArgs) -> ExitCode {
             .iter()
             .map(|(h, a)| {
                 json!({
-                    "health": {"calls_per_sec": h.rate(), "p50_us": h.p50_us, "p99_us": h.p99_us, "errors": h.errors},
-                    "authorize": {"calls_per_sec": a.rate(), "p50_us": a.p50_us, "p99_us": a.p99_us, "errors": a.errors, "allowed": a.allowed},
+                    "health": {"calls": h.calls, "calls_per_sec": h.rate(), "p50_us": h.p50_us, "p99_us": h.p99_us, "errors": h.errors},
+                    "authorize": {"calls": a.calls, "calls_per_sec": a.rate(), "p50_us": a.p50_us, "p99_us": a.p99_us, "errors": a.errors, "allowed": a.allowed},
                     "ratio": a.rate() / h.rate(),
                 })
             })
             .collect();
-        super::emit(&format!("{}\n", json!({"rounds": rounds, "mean_ratio": mean, "best_ratio": best})));
+        let keys = args.keys;
+        super::emit(&format!("{}\n", json!({"keys": keys, "rounds": rounds, "mean_ratio": mean, "best_ratio": best})));
     } else {
         let mut out = format!(
-            "concurrency {}, {} connection(s), {} x {:?} per phase\n",
+            "concurrency {}, {} connection(s), {} x {:?} per phase{}\n",
             args.concurrency,
             channels.len(),
             args.rounds,
-            args.duration
+            args.duration,
+            args.keys.map(|k| format!(", over bench keys 0..{k}")).unwrap_or_default()
         );
         for (i, (h, a)) in pairs.iter().enumerate() {
             out.push_str(&format!(
@@ -196,4 +247,44 @@ pub async fn run(args: BenchArgs) -> ExitCode {
         super::emit(&out);
     }
     ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::validate_key_value;
+
+    #[test]
+    fn bench_keys_are_valid_distinct_and_fixed_width() {
+        assert_eq!(bench_key_value(0), "bench00000000000000000000000000000000000");
+        assert_eq!(bench_key_value(42), "bench00000000000000000000000000000000042");
+        assert_eq!(bench_key_name(42), "bench-000000042");
+        for i in [0, 1, 9, 10, 999_999, MAX_BENCH_KEYS - 1, u64::MAX] {
+            let v = bench_key_value(i);
+            assert_eq!(v.len(), 40, "{v}");
+            validate_key_value("value", &v).unwrap();
+        }
+        assert_ne!(bench_key_value(1), bench_key_value(10));
+        // A name is never the prefix of another below MAX_BENCH_KEYS.
+        let (a, b) = (bench_key_name(1), bench_key_name(MAX_BENCH_KEYS - 1));
+        assert_eq!(a.len(), b.len());
+        assert!(a.starts_with(BENCH_KEY_NAME_PREFIX));
+    }
+
+    #[test]
+    fn percentiles() {
+        let v: Vec<u64> = (1..=100).collect();
+        assert_eq!((percentile(&v, 0.5), percentile(&v, 0.99), percentile(&v, 1.0)), (51, 100, 100));
+        assert_eq!(percentile(&[], 0.5), 0);
+    }
+
+    #[test]
+    fn keys_and_key_exclude_each_other() {
+        use clap::Parser;
+        let parse = |a: &[&str]| crate::cli::Cli::try_parse_from(std::iter::once("tollgate").chain(a.iter().copied()));
+        assert!(parse(&["bench", "--keys", "10", "--key", "x"]).is_err());
+        assert!(parse(&["bench", "--keys", "0"]).is_err());
+        let crate::cli::Command::Bench(b) = parse(&["bench", "--keys", "1"]).unwrap().command else { unreachable!() };
+        assert_eq!((b.keys, b.key), (Some(1), None));
+    }
 }

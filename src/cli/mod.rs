@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod authorize;
 pub mod bench;
+pub mod bench_catalog;
 
 use std::process::ExitCode;
 use std::sync::LazyLock;
@@ -51,6 +52,10 @@ pub enum Command {
     /// Load-test a server: Authorize throughput and latency, as a ratio to
     /// health checks measured in the same run.
     Bench(bench::BenchArgs),
+    /// Measure the catalog at scale: generate a catalog of bench keys, time
+    /// propagation, churn, list pages and readiness (benches/scale.sh).
+    #[command(name = "bench-catalog")]
+    BenchCatalog(bench_catalog::BenchCatalogArgs),
     /// Check a catalog file without starting a server (exit 0 when valid;
     /// otherwise the error with file:line, exit 1). For CI of GitOps repos.
     CheckConfig(CheckConfigArgs),
@@ -115,6 +120,7 @@ pub fn main(cli: Cli) -> ExitCode {
             Command::Serve(settings) => serve(settings).await,
             Command::Authorize(args) => authorize::run(args).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::BenchCatalog(args) => bench_catalog::run(args).await,
             Command::CheckConfig(args) => check_config(args),
             Command::Keys(args) => admin::keys::run(args).await,
             Command::Stages(args) => admin::stages::run(args).await,

@@ -10,12 +10,17 @@ use std::io::Read;
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
+use super::csv_chunks;
 use super::table::{kv, Table};
 use super::{client, emit_json, finish, key_json, parse_instant, AdminOpts, Failure, Outcome};
 use crate::api::pb;
 
-/// The largest CSV file `keys import` sends (the server refuses bigger ones).
+/// The largest CSV one import call sends (the server refuses bigger ones): a
+/// bigger file is sent in chunks of whole rows (`super::csv_chunks`).
 pub const MAX_IMPORT_BYTES: u64 = 5 * 1024 * 1024;
+
+/// The largest CSV file `keys import` reads (it is held in memory).
+pub const MAX_IMPORT_FILE_BYTES: u64 = 1024 * 1024 * 1024;
 
 /// Arguments of `tollgate keys`.
 #[derive(Debug, Args)]
@@ -134,12 +139,21 @@ pub struct RotateArgs {
 /// Arguments of `keys import`.
 #[derive(Debug, Args)]
 pub struct ImportArgs {
-    /// The CSV file (at most 5 MiB), or `-` for stdin.
+    /// The CSV file, or `-` for stdin. A file over 5 MiB (the most one call
+    /// takes) is sent in chunks of whole rows, one import call each, the
+    /// header repeated; warnings name the file's own lines.
     pub file: String,
     /// Import nothing when any row is bad (default: import the good rows and
-    /// report the bad ones as warnings).
+    /// report the bad ones as warnings). With several chunks, the rows are
+    /// checked here first; what only the server checks (plans) stops the
+    /// import at the first chunk with a bad row, the chunks before it staying
+    /// imported.
     #[arg(long)]
     pub fail_on_warnings: bool,
+    /// At most this many rows per import call (default: as many as fit in
+    /// 5 MiB).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub chunk_rows: Option<u64>,
 }
 
 /// Runs `tollgate keys ...`.
@@ -339,34 +353,132 @@ async fn update(opts: &AdminOpts, a: UpdateArgs) -> Outcome {
     Ok(())
 }
 
-/// Reads the CSV file (or stdin for `-`), refusing anything over 5 MiB before
-/// it is sent.
+/// Reads the CSV file (or stdin for `-`), refusing anything over
+/// [`MAX_IMPORT_FILE_BYTES`] or not UTF-8 before anything is sent.
 fn read_csv(path: &str) -> Result<Vec<u8>, String> {
-    let too_big = || format!("{path}: larger than 5 MiB, the most one import takes; split it into several files");
+    let too_big =
+        || format!("{path}: larger than {} MiB, the most keys import reads", MAX_IMPORT_FILE_BYTES / (1024 * 1024));
     let mut buf = Vec::new();
+    let limit = MAX_IMPORT_FILE_BYTES + 1;
     if path == "-" {
-        std::io::stdin()
-            .lock()
-            .take(MAX_IMPORT_BYTES + 1)
-            .read_to_end(&mut buf)
-            .map_err(|e| format!("cannot read stdin: {e}"))?;
+        std::io::stdin().lock().take(limit).read_to_end(&mut buf).map_err(|e| format!("cannot read stdin: {e}"))?;
     } else {
         let f = std::fs::File::open(path).map_err(|e| format!("cannot open {path}: {e}"))?;
-        if f.metadata().map(|m| m.len() > MAX_IMPORT_BYTES).unwrap_or(false) {
-            return Err(too_big());
-        }
-        f.take(MAX_IMPORT_BYTES + 1).read_to_end(&mut buf).map_err(|e| format!("cannot read {path}: {e}"))?;
+        f.take(limit).read_to_end(&mut buf).map_err(|e| format!("cannot read {path}: {e}"))?;
     }
-    if buf.len() as u64 > MAX_IMPORT_BYTES {
+    if buf.len() as u64 > MAX_IMPORT_FILE_BYTES {
         return Err(too_big());
+    }
+    if let Err(e) = std::str::from_utf8(&buf) {
+        let line = buf[..e.valid_up_to()].iter().filter(|b| **b == b'\n').count() + 1;
+        return Err(format!("{path}:{line}: the file is not UTF-8 text; save it as UTF-8"));
     }
     Ok(buf)
 }
 
+/// What the chunks of one import returned, with the file's line numbers.
+#[derive(Default)]
+struct Imported {
+    ids: Vec<String>,
+    warnings: Vec<pb::ImportWarning>,
+}
+
 async fn import(opts: &AdminOpts, a: ImportArgs) -> Outcome {
     let csv = read_csv(&a.file)?;
-    let req = pb::ImportApiKeysRequest { csv, fail_on_warnings: a.fail_on_warnings };
-    let r = client(opts).await?.import_api_keys(req).await?.into_inner();
+    let max_rows = a.chunk_rows.map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+    let chunks =
+        csv_chunks::split(&csv, MAX_IMPORT_BYTES as usize, max_rows).map_err(|e| format!("{}: {e}", a.file))?;
+    if a.fail_on_warnings && chunks.chunks.len() > 1 {
+        precheck(&a.file, &csv, &chunks)?;
+    }
+    let mut c = client(opts).await?;
+    let mut done = Imported::default();
+    let n = chunks.chunks.len();
+    for i in 0..n {
+        let req = pb::ImportApiKeysRequest { csv: chunks.body(&csv, i), fail_on_warnings: a.fail_on_warnings };
+        let r = match c.import_api_keys(req).await {
+            Ok(r) => r.into_inner(),
+            Err(s) if n == 1 => return Err(s.into()),
+            Err(s) => return Err(chunk_failed(&a.file, &chunks, i, s).into()),
+        };
+        let warnings = r.warnings.len();
+        done.ids.extend(r.ids);
+        done.warnings.extend(r.warnings.into_iter().map(|mut w| {
+            w.line = u32::try_from(chunks.file_line(i, w.line.into())).unwrap_or(u32::MAX);
+            w
+        }));
+        if n > 1 {
+            let ch = &chunks.chunks[i];
+            super::note(&format!(
+                "chunk {}/{n}: {} row(s) from line {}: {} warning(s)",
+                i + 1,
+                ch.row_count,
+                ch.first_line,
+                warnings
+            ));
+        }
+    }
+    print_imported(opts, &done);
+    if a.fail_on_warnings && !done.warnings.is_empty() {
+        return Err(Failure::Message(format!(
+            "nothing imported: {} bad row(s) and --fail-on-warnings",
+            done.warnings.len()
+        )));
+    }
+    Ok(())
+}
+
+/// With `--fail-on-warnings` and several chunks: checks every row as the
+/// server will (the same parser), so that a bad row anywhere stops the import
+/// before the first chunk is sent.
+fn precheck(file: &str, csv: &[u8], chunks: &csv_chunks::Chunks) -> Outcome {
+    let mut bad = Vec::new();
+    for i in 0..chunks.chunks.len() {
+        let (_, warnings) =
+            crate::catalog::csv_import::parse(&chunks.body(csv, i)).map_err(|e| format!("{file}: {e}"))?;
+        bad.extend(warnings.into_iter().map(|w| format!("line {}: {}", chunks.file_line(i, w.line.into()), w.message)));
+    }
+    if bad.is_empty() {
+        return Ok(());
+    }
+    let shown: Vec<&str> = bad.iter().take(20).map(String::as_str).collect();
+    Err(Failure::Message(format!(
+        "{file}: nothing imported: {} bad row(s) and --fail-on-warnings: {}",
+        bad.len(),
+        shown.join("; ")
+    )))
+}
+
+/// The error of chunk `i` (not the first of several), saying what was
+/// imported before it and that a re-run is safe.
+fn chunk_failed(file: &str, chunks: &csv_chunks::Chunks, i: usize, s: tonic::Status) -> tonic::Status {
+    let ch = &chunks.chunks[i];
+    let before = if i == 0 {
+        "nothing was imported".to_string()
+    } else {
+        format!("chunks 1 to {i}, the rows before line {}, were imported", ch.first_line)
+    };
+    let lines = if s.code() == tonic::Code::InvalidArgument {
+        format!(
+            " Line numbers above count within the chunk: line L is line L+{} of {file}.",
+            ch.first_line - chunks.rows_line
+        )
+    } else {
+        String::new()
+    };
+    tonic::Status::new(
+        s.code(),
+        format!(
+            "{} (chunk {}/{} of {file}, rows from line {}; {before}; importing the file again is safe: a value that exists updates its key).{lines}",
+            s.message(),
+            i + 1,
+            chunks.chunks.len(),
+            ch.first_line
+        ),
+    )
+}
+
+fn print_imported(opts: &AdminOpts, r: &Imported) {
     if opts.json {
         let warnings: Vec<Value> = r.warnings.iter().map(|w| json!({ "line": w.line, "message": w.message })).collect();
         emit_json(&json!({ "ids": r.ids, "warnings": warnings }));
@@ -385,11 +497,4 @@ async fn import(opts: &AdminOpts, a: ImportArgs) -> Outcome {
         }
         crate::cli::emit(&s);
     }
-    if a.fail_on_warnings && !r.warnings.is_empty() {
-        return Err(Failure::Message(format!(
-            "nothing imported: {} bad row(s) and --fail-on-warnings",
-            r.warnings.len()
-        )));
-    }
-    Ok(())
 }
