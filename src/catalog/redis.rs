@@ -38,7 +38,7 @@ use crate::store::keys::Keys;
 use crate::store::redis::target::{slot_of, Mode, Target};
 
 /// Most fields one command reads or writes in the large tables.
-pub const CHUNK: usize = 1000;
+pub const CHUNK: usize = 500;
 
 /// About how many changes the log keeps (`XADD MAXLEN ~`): a replica that
 /// falls further behind loads the whole catalog again.

@@ -63,6 +63,10 @@ pub struct CatalogService {
     moved: watch::Sender<u64>,
     /// Serialises changes to the snapshot.
     install: tokio::sync::Mutex<()>,
+    /// Serialises this replica's transactions: concurrent writers on one
+    /// replica would only invalidate each other's WATCH and retry; across
+    /// replicas the WATCH on `head` orders them.
+    writer: tokio::sync::Mutex<()>,
     ready: AtomicBool,
     backend: Backend,
 }
@@ -164,6 +168,7 @@ impl CatalogService {
             at: Mutex::new(None),
             moved: watch::channel(0).0,
             install: tokio::sync::Mutex::new(()),
+            writer: tokio::sync::Mutex::new(()),
             ready: AtomicBool::new(false),
             backend,
         }
@@ -215,6 +220,7 @@ impl CatalogService {
         want: Want,
         mut f: impl FnMut(&mut CatalogData, u64) -> Result<T, AdminError>,
     ) -> Result<T, AdminError> {
+        let _one_at_a_time = self.writer.lock().await;
         for _ in 0..ATTEMPTS {
             let Some(w) = self.begin(&want).await? else {
                 backoff().await;
@@ -666,6 +672,7 @@ impl CatalogService {
                 hashes: part.keys.values().map(|k| k.value_hash).collect(),
             };
             let mut done = false;
+            let _one_at_a_time = self.writer.lock().await;
             for _ in 0..ATTEMPTS {
                 let Some(mut w) = self.begin(&want).await? else {
                     backoff().await;
