@@ -37,8 +37,16 @@ use crate::model::{Api, KeyHash, Stage, UsagePlan};
 use crate::store::keys::Keys;
 use crate::store::redis::target::{slot_of, Mode, Target};
 
-/// Most fields one command reads or writes in the large tables.
-pub const CHUNK: usize = 500;
+/// Most fields one command reads or writes in the large tables (an `HMGET`,
+/// an `HSET`, a `ZADD`): each stays well under a millisecond of Redis's time.
+pub const CHUNK: usize = 100;
+
+/// Most keys one transaction changes (a chunk of an import, of a plan's
+/// deletion, of the catalog file): its `EXEC` holds Redis a few ms.
+pub const TX_KEYS: usize = 500;
+
+/// The `COUNT` of a full load's `HSCAN`.
+pub const SCAN_COUNT: usize = 100;
 
 /// About how many changes the log keeps (`XADD MAXLEN ~`): a replica that
 /// falls further behind loads the whole catalog again.
@@ -619,7 +627,7 @@ impl RedisRecords {
                 .arg(&key)
                 .arg(cursor)
                 .arg("COUNT")
-                .arg(CHUNK)
+                .arg(SCAN_COUNT)
                 .query_async(&mut conn)
                 .await
                 .map_err(|e| self.err(e))?;
@@ -737,7 +745,7 @@ async fn hscan<C: redis::aio::ConnectionLike>(conn: &mut C, key: &str) -> redis:
     let mut cursor = 0u64;
     loop {
         let (next, rows): (u64, Vec<(String, String)>) =
-            redis::cmd("HSCAN").arg(key).arg(cursor).arg("COUNT").arg(CHUNK).query_async(conn).await?;
+            redis::cmd("HSCAN").arg(key).arg(cursor).arg("COUNT").arg(SCAN_COUNT).query_async(conn).await?;
         out.extend(rows);
         if next == 0 {
             return Ok(out);

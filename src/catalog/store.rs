@@ -24,7 +24,7 @@
 //!
 //! With Redis, the catalog file is a bootstrap: at start (and after Redis was
 //! emptied) a replica applies it only if its digest was never applied, by the
-//! rules of [`super::bootstrap`], in transactions of at most `redis::CHUNK`
+//! rules of [`super::bootstrap`], in transactions of at most `redis::TX_KEYS`
 //! keys, each with its part of the file state (`file_records`); the digest is
 //! remembered with the last one. A file that cannot be applied is logged; it
 //! never keeps a replica from serving the catalog Redis has.
@@ -41,7 +41,7 @@ use super::bootstrap::{self, Applied, FileState, Outcome, Record};
 use super::file::CatalogFile;
 use super::memory::MemoryRecords;
 use super::records::{add_keys, check_partial, Change, ChangeSet, KeyRecord, Position, Want};
-use super::redis::{Committed, FileDelta, Index, RedisRecords, RedisTx, CHUNK, FOLLOW_BLOCK};
+use super::redis::{Committed, FileDelta, Index, RedisRecords, RedisTx, CHUNK, FOLLOW_BLOCK, TX_KEYS};
 use super::snapshot::{self, entries_of, Catalog, KeyLean, Small};
 use super::{CatalogData, CatalogHandle, PlanKey};
 use crate::model::{Api, Stage, UsagePlan};
@@ -262,7 +262,7 @@ impl CatalogService {
     }
 
     /// Imports CSV rows (`admin::import_keys`) in transactions of at most
-    /// [`CHUNK`] rows, so that an import of any size never holds Redis for
+    /// [`TX_KEYS`] rows, so that an import of any size never holds Redis for
     /// long. With `fail_on_warnings`, every chunk is first tried without
     /// writing, and any warning means nothing is imported (a change racing
     /// the import can still make a row fail later; it then comes back as a
@@ -278,7 +278,7 @@ impl CatalogService {
             hashes: chunk.iter().map(|r| crate::model::KeyHash::of(&r.value)).collect(),
         };
         if fail_on_warnings {
-            for chunk in rows.chunks(CHUNK) {
+            for chunk in rows.chunks(TX_KEYS) {
                 let (_, w) = self
                     .dry_run(want(chunk), |d, now| super::admin::import_keys(d, chunk.to_vec(), Vec::new(), false, now))
                     .await?;
@@ -292,7 +292,7 @@ impl CatalogService {
             }
         }
         let mut ids = Vec::with_capacity(rows.len());
-        for chunk in rows.chunks(CHUNK) {
+        for chunk in rows.chunks(TX_KEYS) {
             let (i, w) = self
                 .update(want(chunk), |d, now| super::admin::import_keys(d, chunk.to_vec(), Vec::new(), false, now))
                 .await?;
@@ -626,7 +626,7 @@ impl CatalogService {
             return Err(AdminError::NotFound(format!("usage plan {id:?} does not exist")));
         }
         loop {
-            let ids = self.plan_key_ids(id, None, CHUNK).await?;
+            let ids = self.plan_key_ids(id, None, TX_KEYS).await?;
             if ids.is_empty() {
                 break;
             }
@@ -641,7 +641,7 @@ impl CatalogService {
         self.update(Want::nothing(), |d, _| super::admin::delete_plan(d, &plan)).await?;
         // Keys subscribed while the plan's last chunk was being written.
         while !self.plan_key_ids(id, None, 1).await?.is_empty() {
-            let ids = self.plan_key_ids(id, None, CHUNK).await?;
+            let ids = self.plan_key_ids(id, None, TX_KEYS).await?;
             self.update(Want { ids, hashes: Vec::new() }, |d, _| {
                 d.plan_keys.retain(|pk| pk.plan_id != id);
                 Ok(())
@@ -655,7 +655,7 @@ impl CatalogService {
 
     /// Applies the catalog file unless a file with its digest was applied
     /// before (docs/admin.md, "The catalog file at start"), in transactions
-    /// of at most [`CHUNK`] keys; the digest is remembered with the last.
+    /// of at most [`TX_KEYS`] keys; the digest is remembered with the last.
     async fn apply_file(&self, r: &RedisSide, file: &CatalogFile) -> Result<FileOutcome, AdminError> {
         let parts = split_file(&file.records);
         let plan_names: Vec<String> = file.records.plans.keys().map(|p| Record::Plan(p.clone()).name()).collect();
@@ -809,7 +809,7 @@ fn prefix_end(prefix: &str) -> Option<String> {
     None
 }
 
-/// Splits a file's records into parts of at most [`CHUNK`] keys: the first
+/// Splits a file's records into parts of at most [`TX_KEYS`] keys: the first
 /// part also has every API, stage and plan; each key goes with its
 /// subscriptions.
 fn split_file(file: &CatalogData) -> Vec<CatalogData> {
@@ -824,7 +824,7 @@ fn split_file(file: &CatalogData) -> Vec<CatalogData> {
         ..CatalogData::default()
     }];
     for (id, key) in &file.keys {
-        if parts.last().is_some_and(|p| p.keys.len() >= CHUNK) {
+        if parts.last().is_some_and(|p| p.keys.len() >= TX_KEYS) {
             parts.push(CatalogData::default());
         }
         let part = parts.last_mut().expect("at least one part");
