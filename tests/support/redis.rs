@@ -5,13 +5,15 @@
 //!   on the same port, to simulate Redis going down and coming back.
 //! * [`RedisCluster`] is a Redis Cluster of N primaries, with or without
 //!   replicas: kill, restart and fail over nodes, and reshard.
+//! * [`RedisSentinel`] is one primary, one replica and three sentinels: kill
+//!   or demote the primary and watch the sentinels fail over.
 //! * Each of them can speak TLS only ([`Tls`]): a CA and certificates are
 //!   made in the test ([`TlsFiles`]), URLs are `rediss://`, and the plain
 //!   port is off.
 //! * Each of them can restart a primary so that it answers `-LOADING` for as
 //!   long as the test wants: [`RedisServer::restart_loading`] and
-//!   [`RedisServer::finish_loading`] (and the same on the cluster
-//!   fixture). How: the node gets 6,000 filler keys of 1 KiB
+//!   [`RedisServer::finish_loading`] (and the same on the cluster and
+//!   sentinel fixtures). How: the node gets 6,000 filler keys of 1 KiB
 //!   (`DEBUG POPULATE`, named `fixture:loading[:{tag}]:N`; they stay after
 //!   the load), `SAVE`s, is killed with SIGKILL and restarted on the same
 //!   port loading that RDB file with `key-load-delay` 10 ms per key (60 s
@@ -37,8 +39,8 @@
 //!
 //! Everything here is synchronous (it blocks the calling thread while servers
 //! start, fail over or reshard), so it works from plain `#[test]`s and from
-//! `#[tokio::test]`s alike. [`RedisCluster`] takes
-//! `&self` everywhere and is `Send + Sync`: to reshard or kill a node while
+//! `#[tokio::test]`s alike. [`RedisCluster`] and [`RedisSentinel`] take
+//! `&self` everywhere and are `Send + Sync`: to reshard or kill a node while
 //! the test's own tasks keep running, put the fixture in an `Arc` and call
 //! it from `tokio::task::spawn_blocking`. Failures panic with the servers'
 //! logs. Processes are killed (and files removed) on drop.
@@ -51,11 +53,14 @@ mod cluster;
 mod docker;
 mod node;
 mod resp;
+mod sentinel;
 mod tls;
 
 // Re-exported for the test crates; each uses only some.
 #[allow(unused_imports)]
 pub use cluster::{ClusterBuilder, RedisCluster, RedisClusterNode};
+#[allow(unused_imports)]
+pub use sentinel::{RedisSentinel, SentinelBuilder};
 #[allow(unused_imports)]
 pub use tls::{Tls, TlsFiles};
 
