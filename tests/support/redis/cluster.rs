@@ -411,8 +411,11 @@ impl RedisCluster {
     /// Stages `LOADING` on the primary `port` (see the module docs): it gets
     /// filler keys in one of its slots, saves, is killed and comes back
     /// answering `-LOADING` until [`finish_loading`](Self::finish_loading).
-    /// The cluster may fail it over meanwhile (if its node timeout passes
-    /// without an answer on the cluster bus).
+    /// A loading node does not answer on the cluster bus: if it has a
+    /// replica, that replica takes over once the node timeout has passed
+    /// (seen with Redis 7.0: about 4 s with the 2 s default), and the node
+    /// rejoins as its replica after the load. To keep a primary in
+    /// `LOADING` with its slots, use a cluster without replicas.
     pub fn restart_node_loading(&self, port: u16) {
         let slots = self.slots_of(port);
         assert!(

@@ -129,11 +129,6 @@ impl LocalNode {
         SocketAddr::new(LOCALHOST, self.port)
     }
 
-    /// How to reach this node (plain or TLS).
-    pub(crate) fn connector(&self) -> &Connector {
-        &self.connector
-    }
-
     /// Sets the `--replicaof` target of the next (re)start.
     pub(crate) fn set_replica_of(&mut self, primary: Option<u16>) {
         self.replica_of = primary;

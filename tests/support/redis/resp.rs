@@ -80,10 +80,6 @@ impl Connector {
         Connector { tls: Some(config) }
     }
 
-    pub(crate) fn is_tls(&self) -> bool {
-        self.tls.is_some()
-    }
-
     /// Opens a connection (for TLS the handshake happens on first use).
     pub(crate) fn connect(&self, addr: SocketAddr) -> io::Result<RespConn> {
         let stream = TcpStream::connect_timeout(&addr, PROBE_TIMEOUT)?;
