@@ -8,7 +8,7 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use support::redis::{RedisCluster, RedisServer};
+use support::redis::{RedisCluster, RedisSentinel, RedisServer};
 use tollgate::catalog::{file, Catalog, CatalogHandle};
 use tollgate::limiter::{Decision, LimitKind, Limiter, Reason, Request};
 use tollgate::model::Throttle;
@@ -31,9 +31,8 @@ impl Backend {
         Self { store: Store::Memory(Arc::new(MemoryStore::new())), redis: None, keys: Keys::default() }
     }
 
-    /// A Redis Cluster store on `cluster`, its keys under `prefix`.
-    async fn cluster(cluster: &RedisCluster, prefix: &str) -> Self {
-        let target = Target::new(Mode::Cluster, &cluster.urls().join(","), None, None).expect("cluster target");
+    /// A store on `target`, its keys under `prefix`.
+    async fn on(target: Target, prefix: &str, logs: impl Fn() -> String) -> Self {
         let store = Store::Redis(Arc::new(RedisStore::open(RedisSettings::with_target(target)).expect("open")));
         for _ in 0..200 {
             if store.is_ready() {
@@ -41,8 +40,29 @@ impl Backend {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        assert!(store.is_ready(), "Redis Cluster store not ready; logs:\n{}", cluster.log());
+        assert!(store.is_ready(), "Redis store not ready; logs:\n{}", logs());
         Self { store, redis: None, keys: Keys::new(prefix) }
+    }
+
+    /// A Redis Cluster store on `cluster`.
+    async fn cluster(cluster: &RedisCluster, prefix: &str) -> Self {
+        let target = Target::new(Mode::Cluster, &cluster.urls().join(","), None, None).expect("cluster target");
+        Self::on(target, prefix, || cluster.log()).await
+    }
+
+    /// A store on the primary that `sentinel`'s sentinels name.
+    async fn sentinel(sentinel: &RedisSentinel, prefix: &str) -> Self {
+        let urls = sentinel.sentinel_urls().join(",");
+        let target = Target::new(Mode::Sentinel, &urls, Some(sentinel.master_name()), None).expect("sentinel target");
+        Self::on(target, prefix, || sentinel.log()).await
+    }
+
+    /// A store on a Redis that speaks only TLS (`rediss://`, trusting the
+    /// test's CA).
+    async fn tls(server: &RedisServer, prefix: &str) -> Self {
+        let ca = server.tls().expect("a TLS server").ca_cert_path();
+        let target = Target::new(Mode::Single, &server.url(), None, Some(&ca)).expect("TLS target");
+        Self::on(target, prefix, || server.log()).await
     }
 
     async fn redis() -> Self {
@@ -89,12 +109,30 @@ macro_rules! conformance {
             )*
         }
         /// Every scenario, one after the other, on one Redis Cluster of 3
-        /// primaries (a cluster per scenario would cost seconds each).
+        /// primaries with a replica each (a cluster per scenario would cost
+        /// seconds each).
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn cluster_runs_every_scenario() {
-            let cluster = RedisCluster::start(3);
+            let cluster = RedisCluster::start_with_replicas(3, 1);
             $(
                 $name(Backend::cluster(&cluster, concat!("c:", stringify!($name), ":")).await).await;
+            )*
+        }
+        /// Every scenario on a primary and a replica watched by three
+        /// sentinels.
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn sentinel_runs_every_scenario() {
+            let sentinel = RedisSentinel::start();
+            $(
+                $name(Backend::sentinel(&sentinel, concat!("s:", stringify!($name), ":")).await).await;
+            )*
+        }
+        /// Every scenario over TLS (`rediss://`).
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn tls_runs_every_scenario() {
+            let server = RedisServer::start_tls();
+            $(
+                $name(Backend::tls(&server, concat!("t:", stringify!($name), ":")).await).await;
             )*
         }
     };
