@@ -88,8 +88,18 @@ struct Ask {
     op: Op,
 }
 
+/// Whether an error means the cluster connection should be made anew: it
+/// lost a node (a failover), or a node stopped answering.
+fn needs_reconnect(e: &redis::RedisError) -> bool {
+    matches!(e.kind(), redis::ErrorKind::ClusterConnectionNotFound)
+        || e.is_io_error()
+        || e.is_connection_refusal()
+        || e.is_connection_dropped()
+}
+
 /// Runs the calls of one step: `asks` grouped by slot, one call per slot, in
-/// parallel. Returns one answer per ask.
+/// parallel. Returns one answer per ask, and whether a call failed in a way
+/// that calls for a new cluster connection.
 async fn step(
     conn: &ClusterConnection,
     checks: &[&Check],
@@ -97,7 +107,7 @@ async fn step(
     asks: &[Ask],
     clock: &str,
     wait: Option<WaitReplicas>,
-) -> Vec<Result<Verdict, StoreError>> {
+) -> (Vec<Result<Verdict, StoreError>>, bool) {
     let mut by_slot: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
     for (i, a) in asks.iter().enumerate() {
         by_slot.entry(plans[a.check].groups[a.group].slot).or_default().push(i);
@@ -120,6 +130,7 @@ async fn step(
         }
     });
     let mut out: Vec<Option<Result<Verdict, StoreError>>> = (0..asks.len()).map(|_| None).collect();
+    let mut reconnect = false;
     for (idx, result) in join_all(calls).await {
         match result {
             Ok(vs) => {
@@ -128,6 +139,7 @@ async fn step(
                 }
             }
             Err(e) => {
+                reconnect |= needs_reconnect(&e);
                 let e = classify(e);
                 for i in idx {
                     out[i] = Some(Err(e.clone()));
@@ -135,7 +147,7 @@ async fn step(
             }
         }
     }
-    out.into_iter().map(|v| v.unwrap_or_else(|| Err(StoreError::Internal("no answer".into())))).collect()
+    (out.into_iter().map(|v| v.unwrap_or_else(|| Err(StoreError::Internal("no answer".into())))).collect(), reconnect)
 }
 
 /// One script call on the primary of `slot`, with `WAIT` after it when asked.
@@ -167,13 +179,14 @@ async fn slot_call(
     }
 }
 
-/// Decides `checks` on a cluster by the steps of the module docs.
+/// Decides `checks` on a cluster by the steps of the module docs; also says
+/// whether the cluster connection should be made anew.
 pub(super) async fn run(
     conn: ClusterConnection,
     checks: &[&Check],
     clock: &str,
     wait: Option<WaitReplicas>,
-) -> Vec<Result<Verdict, StoreError>> {
+) -> (Vec<Result<Verdict, StoreError>>, bool) {
     let plans: Vec<Plan> = checks.iter().map(|c| plan(c)).collect();
     // 1. take from every group but the main one.
     let first: Vec<Ask> = plans
@@ -183,7 +196,7 @@ pub(super) async fn run(
             (0..p.groups.len()).filter(move |g| *g != p.main).map(move |g| Ask { check: c, group: g, op: Op::Take })
         })
         .collect();
-    let got_first = step(&conn, checks, &plans, &first, clock, wait).await;
+    let (got_first, r1) = step(&conn, checks, &plans, &first, clock, wait).await;
     // Per check: its step-1 answers, by group.
     let mut taken: Vec<Vec<(usize, Result<Verdict, StoreError>)>> = (0..checks.len()).map(|_| Vec::new()).collect();
     for (a, v) in first.iter().zip(got_first) {
@@ -198,7 +211,7 @@ pub(super) async fn run(
             Ask { check: c, group: p.main, op: if all_in { Op::Take } else { Op::Dry } }
         })
         .collect();
-    let got_second = step(&conn, checks, &plans, &second, clock, wait).await;
+    let (got_second, r2) = step(&conn, checks, &plans, &second, clock, wait).await;
     // 3. refunds, and the answers.
     let mut refunds = Vec::new();
     let mut out = Vec::with_capacity(checks.len());
@@ -213,15 +226,18 @@ pub(super) async fn run(
         }
         out.push(answer(checks[c], &plans[c], &taken[c], main, ask.op));
     }
+    let mut r3 = false;
     if !refunds.is_empty() {
-        for (a, r) in refunds.iter().zip(step(&conn, checks, &plans, &refunds, clock, None).await) {
+        let (got, r) = step(&conn, checks, &plans, &refunds, clock, None).await;
+        r3 = r;
+        for (a, r) in refunds.iter().zip(got) {
             if let Err(e) = r {
                 metrics::counter!("tollgate_redis_refunds_lost_total").increment(1);
                 tracing::warn!(error = %e, slot = plans[a.check].groups[a.group].slot, "a refund could not be given back; those tokens are lost for the bucket's window");
             }
         }
     }
-    out
+    (out, r1 || r2 || r3)
 }
 
 /// One request's answer from its groups' answers.

@@ -195,6 +195,7 @@ pub fn classify(e: redis::RedisError) -> StoreError {
         || e.is_timeout()
         || e.is_connection_dropped()
         || e.is_connection_refusal()
+        || matches!(e.kind(), redis::ErrorKind::ClusterConnectionNotFound)
         || matches!(e.kind(), Server(S::BusyLoading | S::TryAgain | S::ClusterDown | S::MasterDown));
     if transient {
         StoreError::Unavailable(e.to_string())
@@ -463,9 +464,13 @@ async fn look(link: &Link) -> Seen {
     let Ok(conn) = link.conn().await else { return Seen::Down };
     match conn {
         Conn::Node { mut conn, .. } => {
-            let info: redis::RedisResult<String> = redis::cmd("INFO").arg("cluster").query_async(&mut conn).await;
+            // INFO and ROLE answer while Redis loads its data, when scripts
+            // would get LOADING: the persistence section tells.
+            let info: redis::RedisResult<String> =
+                redis::cmd("INFO").arg("cluster").arg("persistence").query_async(&mut conn).await;
             match info {
                 Ok(t) if t.contains("cluster_enabled:1") => return Seen::WrongMode,
+                Ok(t) if t.contains("\nloading:1") || t.contains("async_loading:1") => return Seen::Down,
                 Ok(_) => {}
                 Err(e) if link.calls_for_relocation(&e) => return Seen::Replica,
                 Err(_) => return Seen::Down,
@@ -714,7 +719,16 @@ async fn run_batch(
                 }
             }
         }
-        Conn::Cluster(conn) => Ok(cluster::run(conn, checks, clock, wait).await),
+        Conn::Cluster(conn) => {
+            let (out, reconnect) = cluster::run(conn, checks, clock, wait).await;
+            if reconnect {
+                // The cluster connection lost a node it will not find again
+                // by itself (seen after a failover): a new one reads the
+                // topology afresh.
+                let _ = link.relocate("the cluster connection lost a node").await;
+            }
+            Ok(out)
+        }
     }
 }
 
