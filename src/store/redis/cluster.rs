@@ -34,6 +34,7 @@ use futures::future::join_all;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, SingleNodeRoutingInfo, SlotAddr};
 
+use super::link::Link;
 use super::target::slot_of;
 use super::{answers, classify, decide_cmd, Op, Sub, WaitReplicas, DECIDE_CODE};
 use crate::store::{Check, Limit, StoreError, Verdict};
@@ -100,8 +101,10 @@ fn needs_reconnect(e: &redis::RedisError) -> bool {
 /// Runs the calls of one step: `asks` grouped by slot, one call per slot, in
 /// parallel. Returns one answer per ask, and whether a call failed in a way
 /// that calls for a new cluster connection.
+#[allow(clippy::too_many_arguments)]
 async fn step(
     conn: &ClusterConnection,
+    link: &Link,
     checks: &[&Check],
     plans: &[Plan],
     asks: &[Ask],
@@ -126,7 +129,14 @@ async fn step(
                     Sub { limits, cost: c.cost, usage, op: a.op }
                 })
                 .collect();
-            (idx, slot_call(&mut conn, slot, &subs, clock, wait).await)
+            let started = std::time::Instant::now();
+            let r = slot_call(&mut conn, slot, &subs, clock, wait).await;
+            let node = link.node_of(slot);
+            metrics::histogram!("tollgate_redis_call_seconds", "node" => node.clone()).record(started.elapsed());
+            if r.is_err() {
+                metrics::counter!("tollgate_redis_errors_total", "node" => node).increment(1);
+            }
+            (idx, r)
         }
     });
     let mut out: Vec<Option<Result<Verdict, StoreError>>> = (0..asks.len()).map(|_| None).collect();
@@ -183,6 +193,7 @@ async fn slot_call(
 /// whether the cluster connection should be made anew.
 pub(super) async fn run(
     conn: ClusterConnection,
+    link: &Link,
     checks: &[&Check],
     clock: &str,
     wait: Option<WaitReplicas>,
@@ -196,7 +207,7 @@ pub(super) async fn run(
             (0..p.groups.len()).filter(move |g| *g != p.main).map(move |g| Ask { check: c, group: g, op: Op::Take })
         })
         .collect();
-    let (got_first, r1) = step(&conn, checks, &plans, &first, clock, wait).await;
+    let (got_first, r1) = step(&conn, link, checks, &plans, &first, clock, wait).await;
     // Per check: its step-1 answers, by group.
     let mut taken: Vec<Vec<(usize, Result<Verdict, StoreError>)>> = (0..checks.len()).map(|_| Vec::new()).collect();
     for (a, v) in first.iter().zip(got_first) {
@@ -211,7 +222,7 @@ pub(super) async fn run(
             Ask { check: c, group: p.main, op: if all_in { Op::Take } else { Op::Dry } }
         })
         .collect();
-    let (got_second, r2) = step(&conn, checks, &plans, &second, clock, wait).await;
+    let (got_second, r2) = step(&conn, link, checks, &plans, &second, clock, wait).await;
     // 3. refunds, and the answers.
     let mut refunds = Vec::new();
     let mut out = Vec::with_capacity(checks.len());
@@ -228,7 +239,7 @@ pub(super) async fn run(
     }
     let mut r3 = false;
     if !refunds.is_empty() {
-        let (got, r) = step(&conn, checks, &plans, &refunds, clock, None).await;
+        let (got, r) = step(&conn, link, checks, &plans, &refunds, clock, None).await;
         r3 = r;
         for (a, r) in refunds.iter().zip(got) {
             if let Err(e) = r {

@@ -45,12 +45,21 @@ pub struct Link {
     response_timeout: Duration,
     current: ArcSwapOption<Conn>,
     relocating: tokio::sync::Mutex<()>,
+    /// On a cluster: who serves which slots, as last read (for metrics per
+    /// node and for counting failovers); refreshed by the probe.
+    slots: arc_swap::ArcSwap<Vec<(u16, u16, String)>>,
 }
 
 impl Link {
     /// A link to `target`; nothing is connected yet.
     pub fn new(target: Target, response_timeout: Duration) -> Arc<Self> {
-        Arc::new(Self { target, response_timeout, current: ArcSwapOption::empty(), relocating: Default::default() })
+        Arc::new(Self {
+            target,
+            response_timeout,
+            current: ArcSwapOption::empty(),
+            relocating: Default::default(),
+            slots: Default::default(),
+        })
     }
 
     /// The connection, connecting first if there is none.
@@ -142,6 +151,40 @@ impl Link {
         let wrong_node = matches!(e.kind(), Server(S::ReadOnly | S::MasterDown)) || e.to_string().contains("READONLY");
         let unreachable = e.is_io_error() || e.is_connection_refusal() || e.is_connection_dropped();
         wrong_node || (self.target.mode == Mode::Sentinel && unreachable)
+    }
+
+    /// The node (`host:port`) that serves `slot` as last read, or `?`.
+    pub fn node_of(&self, slot: u16) -> String {
+        let map = self.slots.load();
+        let i = map.partition_point(|(_, end, _)| *end < slot);
+        match map.get(i) {
+            Some((start, _, addr)) if *start <= slot => addr.clone(),
+            _ => "?".into(),
+        }
+    }
+
+    /// Takes a new view of the cluster's slots; counts and logs each range
+    /// whose primary changed (a failover or a resharding).
+    pub fn set_slots(&self, new: Vec<(u16, u16, String)>) {
+        if new.is_empty() {
+            return;
+        }
+        let old = self.slots.load();
+        if !old.is_empty() {
+            let moved = new.iter().filter(|(s, _, a)| self.node_at(&old, *s).is_some_and(|o| o != *a)).count();
+            if moved > 0 {
+                metrics::counter!("tollgate_redis_failovers_total").increment(1);
+                tracing::warn!(
+                    ranges = moved,
+                    "Redis Cluster slots moved to other primaries (a failover or a resharding)"
+                );
+            }
+        }
+        self.slots.store(Arc::new(new));
+    }
+
+    fn node_at(&self, map: &[(u16, u16, String)], slot: u16) -> Option<String> {
+        map.iter().find(|(s, e, _)| (*s..=*e).contains(&slot)).map(|(_, _, a)| a.clone())
     }
 
     /// Where the link points, for logs.

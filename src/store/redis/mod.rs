@@ -485,12 +485,20 @@ async fn look(link: &Link) -> Seen {
             }
         }
         Conn::Cluster(mut conn) => {
-            let routing = redis::cluster_routing::RoutingInfo::SingleNode(
-                redis::cluster_routing::SingleNodeRoutingInfo::RandomPrimary,
-            );
+            let routing = || {
+                redis::cluster_routing::RoutingInfo::SingleNode(
+                    redis::cluster_routing::SingleNodeRoutingInfo::RandomPrimary,
+                )
+            };
+            let mut slots = redis::cmd("CLUSTER");
+            slots.arg("SLOTS");
+            if let Ok(v) = conn.route_command(slots, routing()).await {
+                link.set_slots(target::slot_ranges(&v));
+            }
             let mut cmd = redis::cmd("CLUSTER");
             cmd.arg("INFO");
-            match conn.route_command(cmd, routing).await.ok().and_then(|v| redis::from_redis_value::<String>(v).ok()) {
+            match conn.route_command(cmd, routing()).await.ok().and_then(|v| redis::from_redis_value::<String>(v).ok())
+            {
                 Some(t) if t.contains("cluster_state:ok") => Seen::Up,
                 _ => Seen::Down,
             }
@@ -720,7 +728,7 @@ async fn run_batch(
             }
         }
         Conn::Cluster(conn) => {
-            let (out, reconnect) = cluster::run(conn, checks, clock, wait).await;
+            let (out, reconnect) = cluster::run(conn, link, checks, clock, wait).await;
             if reconnect {
                 // The cluster connection lost a node it will not find again
                 // by itself (seen after a failover): a new one reads the

@@ -237,6 +237,23 @@ fn host_port(addr: &ConnectionAddr) -> (String, u16) {
     }
 }
 
+/// The slot ranges of a `CLUSTER SLOTS` reply with their primaries:
+/// `(first slot, last slot, "host:port")`, sorted.
+pub fn slot_ranges(v: &redis::Value) -> Vec<(u16, u16, String)> {
+    let redis::Value::Array(ranges) = v else { return Vec::new() };
+    let mut out: Vec<(u16, u16, String)> = ranges
+        .iter()
+        .filter_map(|r| {
+            let redis::Value::Array(parts) = r else { return None };
+            let (start, end) = (int(parts.first()?)?, int(parts.get(1)?)?);
+            let (host, port) = owner_in_slots(v, start as u16)?;
+            Some((start as u16, end as u16, format!("{host}:{port}")))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
 /// The primary of `slot` in a `CLUSTER SLOTS` reply: ranges of
 /// `[start, end, [host, port, id], replicas...]`.
 fn owner_in_slots(v: &redis::Value, slot: u16) -> Option<(String, u16)> {
