@@ -472,3 +472,31 @@ async fn wait_replicas_without_replicas_refuses_to_admit() {
     let e = store.check(quota_check("k")).await;
     assert!(matches!(&e, Err(StoreError::Unavailable(m)) if m.contains("acknowledged by 0 replica")), "{e:?}");
 }
+
+/// A Redis that may evict tollgate's keys, or keeps nothing on disk, is
+/// reported at start (log and metric).
+#[tokio::test]
+async fn unsafe_redis_settings_are_reported_at_start() {
+    let server = RedisServer::start();
+    let mut c = redis::Client::open(server.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("CONFIG").arg("SET").arg("maxmemory-policy").arg("allkeys-lru").query_async::<()>(&mut c).await.unwrap();
+    let url = server.url();
+    let p = TollgateProcess::start(&["--redis-url", &url, "--metrics-listen", "127.0.0.1:0"]);
+    p.wait_serving().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !(p.log().contains("maxmemory-policy allkeys-lru") && p.log().contains("no persistence")) {
+        assert!(Instant::now() < deadline, "no warning; log:\n{}", p.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = p.log();
+    let addr: std::net::SocketAddr = log
+        .split("metrics_addr=")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("metrics address in the log: {log}"));
+    let text =
+        tokio::task::spawn_blocking(move || support::http::request(addr, "GET", "/metrics", &[]).text()).await.unwrap();
+    assert!(text.contains("tollgate_redis_unsafe_config{problem=\"eviction\"} 1"), "{text}");
+    assert!(text.contains("tollgate_redis_unsafe_config{problem=\"persistence\"} 1"), "{text}");
+}
