@@ -92,7 +92,11 @@ fn check_config(args: CheckConfigArgs) -> ExitCode {
 
 /// Runs the parsed command line and returns the process exit code.
 pub fn main(cli: Cli) -> ExitCode {
-    crate::telemetry::init();
+    // `serve` installs its logs (format, traces) from its settings, inside
+    // the runtime; the client commands log text.
+    if !matches!(cli.command, Command::Serve(_)) {
+        crate::telemetry::init_logs();
+    }
     // TLS (rediss://) uses rustls with ring; say so once for the process.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let threads = match &cli.command {
@@ -131,7 +135,26 @@ pub fn main(cli: Cli) -> ExitCode {
     })
 }
 
+/// `tollgate serve`: logs and traces, the server until a signal, then the
+/// last spans sent.
 async fn serve(settings: Settings) -> ExitCode {
+    let telemetry = match settings
+        .traces()
+        .map_err(|e| e.to_string())
+        .and_then(|t| crate::telemetry::init(settings.log_format, t.as_ref()))
+    {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = run_server(settings).await;
+    telemetry.shutdown().await;
+    code
+}
+
+async fn run_server(settings: Settings) -> ExitCode {
     let listener = match tokio::net::TcpListener::bind(settings.listen).await {
         Ok(l) => l,
         Err(e) => {
