@@ -85,6 +85,21 @@ fn log_layer(format: LogFormat) -> Box<dyn Layer<Registry> + Send + Sync> {
     }
 }
 
+/// Writes the error that stops the process to stderr, in `format`, past
+/// any filter: `error: MESSAGE` as text; as JSON, a line with the fields of
+/// every other (`level` `ERROR`, `target` `tollgate`).
+pub fn print_error(format: LogFormat, message: &str) {
+    match format {
+        LogFormat::Text => eprintln!("error: {message}"),
+        LogFormat::Json => {
+            let timestamp = humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string();
+            let line =
+                serde_json::json!({"timestamp": timestamp, "level": "ERROR", "message": message, "target": "tollgate"});
+            eprintln!("{line}");
+        }
+    }
+}
+
 impl Telemetry {
     /// Sends the spans still buffered and stops the exporter, waiting at most
     /// [`traces::FLUSH_TIMEOUT`]. Call it when the server has stopped.
@@ -94,9 +109,11 @@ impl Telemetry {
         // export needs this runtime's threads (its gRPC channel runs here).
         let flushed = tokio::task::spawn_blocking(move || provider.shutdown_with_timeout(traces::FLUSH_TIMEOUT)).await;
         match flushed {
-            Ok(Ok(())) => tracing::info!("traces sent"),
-            Ok(Err(e)) => tracing::warn!(error = %e, "the last traces may not have been sent"),
-            Err(e) => tracing::warn!(error = %e, "the last traces may not have been sent"),
+            Ok(Ok(())) => tracing::info!("trace exporter stopped"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "the trace exporter did not stop cleanly; the last spans may be lost")
+            }
+            Err(e) => tracing::warn!(error = %e, "the trace exporter did not stop cleanly; the last spans may be lost"),
         }
     }
 }

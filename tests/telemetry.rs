@@ -216,3 +216,24 @@ async fn json_logs_are_one_object_per_line_with_the_documented_fields() {
     assert_eq!(listening["target"], "tollgate::server");
     assert!(!log.contains(DEMO_KEY));
 }
+
+#[test]
+fn an_endpoint_tollgate_cannot_send_to_stops_the_start_with_the_error_in_the_log_format() {
+    let start = |format: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "off", "--log-format", format])
+            .args(["--otlp-endpoint", "https://collector.example:4317"])
+            .env("RUST_LOG", "off")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let text = start("text");
+    assert!(text.starts_with("error: otlp_endpoint: ") && text.contains("TLS"), "{text}");
+    let json = start("json");
+    let line: serde_json::Value = serde_json::from_str(json.trim()).unwrap_or_else(|e| panic!("{e}: {json}"));
+    assert_eq!(line["level"], "ERROR");
+    assert!(line["message"].as_str().is_some_and(|m| m.starts_with("otlp_endpoint: ")), "{line}");
+    assert!(line["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')), "{line}");
+}
