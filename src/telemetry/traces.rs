@@ -18,7 +18,8 @@
 //!   `envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit`), with
 //!   `rpc.system`, `rpc.service`, `rpc.method`. Its parent is the W3C trace
 //!   context of the call's metadata (`traceparent`, `tracestate`):
-//!   [`parent_context`], which the HTTP API uses too.
+//!   [`parent_context`]. The HTTP API's calls get theirs from [`http_span`]
+//!   (or any span and [`set_parent`]), from the request's headers.
 //! - The **decision span** ([`decision_span`], made by the limiter, so every
 //!   protocol gets the same one) carries the question once it is valid
 //!   (`tollgate.stage`, `tollgate.method` in canonical form, `tollgate.cost`,
@@ -200,10 +201,6 @@ pub fn parent_context(headers: &http::HeaderMap) -> opentelemetry::Context {
 /// Makes `span` a child of the trace context in `headers`
 /// ([`parent_context`]). Does nothing, and reads no header, when the span is
 /// disabled (traces off). Call it before the span is first entered.
-///
-/// The HTTP API's server span: `let span = tracing::debug_span!("POST
-/// /v1/authorize", otel.kind = "server"); telemetry::set_parent(&span,
-/// request.headers());`, then run the handler inside it.
 pub fn set_parent(span: &Span, headers: &http::HeaderMap) {
     if !span.is_disabled() {
         let _ = span.set_parent(parent_context(headers));
@@ -231,6 +228,28 @@ pub fn grpc_span(request: &http::Request<()>) -> Span {
         rpc.method = method,
     );
     set_parent(&span, request.headers());
+    span
+}
+
+/// The server span of an HTTP API call, for the HTTP listener's middleware:
+/// named `METHOD ROUTE` (`POST /v1/authorize`), with `http.request.method`
+/// and `http.route`, child of the trace context in `headers`; run the
+/// handler inside it (`handler.instrument(span)`), and the decision span
+/// nests under it. `route` is the matched route template (axum's
+/// `MatchedPath`, `/v1/keys/{id}`), never the raw path, which may hold ids.
+/// Disabled, and free, when traces are off.
+pub fn http_span(method: &http::Method, route: &str, headers: &http::HeaderMap) -> Span {
+    if !spans_enabled() {
+        return Span::none();
+    }
+    let span = tracing::debug_span!(
+        "http",
+        otel.name = %format_args!("{method} {route}"),
+        otel.kind = "server",
+        http.request.method = method.as_str(),
+        http.route = route,
+    );
+    set_parent(&span, headers);
     span
 }
 
@@ -405,7 +424,7 @@ mod tests {
     }
 
     #[test]
-    fn decision_calls_get_a_server_span_in_the_callers_trace_and_nothing_else_does() {
+    fn server_spans_are_children_of_the_callers_trace_and_only_decision_calls_get_one() {
         use tracing_subscriber::layer::SubscriberExt;
         let kept = Kept::default();
         let provider = SdkTracerProvider::builder().with_simple_exporter(kept.clone()).build();
@@ -421,13 +440,16 @@ mod tests {
             for path in ["/grpc.health.v1.Health/Check", "/tollgate.v1.Admin/ListKeys", "/x.Y/Z"] {
                 assert!(grpc_span(&call(path)).is_disabled(), "{path}");
             }
-            let span = grpc_span(&call("/envoy.service.auth.v3.Authorization/Check"));
-            span.in_scope(|| drop(decision_span()));
+            grpc_span(&call("/envoy.service.auth.v3.Authorization/Check")).in_scope(|| drop(decision_span()));
+            let http = call("/v1/authorize");
+            drop(http_span(&http::Method::POST, "/v1/authorize", http.headers()));
         });
         let spans = kept.0.lock().unwrap().clone();
         let names: Vec<&str> = spans.iter().map(|s| s.name.as_ref()).collect();
-        assert_eq!(names, ["tollgate.decision", "envoy.service.auth.v3.Authorization/Check"]);
-        let (decision, server) = (&spans[0], &spans[1]);
+        assert_eq!(names, ["tollgate.decision", "envoy.service.auth.v3.Authorization/Check", "POST /v1/authorize"]);
+        let (decision, server, http) = (&spans[0], &spans[1], &spans[2]);
+        assert_eq!(http.span_kind, opentelemetry::trace::SpanKind::Server);
+        assert_eq!(http.parent_span_id.to_string(), "b7ad6b7169203331", "in the caller's trace too");
         assert_eq!(server.span_context.trace_id().to_string(), "0af7651916cd43dd8448eb211c80319c");
         assert_eq!(server.parent_span_id.to_string(), "b7ad6b7169203331");
         assert_eq!(server.span_kind, opentelemetry::trace::SpanKind::Server);
