@@ -14,6 +14,8 @@ use crate::model::{Invalid, Throttle};
 pub use crate::store::redis::target::Mode as RedisMode;
 use crate::store::redis::target::Target as RedisTarget;
 use crate::store::redis::WaitReplicas;
+use crate::telemetry::traces::DEFAULT_SERVICE_NAME;
+use crate::telemetry::{LogFormat, TraceSettings};
 
 /// How long a batch waits for --redis-wait-replicas by default.
 pub const DEFAULT_REDIS_WAIT_TIMEOUT_MS: u64 = 100;
@@ -278,6 +280,22 @@ pub struct Settings {
     #[arg(long, env = "TOLLGATE_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
 
+    /// Send a trace of every decision over OTLP/gRPC to this collector, e.g.
+    /// http://127.0.0.1:4317 (plaintext gRPC: a collector beside tollgate).
+    /// Without it, the standard OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or
+    /// OTEL_EXPORTER_OTLP_ENDPOINT; without any of them traces are off.
+    #[arg(long, env = "TOLLGATE_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+
+    /// The service.name of the traces.
+    #[arg(long, env = "OTEL_SERVICE_NAME", default_value = DEFAULT_SERVICE_NAME)]
+    pub otlp_service_name: String,
+
+    /// How log lines are written to stderr: `text`, or `json` (one object
+    /// per line). RUST_LOG filters them either way.
+    #[arg(long, env = "TOLLGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
     /// On SIGTERM/SIGINT, how long to let in-flight calls finish before
     /// exiting anyway, in seconds.
     #[arg(long, env = "TOLLGATE_DRAIN_TIMEOUT_SECS", default_value_t = 5)]
@@ -327,6 +345,9 @@ impl Settings {
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             catalog_poll_ms: 1000,
             metrics_listen: None,
+            otlp_endpoint: None,
+            otlp_service_name: DEFAULT_SERVICE_NAME.into(),
+            log_format: LogFormat::Text,
             drain_timeout_secs: 5,
             worker_threads: 0,
         }
@@ -391,6 +412,12 @@ impl Settings {
     /// How long a PING may go unanswered.
     pub fn keepalive_timeout(&self) -> Duration {
         Duration::from_secs(self.keepalive_timeout_secs.max(1))
+    }
+
+    /// Where traces go, if anywhere: `--otlp-endpoint`, else the standard
+    /// OTLP variables of the process environment ([`TraceSettings::resolve`]).
+    pub fn traces(&self) -> Result<Option<TraceSettings>, Invalid> {
+        TraceSettings::resolve(self.otlp_endpoint.as_deref(), &self.otlp_service_name, |v| std::env::var(v).ok())
     }
 
     /// The account throttle, checked.

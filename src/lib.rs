@@ -27,7 +27,8 @@
 //!   naming every key and `redis/scripts/*.lua`.
 //! - [`calendar`]: UTC quota periods.
 //! - [`api`]: gRPC services; [`server`]: wiring, `run(listener, settings, shutdown)`.
-//! - [`config`]: the settings struct; [`cli`]: the command line; [`telemetry`]: logs.
+//! - [`config`]: the settings struct; [`cli`]: the command line; [`telemetry`]:
+//!   logs, traces (OTLP) and metrics.
 
 pub mod api;
 pub mod calendar;

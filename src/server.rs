@@ -265,9 +265,11 @@ async fn bind_admin(settings: &Settings, data_plane: SocketAddr) -> Result<Admin
 /// A gRPC server with the listener limits of `settings` and `timeout` as
 /// the server-side deadline of every call (a client's shorter
 /// `grpc-timeout` wins; tonic answers a call past it CANCELLED "Timeout
-/// expired").
+/// expired"). Data-plane calls get a server span when traces are on
+/// ([`crate::telemetry::traces::grpc_span`]).
 fn server(settings: &Settings, timeout: Duration) -> Server {
     Server::builder()
+        .trace_fn(crate::telemetry::traces::grpc_span)
         .timeout(timeout)
         .max_concurrent_streams(settings.max_concurrent_streams)
         .http2_keepalive_interval(settings.keepalive_interval())

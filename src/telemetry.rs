@@ -1,8 +1,15 @@
-//! Logs and metrics.
+//! Logs, traces and metrics.
 //!
-//! Logs: `tracing` to stderr, filtered by `RUST_LOG` (default `info`),
-//! coloured only on a terminal. Key values never reach a log line: requests
-//! are logged by key id only.
+//! Logs: `tracing` to stderr, filtered by `RUST_LOG` (default `info`).
+//! `tollgate serve` writes them as text (coloured only on a terminal) or,
+//! with `--log-format json`, one JSON object per line ([`LogFormat`]); the
+//! client commands always write text. Key values never reach a log line:
+//! requests are logged by key id only.
+//!
+//! Traces (with `--otlp-endpoint`): OpenTelemetry spans of every decision,
+//! over OTLP/gRPC ([`traces`]). [`init`] installs logs and traces together;
+//! [`Telemetry::shutdown`] sends the spans still buffered when the server
+//! stops.
 //!
 //! Metrics (with `--metrics-listen ADDR`): Prometheus text format at
 //! `http://ADDR/metrics`:
@@ -16,18 +23,99 @@
 //! | `tollgate_catalog_version` | gauge | | the catalog version this replica serves |
 //! | `tollgate_catalog_file_conflicts_total` | counter | | catalog file records not applied (`catalog::bootstrap`) |
 
+pub mod traces;
+
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 
-/// Installs the log subscriber once; later calls do nothing.
-pub fn init() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .try_init();
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer, Registry};
+
+pub use traces::{parent_context, set_parent, TraceSettings};
+
+/// How log lines are written to stderr (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines: time, level, target, message, fields.
+    #[default]
+    Text,
+    /// One JSON object per line: `timestamp` (RFC 3339, UTC), `level`,
+    /// `target`, `message`, and the event's fields beside them
+    /// (docs/operations.md, "Traces and logs").
+    Json,
+}
+
+/// What [`init`] installed; [`Telemetry::shutdown`] it when the server stops.
+#[must_use = "call shutdown() when the server stops, or the last spans are lost"]
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+/// Installs the log subscriber (and the OTLP trace pipeline when `traces`
+/// says where to send them). Call it once, inside the tokio runtime; a
+/// second call installs nothing and says so.
+pub fn init(format: LogFormat, traces: Option<&TraceSettings>) -> Result<Telemetry, String> {
+    let provider = traces.map(traces::provider).transpose()?;
+    let otel = provider.as_ref().map(traces::layer);
+    tracing_subscriber::registry()
+        .with(log_layer(format))
+        .with(otel)
+        .try_init()
+        .map_err(|e| format!("cannot install the log subscriber: {e}"))?;
+    if let Some(t) = traces {
+        tracing::info!(otlp_endpoint = %t.endpoint, service_name = %t.service_name, "sending traces over OTLP/gRPC");
+    }
+    Ok(Telemetry { provider })
+}
+
+/// Installs text logs for the client commands; later calls do nothing.
+pub fn init_logs() {
+    let _ = tracing_subscriber::registry().with(log_layer(LogFormat::Text)).try_init();
+}
+
+/// The stderr layer in `format`, filtered by `RUST_LOG` (default `info`).
+fn log_layer(format: LogFormat) -> Box<dyn Layer<Registry> + Send + Sync> {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => layer.with_ansi(std::io::stderr().is_terminal()).with_filter(filter).boxed(),
+        LogFormat::Json => layer.json().flatten_event(true).with_filter(filter).boxed(),
+    }
+}
+
+/// Writes the error that stops the process to stderr, in `format`, past
+/// any filter: `error: MESSAGE` as text; as JSON, a line with the fields of
+/// every other (`level` `ERROR`, `target` `tollgate`).
+pub fn print_error(format: LogFormat, message: &str) {
+    match format {
+        LogFormat::Text => eprintln!("error: {message}"),
+        LogFormat::Json => {
+            let timestamp = humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string();
+            let line =
+                serde_json::json!({"timestamp": timestamp, "level": "ERROR", "message": message, "target": "tollgate"});
+            eprintln!("{line}");
+        }
+    }
+}
+
+impl Telemetry {
+    /// Sends the spans still buffered and stops the exporter, waiting at most
+    /// [`traces::FLUSH_TIMEOUT`]. Call it when the server has stopped.
+    pub async fn shutdown(self) {
+        let Some(provider) = self.provider else { return };
+        // The flush blocks its thread until the export is done, and the
+        // export needs this runtime's threads (its gRPC channel runs here).
+        let flushed = tokio::task::spawn_blocking(move || provider.shutdown_with_timeout(traces::FLUSH_TIMEOUT)).await;
+        match flushed {
+            Ok(Ok(())) => tracing::info!("trace exporter stopped"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "the trace exporter did not stop cleanly; the last spans may be lost")
+            }
+            Err(e) => tracing::warn!(error = %e, "the trace exporter did not stop cleanly; the last spans may be lost"),
+        }
+    }
 }
 
 /// Serves Prometheus metrics on `addr` (must run inside a tokio runtime).

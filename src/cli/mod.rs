@@ -92,7 +92,11 @@ fn check_config(args: CheckConfigArgs) -> ExitCode {
 
 /// Runs the parsed command line and returns the process exit code.
 pub fn main(cli: Cli) -> ExitCode {
-    crate::telemetry::init();
+    // `serve` installs its logs (format, traces) from its settings, inside
+    // the runtime; the client commands log text.
+    if !matches!(cli.command, Command::Serve(_)) {
+        crate::telemetry::init_logs();
+    }
     // TLS (rediss://) uses rustls with ring; say so once for the process.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let threads = match &cli.command {
@@ -131,21 +135,35 @@ pub fn main(cli: Cli) -> ExitCode {
     })
 }
 
+/// `tollgate serve`: logs and traces, the server until a signal, then the
+/// last spans sent. An error that stops it is one line on stderr, in the
+/// log format (`error: ...` as text), whatever `RUST_LOG` says.
 async fn serve(settings: Settings) -> ExitCode {
-    let listener = match tokio::net::TcpListener::bind(settings.listen).await {
-        Ok(l) => l,
+    let format = settings.log_format;
+    let started = settings.traces().map_err(|e| e.to_string()).and_then(|t| crate::telemetry::init(format, t.as_ref()));
+    let telemetry = match started {
+        Ok(t) => t,
         Err(e) => {
-            eprintln!("error: cannot listen on {}: {e}", settings.listen);
+            crate::telemetry::print_error(format, &e);
             return ExitCode::FAILURE;
         }
     };
-    match crate::server::run(listener, settings, crate::server::shutdown_signal()).await {
+    let result = run_server(settings).await;
+    telemetry.shutdown().await;
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            crate::telemetry::print_error(format, &e);
             ExitCode::FAILURE
         }
     }
+}
+
+async fn run_server(settings: Settings) -> Result<(), String> {
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", settings.listen))?;
+    crate::server::run(listener, settings, crate::server::shutdown_signal()).await.map_err(|e| e.to_string())
 }
 
 /// Connects a gRPC channel to `server` (`http://host:port`), with a clear

@@ -7,10 +7,13 @@
 //! throttle, c plan quota, d stage method throttle, e account throttle), and
 //! hands them to the store for one atomic check-and-consume.
 
+use tracing::{Instrument, Span};
+
 use crate::catalog::CatalogHandle;
 use crate::model::method::{canonical_method, CanonicalMethod};
 use crate::model::{Invalid, KeyHash, Throttle, KEY_VALUE_MAX};
 use crate::store::{keys::Keys, Check, Limit, LimitStore, Rule, StoreError, Verdict, MAX_COST};
+use crate::telemetry::traces;
 
 /// Why a request was allowed or denied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -154,6 +157,18 @@ pub enum AuthorizeError {
     Store(#[from] StoreError),
 }
 
+impl AuthorizeError {
+    /// The kind of failure, as metrics and traces name it: `invalid`,
+    /// `unavailable` (may pass on retry) or `internal`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            AuthorizeError::Invalid(_) => "invalid",
+            AuthorizeError::Store(s) if s.is_transient() => "unavailable",
+            AuthorizeError::Store(_) => "internal",
+        }
+    }
+}
+
 /// Checks the shape of a request and returns its method in canonical form
 /// (docs/semantics.md, "Canonical method form"). A key must be 1–128
 /// characters of `[A-Za-z0-9]`: anything else cannot be a key and is bad
@@ -221,27 +236,39 @@ impl<S: LimitStore> Limiter<S> {
     /// Answers one request (SEMANTICS.md "Authorize", steps 1–7), and counts
     /// it in the metrics (`crate::telemetry`). The method is canonicalised
     /// once, here; every lookup and every limit's key uses that form.
+    /// Each answer is traced in a decision span (`crate::telemetry::traces`).
     pub async fn authorize<M: AsRef<str>>(&self, req: Request<'_, M>) -> Result<Decision, AuthorizeError> {
-        let result = match validate(&req) {
-            Ok(method) => self.decide(req.with_method(&method)).await,
-            Err(e) => Err(e.into()),
-        };
-        count(&result);
+        let span = traces::decision_span();
+        let result = async {
+            match validate(&req) {
+                Ok(method) => self.decide(req.with_method(&method), &span).await,
+                Err(e) => Err(e.into()),
+            }
+        }
+        .instrument(span.clone())
+        .await;
+        answered(&span, &result);
         result
     }
 
     /// [`Limiter::authorize`] for a method already in canonical form.
     pub async fn authorize_canonical(&self, req: Request<'_, &CanonicalMethod>) -> Result<Decision, AuthorizeError> {
-        let result = match validate_key_and_stage(req.api_key, req.stage).and_then(|()| validate_cost(req.cost)) {
-            Ok(()) => self.decide(req).await,
-            Err(e) => Err(e.into()),
-        };
-        count(&result);
+        let span = traces::decision_span();
+        let result = async {
+            match validate_key_and_stage(req.api_key, req.stage).and_then(|()| validate_cost(req.cost)) {
+                Ok(()) => self.decide(req, &span).await,
+                Err(e) => Err(e.into()),
+            }
+        }
+        .instrument(span.clone())
+        .await;
+        answered(&span, &result);
         result
     }
 
-    /// Steps 1–7 for a validated request.
-    async fn decide(&self, req: Request<'_, &CanonicalMethod>) -> Result<Decision, AuthorizeError> {
+    /// Steps 1–7 for a validated request, recorded on its decision `span`.
+    async fn decide(&self, req: Request<'_, &CanonicalMethod>, span: &Span) -> Result<Decision, AuthorizeError> {
+        traces::record_question(span, req.stage, req.method.as_str(), req.cost, req.api_key.is_some());
         if !self.catalog.is_loaded() {
             // A Redis catalog before its first load: answering from an empty
             // (or a file's) catalog would refuse valid keys, or let revoked
@@ -316,8 +343,12 @@ impl<S: LimitStore> Limiter<S> {
             Verdict::UNLIMITED
         } else {
             let started = std::time::Instant::now();
-            let verdict = self.store.check(check).await;
+            let span = traces::store_span(self.store.name(), check.limits.len());
+            let verdict = self.store.check(check).instrument(span.clone()).await;
             metrics::histogram!("tollgate_store_seconds", "store" => self.store.name()).record(started.elapsed());
+            if let Err(e) = &verdict {
+                traces::record_error(&span, e);
+            }
             verdict?
         };
         decision.allowed = verdict.allowed;
@@ -352,17 +383,12 @@ fn window_secs(rule: &Rule) -> u64 {
     }
 }
 
-/// Counts an answer in the metrics (`crate::telemetry`).
-fn count(result: &Result<Decision, AuthorizeError>) {
+/// Counts an answer in the metrics and records it on its decision span
+/// (`crate::telemetry`).
+fn answered(span: &Span, result: &Result<Decision, AuthorizeError>) {
+    traces::record_answer(span, result);
     match result {
         Ok(d) => metrics::counter!("tollgate_decisions_total", "reason" => d.reason.as_str()).increment(1),
-        Err(e) => {
-            let kind = match e {
-                AuthorizeError::Invalid(_) => "invalid",
-                AuthorizeError::Store(s) if s.is_transient() => "unavailable",
-                AuthorizeError::Store(_) => "internal",
-            };
-            metrics::counter!("tollgate_decision_errors_total", "kind" => kind).increment(1);
-        }
+        Err(e) => metrics::counter!("tollgate_decision_errors_total", "kind" => e.kind()).increment(1),
     }
 }

@@ -28,6 +28,8 @@ pub struct TollgateProcess {
     /// with `--admin-listen off`.
     pub admin_addr: Option<SocketAddr>,
     log: Arc<Mutex<String>>,
+    /// The thread that reads stderr; it ends when the process has exited.
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl TollgateProcess {
@@ -43,6 +45,10 @@ impl TollgateProcess {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tollgate"));
         cmd.arg("serve").args(args);
         cmd.env("RUST_LOG", "info").env_remove("TOLLGATE_REDIS_URL").env_remove("TOLLGATE_CONFIG");
+        // No traces unless a test asks (a developer's shell may name a collector).
+        for v in ["TOLLGATE_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"] {
+            cmd.env_remove(v);
+        }
         // Free ports, never the fixed defaults (tests run in parallel). Given
         // as environment variables so that a test's own --listen or
         // --admin-listen (or `env`) wins.
@@ -55,22 +61,19 @@ impl TollgateProcess {
         let stderr = child.stderr.take().expect("stderr is piped");
         let log = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = std::sync::mpsc::channel::<(&str, String)>();
-        {
+        let reader = {
             let log = log.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    for (marker, kind) in [("tollgate listening addr=", "main"), ("admin_addr=", "admin")] {
-                        if let Some(i) = line.find(marker) {
-                            let a = line[i + marker.len()..].split_whitespace().next().unwrap_or("").to_string();
-                            let _ = tx.send((kind, a));
-                        }
+                    for announced in listening(&line) {
+                        let _ = tx.send(announced);
                     }
                     let mut l = log.lock().unwrap();
                     l.push_str(&line);
                     l.push('\n');
                 }
-            });
-        }
+            })
+        };
         let mut admin_addr = None;
         let addr = loop {
             match rx.recv_timeout(Duration::from_secs(20)) {
@@ -87,7 +90,7 @@ impl TollgateProcess {
                 }
             }
         };
-        Self { child, addr, admin_addr, log }
+        Self { child, addr, admin_addr, log, reader: Some(reader) }
     }
 
     /// `http://ADDR` of the data plane.
@@ -143,6 +146,19 @@ impl TollgateProcess {
         let _ = Command::new("kill").args(["-CONT", &self.child.id().to_string()]).status();
     }
 
+    /// Sends SIGTERM, waits for the exit, and returns the exit status with
+    /// everything the process wrote to stderr.
+    pub fn terminate_with_log(mut self) -> (std::process::ExitStatus, String) {
+        let reader = self.reader.take();
+        let log = self.log.clone();
+        let status = self.terminate();
+        if let Some(r) = reader {
+            let _ = r.join();
+        }
+        let log = log.lock().unwrap().clone();
+        (status, log)
+    }
+
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
@@ -159,6 +175,25 @@ impl TollgateProcess {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// The addresses a log line announces: `("main", addr)` for the data
+/// plane, `("admin", addr)` for the Admin service; in text
+/// (`tollgate listening addr=…`, `admin_addr=…`) or JSON (`--log-format json`).
+fn listening(line: &str) -> Vec<(&'static str, String)> {
+    if line.starts_with('{') {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { return Vec::new() };
+        let main = (v["message"] == "tollgate listening").then(|| v["addr"].as_str()).flatten();
+        let admin = v["admin_addr"].as_str();
+        return [("main", main), ("admin", admin)].into_iter().filter_map(|(k, a)| Some((k, a?.to_string()))).collect();
+    }
+    let mut found = Vec::new();
+    for (marker, kind) in [("tollgate listening addr=", "main"), ("admin_addr=", "admin")] {
+        if let Some(i) = line.find(marker) {
+            found.push((kind, line[i + marker.len()..].split_whitespace().next().unwrap_or("").to_string()));
+        }
+    }
+    found
 }
 
 impl Drop for TollgateProcess {

@@ -52,6 +52,7 @@ mod cluster;
 pub mod link;
 pub mod target;
 use crate::model::Quota;
+use crate::telemetry::traces;
 
 /// Builds a script from its file, with `clock.lua` and `calendar.lua`
 /// inserted at its `-- @clock` and `-- @calendar` lines.
@@ -177,6 +178,9 @@ struct Job {
     reply: oneshot::Sender<Result<Verdict, StoreError>>,
     /// Arrival + the store deadline.
     deadline: Instant,
+    /// The caller's store span, to record the batch size on (disabled, and
+    /// free, when traces are off).
+    span: tracing::Span,
 }
 
 /// Limits in Redis, shared by every replica that points at it.
@@ -310,7 +314,7 @@ impl LimitStore for RedisStore {
         let deadline = Instant::now() + timeout;
         let (reply, rx) = oneshot::channel();
         self.jobs
-            .try_send(Job { check, reply, deadline })
+            .try_send(Job { check, reply, deadline, span: traces::current_span() })
             .map_err(|_| StoreError::Unavailable("too many decisions waiting for Redis".into()))?;
         // Dropping `rx` (our caller gave up, or the deadline passed) tells the
         // batcher not to send this request if it has not yet.
@@ -605,6 +609,9 @@ async fn batcher(mut rx: mpsc::Receiver<Job>, link: Arc<Link>, s: RedisSettings,
         let clock = s.clock_arg();
         let wait = s.wait;
         let look_now = look_now.clone();
+        for job in &batch {
+            traces::record_batch_size(&job.span, batch.len());
+        }
         tokio::spawn(async move {
             let checks: Vec<&Check> = batch.iter().map(|j| &j.check).collect();
             let result = run_batch(&link, &checks, &clock, wait).await;
