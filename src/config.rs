@@ -276,6 +276,13 @@ pub struct Settings {
     #[arg(long, env = "TOLLGATE_CATALOG_POLL_MS", default_value_t = 1000)]
     pub catalog_poll_ms: u64,
 
+    /// Address of the HTTP/JSON API (off unless given): `POST /v1/authorize`,
+    /// every Admin operation as REST under `/v1/` (with the admin token),
+    /// `/openapi.json`, `/healthz` and `/readyz` (docs/http.md). Its Admin
+    /// routes answer 501 with `--admin-listen off`.
+    #[arg(long, env = "TOLLGATE_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
+
     /// Serve Prometheus metrics at http://ADDR/metrics (off unless given).
     #[arg(long, env = "TOLLGATE_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
@@ -344,6 +351,7 @@ impl Settings {
             max_header_list_bytes: DEFAULT_MAX_HEADER_LIST_BYTES,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             catalog_poll_ms: 1000,
+            http_listen: None,
             metrics_listen: None,
             otlp_endpoint: None,
             otlp_service_name: DEFAULT_SERVICE_NAME.into(),

@@ -11,10 +11,14 @@
 //!   it; or on the data-plane listener when `--admin-listen` is the address
 //!   `listener` bound; or nowhere (`off`).
 //!
-//! Each listener's reflection describes only the services it serves. Both
-//! listeners get the limits of [`Settings`] (streams per connection, a
-//! deadline per call, HTTP/2 and TCP keepalive, header list size; message
-//! size on the data plane) and stop together on `shutdown`.
+//! - The HTTP/JSON API ([`crate::api::http`]) on `--http-listen`, when given:
+//!   the same services, called in-process.
+//!
+//! Each listener's reflection (v1 and v1alpha) describes only the services
+//! it serves. Both gRPC listeners get the limits of [`Settings`] (streams per
+//! connection, a deadline per call, HTTP/2 and TCP keepalive, header list
+//! size; message size on the data plane); every listener stops together on
+//! `shutdown`.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -31,16 +35,18 @@ use tonic::transport::server::{Router, TcpIncoming};
 use tonic::transport::Server;
 use tonic_health::pb::health_server::HealthServer;
 use tonic_health::server::{HealthReporter, HealthService};
-use tonic_reflection::pb::v1::server_reflection_server::{ServerReflection, ServerReflectionServer};
+use tonic_reflection::pb::{v1, v1alpha};
 
 use crate::api::admin::{AdminAuth, AdminService};
 use crate::api::authorizer::AuthorizerService;
 use crate::api::envoy_authz::EnvoyAuthzService;
 use crate::api::envoy_http::EnvoyOptions;
 use crate::api::envoy_rls::EnvoyRlsService;
+use crate::api::http::{HttpApi, HttpLimits};
 use crate::api::pb;
 use crate::api::pb::admin_server::AdminServer;
 use crate::api::pb::authorizer_server::AuthorizerServer;
+use crate::api::readiness::Readiness;
 use crate::catalog::file::{self, CatalogFile};
 use crate::catalog::store::CatalogService;
 use crate::config::{AdminListen, Settings};
@@ -48,7 +54,7 @@ use crate::limiter::Limiter;
 use crate::store::keys::Keys;
 use crate::store::memory::MemoryStore;
 use crate::store::redis::{RedisSettings, RedisStore};
-use crate::store::{LimitStore, Store};
+use crate::store::Store;
 use crate::usage::UsageService;
 
 /// Errors that stop the server from starting.
@@ -101,9 +107,9 @@ const AUTHORIZER_PROTO: &str = "tollgate/v1/authorizer.proto";
 /// The proto file of `tollgate.v1.Admin` in [`pb::FILE_DESCRIPTOR_SET`].
 const ADMIN_PROTO: &str = "tollgate/v1/admin.proto";
 
-/// The Admin service accepts 16 MiB: room for a CSV import of the largest
-/// accepted size (5 MiB), so that a too-big file gets a clear
-/// INVALID_ARGUMENT, not a transport error.
+/// The Admin service accepts 16 MiB (over gRPC and HTTP): room for a CSV
+/// import of the largest accepted size (5 MiB), so that a too-big file gets a
+/// clear INVALID_ARGUMENT, not a transport error.
 const ADMIN_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
 /// The gRPC services, built once and added to the listeners that serve them.
@@ -114,6 +120,8 @@ struct Services {
     health: HealthServer<HealthService>,
     /// `None` with `--admin-listen off`.
     admin: Option<AdminSvc>,
+    /// The HTTP/JSON API over the same services (served with `--http-listen`).
+    http: HttpApi,
 }
 
 /// Where the Admin service is served, once its listener is bound.
@@ -139,6 +147,7 @@ pub async fn run(
     let services = open_services(&settings)?;
     let addr = listener.local_addr()?;
     let admin_at = bind_admin(&settings, addr).await?;
+    let http_listener = bind_http(&settings).await?;
     match &settings.redis_url {
         Some(_) => {
             let t = settings.redis_target()?;
@@ -172,7 +181,17 @@ pub async fn run(
             None => Ok(()),
         }
     };
-    let servers = futures::future::try_join(data_plane, admin);
+    let http = {
+        let server = http_listener.map(|l| crate::api::http::serve(l, services.http.clone().router(), stopped()));
+        async move {
+            match server {
+                Some(server) => server.await.map_err(BoxError::from),
+                None => Ok(()),
+            }
+        }
+    };
+    let grpc = async move { futures::future::try_join(data_plane, admin).await.map_err(BoxError::from) };
+    let servers = futures::future::try_join(grpc, http);
     tokio::pin!(servers);
     let drain = Duration::from_secs(settings.drain_timeout_secs);
     tokio::select! {
@@ -202,34 +221,38 @@ fn open_services(settings: &Settings) -> Result<Services, BoxError> {
     }
     let store = open_store(settings)?;
     let limiter = Arc::new(Limiter::new(catalog.handle(), store.clone(), keys.clone(), account));
-    let admin = match settings.admin_listen {
+    let admin_auth = AdminAuth::new(admin_token.clone());
+    let admin_service = match settings.admin_listen {
         AdminListen::Off => None,
         AdminListen::Addr(_) => {
             if admin_token.is_none() {
                 tracing::warn!("no admin token configured (TOLLGATE_ADMIN_TOKEN or --admin-token-file): the Admin service refuses all calls");
             }
-            let admin = AdminServer::new(AdminService::new(catalog.clone(), UsageService::new(store.clone(), keys)))
-                .max_decoding_message_size(ADMIN_MAX_MESSAGE_BYTES);
-            Some(InterceptedService::new(admin, AdminAuth::new(admin_token)))
+            Some(Arc::new(AdminService::new(catalog.clone(), UsageService::new(store.clone(), keys))))
         }
     };
+    let admin = admin_service.clone().map(|a| {
+        let server = AdminServer::from_arc(a).max_decoding_message_size(ADMIN_MAX_MESSAGE_BYTES);
+        InterceptedService::new(server, admin_auth.clone())
+    });
+    let readiness = Readiness::new(store.clone(), catalog.clone());
 
     let reporter = HealthReporter::new();
     let health = HealthServer::new(HealthService::from_health_reporter(reporter.clone()))
         .max_decoding_message_size(settings.max_message_bytes);
-    let ready = {
-        let (store, catalog) = (store.clone(), catalog.clone());
-        move || {
-            metrics::gauge!("tollgate_catalog_version").set(catalog.version() as f64);
-            store.is_ready() && catalog.is_ready()
-        }
-    };
-    tokio::spawn(watch_health(reporter, ready));
+    tokio::spawn(watch_health(reporter, readiness.clone()));
 
     let max = settings.max_message_bytes;
+    let authorizer = Arc::new(AuthorizerService::new(limiter.clone(), settings.on_store_error));
+    let http_limits = HttpLimits {
+        request_timeout: settings.request_timeout(),
+        admin_request_timeout: settings.admin_request_timeout(),
+        max_body_bytes: max,
+        admin_max_body_bytes: ADMIN_MAX_MESSAGE_BYTES,
+    };
     Ok(Services {
-        authorizer: AuthorizerServer::new(AuthorizerService::new(limiter.clone(), settings.on_store_error))
-            .max_decoding_message_size(max),
+        http: HttpApi::new(authorizer.clone(), admin_service, admin_auth, readiness, http_limits),
+        authorizer: AuthorizerServer::from_arc(authorizer).max_decoding_message_size(max),
         authz: AuthorizationServer::new(EnvoyAuthzService::new(limiter.clone(), envoy.clone()))
             .max_decoding_message_size(max),
         rls: RateLimitServiceServer::new(EnvoyRlsService::new(limiter, envoy)).max_decoding_message_size(max),
@@ -262,6 +285,17 @@ async fn bind_admin(settings: &Settings, data_plane: SocketAddr) -> Result<Admin
     Ok(AdminAt::Own(admin_listener))
 }
 
+/// Binds the HTTP/JSON API's listener, if `--http-listen` asks for one, and
+/// logs it (`http_addr=`).
+async fn bind_http(settings: &Settings) -> Result<Option<TcpListener>, BoxError> {
+    let Some(addr) = settings.http_listen else { return Ok(None) };
+    let listener = TcpListener::bind(addr).await.map_err(|e| {
+        format!("cannot listen on --http-listen {addr}: {e}; give it a free address (each replica on a machine needs its own)")
+    })?;
+    tracing::info!(http_addr = %listener.local_addr()?, "HTTP/JSON API listening");
+    Ok(Some(listener))
+}
+
 /// A gRPC server with the listener limits of `settings` and `timeout` as
 /// the server-side deadline of every call (a client's shorter
 /// `grpc-timeout` wins; tonic answers a call past it CANCELLED "Timeout
@@ -290,10 +324,14 @@ fn data_plane_router(settings: &Settings, s: &Services, with_admin: bool) -> Res
     if with_admin {
         files.push(ADMIN_PROTO);
     }
-    let reflection = reflection(settings, &files)?.map(|r| r.max_decoding_message_size(settings.max_message_bytes));
+    let max = settings.max_message_bytes;
+    let (v1, v1alpha) = reflection(settings, &files)?
+        .map(|(v1, v1alpha)| (v1.max_decoding_message_size(max), v1alpha.max_decoding_message_size(max)))
+        .unzip();
     Ok(server(settings, settings.request_timeout())
         .add_service(s.health.clone())
-        .add_optional_service(reflection)
+        .add_optional_service(v1)
+        .add_optional_service(v1alpha)
         .add_service(s.authorizer.clone())
         .add_service(s.authz.clone())
         .add_service(s.rls.clone())
@@ -302,19 +340,32 @@ fn data_plane_router(settings: &Settings, s: &Services, with_admin: bool) -> Res
 
 /// The Admin listener's services.
 fn admin_router(settings: &Settings, s: &Services) -> Result<Router, BoxError> {
+    let (v1, v1alpha) = reflection(settings, &[ADMIN_PROTO])?.unzip();
     Ok(server(settings, settings.admin_request_timeout())
         .add_service(s.health.clone())
-        .add_optional_service(reflection(settings, &[ADMIN_PROTO])?)
+        .add_optional_service(v1)
+        .add_optional_service(v1alpha)
         .add_optional_service(s.admin.clone()))
 }
 
-/// gRPC reflection describing `files` of tollgate's protos, health and
-/// reflection itself, and listing the services they declare; `None` with
+/// gRPC reflection, v1 and v1alpha (the version older clients speak:
+/// Python's grpcio-reflection, older grpcurl, Postman, Evans), describing
+/// `files` of tollgate's protos, health and reflection itself (both
+/// versions), and listing the services they declare; `None` with
 /// `--reflection false`.
+#[allow(clippy::type_complexity)] // two opaque services; naming them would need a type per version
 fn reflection(
     settings: &Settings,
     files: &[&str],
-) -> Result<Option<ServerReflectionServer<impl ServerReflection>>, BoxError> {
+) -> Result<
+    Option<(
+        v1::server_reflection_server::ServerReflectionServer<impl v1::server_reflection_server::ServerReflection>,
+        v1alpha::server_reflection_server::ServerReflectionServer<
+            impl v1alpha::server_reflection_server::ServerReflection,
+        >,
+    )>,
+    BoxError,
+> {
     if !settings.reflection {
         return Ok(None);
     }
@@ -324,20 +375,25 @@ fn reflection(
         let file = all.file.iter().find(|f| f.name() == *name);
         ours.file.push(file.ok_or_else(|| format!("{name} is missing from the compiled descriptor set"))?.clone());
     }
-    Ok(Some(
+    // Each version's builder registers its own reflection file; the other's
+    // is added so that both list the same services.
+    let builder = || {
         tonic_reflection::server::Builder::configure()
-            .register_file_descriptor_set(ours)
+            .register_file_descriptor_set(ours.clone())
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()?,
-    ))
+    };
+    let v1 = builder().register_encoded_file_descriptor_set(v1alpha::FILE_DESCRIPTOR_SET).build_v1()?;
+    let v1alpha = builder().register_encoded_file_descriptor_set(v1::FILE_DESCRIPTOR_SET).build_v1alpha()?;
+    Ok(Some((v1, v1alpha)))
 }
 
 /// Keeps the health service in step with the store: SERVING while it can
 /// answer, NOT_SERVING while it cannot.
-async fn watch_health(health: HealthReporter, ready: impl Fn() -> bool) {
+async fn watch_health(health: HealthReporter, readiness: Readiness) {
     let mut last = None;
     loop {
-        let ready = ready();
+        metrics::gauge!("tollgate_catalog_version").set(readiness.catalog_version() as f64);
+        let ready = readiness.ready();
         metrics::gauge!("tollgate_store_ready").set(if ready { 1.0 } else { 0.0 });
         if last != Some(ready) {
             let status =

@@ -119,6 +119,8 @@ async fn a_decision_is_traced_to_the_collector_in_the_callers_trace_and_flushed_
             &endpoint,
             "--worker-threads",
             "1",
+            "--http-listen",
+            "127.0.0.1:0",
         ],
         &[("OTEL_SERVICE_NAME", "tollgate-under-test")],
     );
@@ -133,6 +135,17 @@ async fn a_decision_is_traced_to_the_collector_in_the_callers_trace_and_flushed_
     let invalid = client.authorize(traced(req(Some(DEMO_KEY), "petstore/prod", "pets", None))).await.unwrap_err();
     assert_eq!(invalid.code(), tonic::Code::InvalidArgument);
     drop(client);
+    // The same question over the HTTP/JSON API, in the same trace.
+    let http_addr = server.http_addr();
+    let body = serde_json::json!({"api_key": DEMO_KEY, "stage": "petstore/prod", "method": "/pets/GET"}).to_string();
+    let traceparent = format!("00-{TRACE_ID}-{PARENT_ID}-01");
+    let r = tokio::task::spawn_blocking(move || {
+        let headers = [("content-type", "application/json"), ("traceparent", traceparent.as_str())];
+        support::http::send(http_addr, "POST", "/v1/authorize", &headers, body.as_bytes())
+    })
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
     // Spans are sent in batches every 5 s; stopping sends what is left.
     let (status, log) = server.terminate_with_log();
     assert!(status.success(), "log:\n{log}");
@@ -155,6 +168,15 @@ async fn a_decision_is_traced_to_the_collector_in_the_callers_trace_and_flushed_
         assert_eq!(string_attr(&server.attributes, "rpc.system").as_deref(), Some("grpc"));
         decisions.push(child(&ours, "tollgate.decision", &server.span_id));
     }
+    // The HTTP call: its server span, named by the route, with its decision.
+    let http: Vec<&&Span> = ours.iter().filter(|s| s.name == "POST /v1/authorize").collect();
+    assert_eq!(http.len(), 1, "spans in the trace: {ours:#?}");
+    assert_eq!(hex::encode(&http[0].parent_span_id), PARENT_ID);
+    assert_eq!(http[0].kind, SpanKind::Server as i32);
+    assert_eq!(string_attr(&http[0].attributes, "http.route").as_deref(), Some("/v1/authorize"));
+    let over_http = child(&ours, "tollgate.decision", &http[0].span_id);
+    assert_eq!(bool_attr(&over_http.attributes, "tollgate.allowed"), Some(true));
+
     let (ok, bad): (Vec<&Span>, Vec<&Span>) =
         decisions.into_iter().partition(|d| bool_attr(&d.attributes, "tollgate.allowed").is_some());
 

@@ -6,7 +6,7 @@ use tonic::{Request, Response, Status};
 
 use super::pb;
 use crate::config::OnStoreError;
-use crate::limiter::{Decision, LimitKind, Limiter, Reason};
+use crate::limiter::{AuthorizeError, Decision, LimitKind, Limiter, Reason};
 use crate::store::Store;
 
 /// The Authorizer service.
@@ -68,13 +68,10 @@ impl From<Decision> for pb::AuthorizeResponse {
     }
 }
 
-#[tonic::async_trait]
-impl pb::authorizer_server::Authorizer for AuthorizerService {
-    async fn authorize(
-        &self,
-        request: Request<pb::AuthorizeRequest>,
-    ) -> Result<Response<pb::AuthorizeResponse>, Status> {
-        let r = request.into_inner();
+impl AuthorizerService {
+    /// Decides one request, with `--on-store-error` applied: what the
+    /// Authorize RPC and `POST /v1/authorize` (`super::http`) both answer.
+    pub async fn decide(&self, r: &pb::AuthorizeRequest) -> Result<Decision, AuthorizeError> {
         let req = crate::limiter::Request {
             api_key: r.api_key.as_deref(),
             stage: &r.stage,
@@ -82,16 +79,23 @@ impl pb::authorizer_server::Authorizer for AuthorizerService {
             cost: r.cost.unwrap_or(1),
         };
         match self.limiter.authorize(req).await {
-            Ok(d) => Ok(Response::new(d.into())),
-            Err(crate::limiter::AuthorizeError::Store(e)) if self.on_store_error != OnStoreError::Unavailable => {
+            Err(AuthorizeError::Store(e)) if self.on_store_error != OnStoreError::Unavailable => {
                 tracing::warn!(error = %e, policy = ?self.on_store_error, "store error; answering by policy");
                 let allowed = self.on_store_error == OnStoreError::Allow;
                 let reason = if allowed { Reason::Ok } else { Reason::Throttled };
-                Ok(Response::new(
-                    Decision { allowed, reason, key_id: None, plan_id: None, rate: None, retry_after_ms: None }.into(),
-                ))
+                Ok(Decision { allowed, reason, key_id: None, plan_id: None, rate: None, retry_after_ms: None })
             }
-            Err(e) => Err(e.into()),
+            other => other,
         }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::authorizer_server::Authorizer for AuthorizerService {
+    async fn authorize(
+        &self,
+        request: Request<pb::AuthorizeRequest>,
+    ) -> Result<Response<pb::AuthorizeResponse>, Status> {
+        Ok(Response::new(self.decide(request.get_ref()).await?.into()))
     }
 }

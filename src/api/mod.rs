@@ -6,12 +6,18 @@
 //! - [`envoy_rls`]: Envoy's `envoy.service.ratelimit.v3.RateLimitService`.
 //! - [`envoy_http`]: what those two share (request → method, headers).
 //! - [`status`]: the one mapping of errors to gRPC statuses.
+//! - [`http`]: the HTTP/JSON API (`--http-listen`): Authorize and every
+//!   Admin operation as REST, OpenAPI, health and readiness.
+//! - [`readiness`]: whether the store and the catalog are ready (gRPC health
+//!   and `/readyz`).
 
 pub mod admin;
 pub mod authorizer;
 pub mod envoy_authz;
 pub mod envoy_http;
 pub mod envoy_rls;
+pub mod http;
+pub mod readiness;
 pub mod status;
 
 /// Code generated from `proto/tollgate/v1/*.proto`.

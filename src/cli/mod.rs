@@ -35,7 +35,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the server (memory store by default; Redis with --redis-url).
-    Serve(Settings),
+    Serve(Box<Settings>),
     /// Ask a server whether a key may call a method of a stage now.
     Authorize(authorize::AuthorizeArgs),
     /// Manage API keys (Admin service).
@@ -121,7 +121,7 @@ pub fn main(cli: Cli) -> ExitCode {
     };
     rt.block_on(async move {
         match cli.command {
-            Command::Serve(settings) => serve(settings).await,
+            Command::Serve(settings) => serve(*settings).await,
             Command::Authorize(args) => authorize::run(args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::BenchCatalog(args) => bench_catalog::run(args).await,

@@ -1,7 +1,8 @@
 //! A tiny HTTP/1.1 client and an echoing upstream server, on plain
 //! `std::net`, for tests that send real HTTP through Envoy.
 //!
-//! * [`Client`]: one keep-alive connection; [`get`] for a one-off request.
+//! * [`Client`]: one keep-alive connection; [`get`], [`request`] and
+//!   [`send`] (with a body) for a one-off request.
 //!   Requests are written byte for byte as given, so tests can send what a
 //!   well-behaved client library would refuse to (lower-case methods, 64 KB
 //!   headers, raw `..` in paths).
@@ -79,6 +80,25 @@ impl Client {
         self.send_raw(head.as_bytes())
     }
 
+    /// Sends `method path` with `headers` and `body` (its `content-length`
+    /// added) and reads the answer.
+    pub fn request_with_body(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> io::Result<Response> {
+        let mut head = format!("{method} {path} HTTP/1.1\r\nhost: test\r\ncontent-length: {}\r\n", body.len());
+        for (k, v) in headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        let mut bytes = head.into_bytes();
+        bytes.extend_from_slice(body);
+        self.send_raw(&bytes)
+    }
+
     /// Writes `bytes` (a whole request) and reads one response.
     pub fn send_raw(&mut self, bytes: &[u8]) -> io::Result<Response> {
         self.reader.get_mut().write_all(bytes)?;
@@ -90,6 +110,13 @@ impl Client {
 pub fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) -> Response {
     Client::connect(addr)
         .and_then(|mut c| c.request(method, path, headers))
+        .unwrap_or_else(|e| panic!("{method} {path} via {addr}: {e}"))
+}
+
+/// A one-off `method path` with a body, on a new connection.
+pub fn send(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+    Client::connect(addr)
+        .and_then(|mut c| c.request_with_body(method, path, headers, body))
         .unwrap_or_else(|e| panic!("{method} {path} via {addr}: {e}"))
 }
 

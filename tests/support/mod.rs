@@ -27,6 +27,9 @@ pub struct TollgateProcess {
     /// address, or `addr` when it shares the data-plane listener; `None`
     /// with `--admin-listen off`.
     pub admin_addr: Option<SocketAddr>,
+    /// Where the HTTP/JSON API listens (`http_addr=` in the log); `None`
+    /// without `--http-listen`.
+    pub http_addr: Option<SocketAddr>,
     log: Arc<Mutex<String>>,
     /// The thread that reads stderr; it ends when the process has exited.
     reader: Option<std::thread::JoinHandle<()>>,
@@ -74,15 +77,16 @@ impl TollgateProcess {
                 }
             })
         };
-        let mut admin_addr = None;
+        let (mut admin_addr, mut http_addr) = (None, None);
         let addr = loop {
             match rx.recv_timeout(Duration::from_secs(20)) {
                 Ok((kind, a)) => {
                     let a: SocketAddr = a.parse().unwrap_or_else(|e| panic!("bad address {a:?} in tollgate log: {e}"));
-                    if kind == "main" {
-                        break a;
+                    match kind {
+                        "main" => break a,
+                        "admin" => admin_addr = Some(a),
+                        _ => http_addr = Some(a),
                     }
-                    admin_addr = Some(a);
                 }
                 Err(_) => {
                     let _ = child.kill();
@@ -90,7 +94,7 @@ impl TollgateProcess {
                 }
             }
         };
-        Self { child, addr, admin_addr, log, reader: Some(reader) }
+        Self { child, addr, admin_addr, http_addr, log, reader: Some(reader) }
     }
 
     /// `http://ADDR` of the data plane.
@@ -101,6 +105,11 @@ impl TollgateProcess {
     /// The Admin service's address; panics when it is off.
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin_addr.unwrap_or_else(|| panic!("this tollgate serves no Admin; log:\n{}", self.log()))
+    }
+
+    /// The HTTP/JSON API's address; panics without `--http-listen`.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr.unwrap_or_else(|| panic!("this tollgate serves no HTTP API; log:\n{}", self.log()))
     }
 
     /// `http://ADDR` of the Admin service.
@@ -178,17 +187,22 @@ impl TollgateProcess {
 }
 
 /// The addresses a log line announces: `("main", addr)` for the data
-/// plane, `("admin", addr)` for the Admin service; in text
-/// (`tollgate listening addr=…`, `admin_addr=…`) or JSON (`--log-format json`).
+/// plane, `("admin", addr)` for the Admin service, `("http", addr)` for the
+/// HTTP/JSON API; in text (`tollgate listening addr=…`, `admin_addr=…`,
+/// `http_addr=…`) or JSON (`--log-format json`).
 fn listening(line: &str) -> Vec<(&'static str, String)> {
     if line.starts_with('{') {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { return Vec::new() };
         let main = (v["message"] == "tollgate listening").then(|| v["addr"].as_str()).flatten();
         let admin = v["admin_addr"].as_str();
-        return [("main", main), ("admin", admin)].into_iter().filter_map(|(k, a)| Some((k, a?.to_string()))).collect();
+        let http = v["http_addr"].as_str();
+        return [("main", main), ("admin", admin), ("http", http)]
+            .into_iter()
+            .filter_map(|(k, a)| Some((k, a?.to_string())))
+            .collect();
     }
     let mut found = Vec::new();
-    for (marker, kind) in [("tollgate listening addr=", "main"), ("admin_addr=", "admin")] {
+    for (marker, kind) in [("tollgate listening addr=", "main"), ("admin_addr=", "admin"), ("http_addr=", "http")] {
         if let Some(i) = line.find(marker) {
             found.push((kind, line[i + marker.len()..].split_whitespace().next().unwrap_or("").to_string()));
         }

@@ -1,0 +1,218 @@
+//! The HTTP/JSON API, on `--http-listen` (off unless given): for callers
+//! that cannot speak gRPC easily (serverless functions, edge workers, Nginx
+//! and Kong plugins, curl) and for the web console. docs/http.md describes
+//! it for its users.
+//!
+//! It adds no behaviour of its own: every route calls the same in-process
+//! service the gRPC API calls, so the two cannot disagree.
+//!
+//! - [`authorize`]: `POST /v1/authorize`, through
+//!   [`AuthorizerService::decide`] (the same limiter, `--on-store-error`
+//!   included).
+//! - [`admin`]: every Admin operation as REST under `/v1/`, through
+//!   [`AdminService`] behind its own bearer-token check ([`AdminAuth`]).
+//! - [`health`]: `/healthz` and `/readyz` ([`Readiness`], as gRPC health).
+//! - [`openapi`]: `/openapi.json`, generated from the handlers'
+//!   `#[utoipa::path]` attributes and the proto messages' derives
+//!   (`build.rs`): utoipa-axum builds the router and the document from the
+//!   same list, so a route cannot be served undocumented.
+//! - [`json`], [`error`]: reading requests, and the one error body.
+
+pub mod admin;
+pub mod authorize;
+pub mod error;
+pub mod health;
+pub mod json;
+pub mod openapi;
+
+use std::future::Future;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::http::{Method, Uri};
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::Router;
+use tokio::net::TcpListener;
+use tonic::Code;
+use utoipa_axum::router::OpenApiRouter;
+
+use self::error::HttpError;
+use super::admin::{AdminAuth, AdminService};
+use super::authorizer::AuthorizerService;
+use super::readiness::Readiness;
+
+/// The limits of the HTTP listener (from [`crate::config::Settings`]).
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    /// Deadline of `POST /v1/authorize` (`--request-timeout-ms`).
+    pub request_timeout: Duration,
+    /// Deadline of an Admin call (`--admin-request-timeout-ms`).
+    pub admin_request_timeout: Duration,
+    /// Largest `POST /v1/authorize` body (`--max-message-bytes`).
+    pub max_body_bytes: usize,
+    /// Largest Admin body: room for the largest CSV import.
+    pub admin_max_body_bytes: usize,
+}
+
+/// What the handlers share: the services they call.
+#[derive(Clone)]
+pub struct HttpApi {
+    authorizer: Arc<AuthorizerService>,
+    /// `None` with `--admin-listen off`.
+    admin: Option<Arc<AdminService>>,
+    auth: AdminAuth,
+    readiness: Readiness,
+    limits: HttpLimits,
+    /// `/openapi.json`, rendered once the router is built.
+    openapi_json: Arc<OnceLock<String>>,
+}
+
+impl HttpApi {
+    /// The API over these services. `admin` is `None` when the Admin service
+    /// is off; its routes then answer 501.
+    pub fn new(
+        authorizer: Arc<AuthorizerService>,
+        admin: Option<Arc<AdminService>>,
+        auth: AdminAuth,
+        readiness: Readiness,
+        limits: HttpLimits,
+    ) -> Self {
+        Self { authorizer, admin, auth, readiness, limits, openapi_json: Arc::default() }
+    }
+
+    /// Every route, with JSON answers for unknown paths (404) and methods (405).
+    pub fn router(self) -> Router {
+        let (router, doc) = self.routes().split_for_parts();
+        let json = doc.to_pretty_json().unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
+        let _ = self.openapi_json.set(json);
+        router.fallback(no_route).method_not_allowed_fallback(method_not_allowed).with_state(self)
+    }
+
+    /// The OpenAPI document of [`router`](Self::router).
+    pub fn openapi(&self) -> utoipa::openapi::OpenApi {
+        self.routes().split_for_parts().1
+    }
+
+    /// The routes and their documentation, each group with its deadline, body
+    /// limit and (Admin) credentials.
+    fn routes(&self) -> OpenApiRouter<HttpApi> {
+        let data_plane = authorize::routes()
+            .layer(axum::middleware::from_fn_with_state(self.limits.request_timeout, deadline))
+            .layer(axum::middleware::from_fn(traced))
+            .layer(axum::extract::DefaultBodyLimit::max(self.limits.max_body_bytes));
+        let admin = admin::routes()
+            .layer(axum::middleware::from_fn_with_state(self.clone(), admin::require_admin))
+            .layer(axum::middleware::from_fn_with_state(self.limits.admin_request_timeout, deadline))
+            .layer(axum::extract::DefaultBodyLimit::max(self.limits.admin_max_body_bytes));
+        OpenApiRouter::with_openapi(openapi::base())
+            .merge(data_plane)
+            .merge(admin)
+            .merge(health::routes())
+            .merge(openapi::routes())
+    }
+}
+
+/// Answers a call that does not finish within `timeout` with 504
+/// `CANCELLED` "Timeout expired", as tonic answers a gRPC call past its
+/// deadline.
+async fn deadline(State(timeout): State<Duration>, req: Request, next: Next) -> Result<Response, HttpError> {
+    tokio::time::timeout(timeout, next.run(req)).await.map_err(|_| HttpError::new(Code::Cancelled, "Timeout expired"))
+}
+
+/// Runs a data-plane call inside its server span (`traces::http_span`),
+/// child of the caller's trace context; Admin and health calls are not
+/// traced, as on gRPC.
+async fn traced(req: Request, next: Next) -> Response {
+    use tracing::Instrument;
+    let span = {
+        let route = req.extensions().get::<axum::extract::MatchedPath>().map_or("", |p| p.as_str());
+        crate::telemetry::traces::http_span(req.method(), route, req.headers())
+    };
+    next.run(req).instrument(span).await
+}
+
+async fn no_route(method: Method, uri: Uri) -> HttpError {
+    HttpError::new(Code::NotFound, format!("no route {method} {}: the routes are listed at /openapi.json", uri.path()))
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> HttpError {
+    HttpError::with_status(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        Code::Unimplemented,
+        format!("{} does not take {method}: the methods are listed at /openapi.json", uri.path()),
+    )
+}
+
+/// Serves `router` on `listener` until `shutdown` completes, then lets the
+/// calls in flight finish (the caller bounds that wait, like the gRPC
+/// listeners' drain).
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+    use crate::catalog::store::CatalogService;
+    use crate::config::OnStoreError;
+    use crate::limiter::Limiter;
+    use crate::store::keys::Keys;
+    use crate::store::memory::MemoryStore;
+    use crate::store::Store;
+    use crate::usage::UsageService;
+
+    fn api() -> HttpApi {
+        let catalog = CatalogService::memory(Default::default()).unwrap();
+        let store = Store::Memory(Arc::new(MemoryStore::new()));
+        let limiter = Arc::new(Limiter::new(catalog.handle(), store.clone(), Keys::default(), None));
+        let admin = AdminService::new(catalog.clone(), UsageService::new(store.clone(), Keys::default()));
+        let limits = HttpLimits {
+            request_timeout: Duration::from_secs(1),
+            admin_request_timeout: Duration::from_secs(1),
+            max_body_bytes: 1024,
+            admin_max_body_bytes: 1024,
+        };
+        HttpApi::new(
+            Arc::new(AuthorizerService::new(limiter, OnStoreError::Unavailable)),
+            Some(Arc::new(admin)),
+            AdminAuth::new(None),
+            Readiness::new(store, catalog),
+            limits,
+        )
+    }
+
+    /// The paths the router serves, read from its `Debug` output: axum
+    /// prints its path table as `paths: {RouteId(n): "/path", ...}` and has
+    /// no other way to list routes. The fallback's own table (printed after
+    /// `fallback_router`) is left out.
+    fn served_paths(router: &Router) -> BTreeSet<String> {
+        let debug = format!("{router:?}");
+        let path_router = debug.split("fallback_router").next().unwrap_or_default();
+        path_router
+            .split("RouteId(")
+            .filter_map(|piece| piece.trim_start_matches(|c: char| c.is_ascii_digit()).strip_prefix("): \""))
+            .filter_map(|rest| rest.split_once('"').map(|(path, _)| path.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn every_served_path_is_documented() {
+        let api = api();
+        let documented: BTreeSet<String> = api.openapi().paths.paths.keys().cloned().collect();
+        let served = served_paths(&api.router());
+        assert!(served.len() >= 17, "axum's Debug output changed; read the paths anew: {served:?}");
+        assert_eq!(served, documented, "a route is served but not in the OpenAPI document (or the reverse)");
+    }
+}
