@@ -14,7 +14,7 @@ use crate::calendar::{period_days, Date, DAY_MS};
 use crate::catalog::admin::AdminError;
 use crate::catalog::store::CatalogService;
 use crate::model::{Invalid, UsagePlan};
-use crate::store::keys::{dated, Keys};
+use crate::store::keys::Keys;
 use crate::store::{LimitStore, Store, StoreError};
 
 /// Most days one GetUsage call may cover.
@@ -122,12 +122,8 @@ impl UsageService {
         // quota used into the first days of the range.
         let from = plan.quota.map(|q| period_days(q.period, s).0).unwrap_or(s);
         let days: Vec<i64> = (from..=e).collect();
-        let mut names = Vec::with_capacity(key_ids.len() * days.len());
-        for k in &key_ids {
-            let base = self.keys.usage_base(k, &plan.id);
-            names.extend(days.iter().map(|&day| dated(&base, Date::from_days(day))));
-        }
-        let records = self.store.read_usage(names).await?;
+        let keys = key_ids.iter().map(|k| self.keys.usage(k, &plan.id)).collect();
+        let records = self.store.read_usage(keys, days.clone()).await?;
         let mut items = std::collections::HashMap::new();
         for (i, k) in key_ids.iter().enumerate() {
             let recs = &records[i * days.len()..(i + 1) * days.len()];
@@ -191,13 +187,7 @@ impl UsageService {
         };
         let (remaining, period_end_ms) = self
             .store
-            .set_remaining(
-                &self.keys.quota_base(&r.key_id, &plan.id),
-                &self.keys.usage_base(&r.key_id, &plan.id),
-                &quota,
-                plan.created_at_ms,
-                r.remaining as u64,
-            )
+            .set_remaining(&self.keys.usage(&r.key_id, &plan.id), &quota, plan.created_at_ms, r.remaining as u64)
             .await?;
         tracing::info!(plan_id = %plan.id, key_id = %r.key_id, remaining, "usage updated");
         Ok(pb::UsageUpdated { usage_plan_id: plan.id.clone(), key_id: r.key_id, remaining, period_end_ms })

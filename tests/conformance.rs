@@ -532,7 +532,10 @@ async fn redis_noscript_and_ttls() {
     assert_eq!(allowed_in_a_row(&l, K1, "shop/prod", "/x/GET", 10).await, 2);
 
     let keys: Vec<String> = ::redis::cmd("KEYS").arg("tg:*").query_async(&mut conn).await.unwrap();
-    assert!(keys.len() >= 4, "bucket, quota, usage and stage keys: {keys:?}");
+    // The key's state in its plan (throttle, quota, usage: one hash) and the
+    // stage's method throttle.
+    assert_eq!(keys.len(), 2, "a state hash and a stage bucket: {keys:?}");
+    assert!(keys.iter().any(|k| k.contains("}:s:")) && keys.iter().any(|k| k.contains("{s:")), "{keys:?}");
     for k in keys {
         let ttl: i64 = ::redis::cmd("PTTL").arg(&k).query_async(&mut conn).await.unwrap();
         assert!(ttl > 0, "{k} has no TTL ({ttl})");

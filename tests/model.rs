@@ -33,7 +33,7 @@ use tollgate::model::{Period, Quota, Throttle, MAX_BURST};
 use tollgate::store::clock::{Clock, ManualClock};
 use tollgate::store::memory::MemoryStore;
 use tollgate::store::redis::{RedisSettings, RedisStore, TestClock};
-use tollgate::store::{Check, DayUsage, Limit, LimitStore, Rule, Verdict, MAX_COST};
+use tollgate::store::{Check, DayUsage, Limit, LimitStore, Rule, UsageKeys, Verdict, MAX_COST};
 
 // ---------------------------------------------------------------------------
 // The reference model
@@ -435,9 +435,11 @@ enum Subject<'a> {
     Redis(&'a RedisStore),
 }
 
-/// Keeps the usage history within the 92 days the stores keep it (Redis's
-/// keys expire by its real clock, a day late, under a test clock).
-const MAX_SPAN_US: u64 = 60 * 86_400_000_000;
+/// How far a sequence's clock may go: past the 92 days usage is kept, so
+/// that records age out. (Under a test clock Redis's keys expire by its real
+/// clock, much later than the test's: the stores never rely on an expiry to
+/// forget a value, the readers look at the days in the values.)
+const MAX_SPAN_US: u64 = 200 * 86_400_000_000;
 
 static CASE: AtomicU64 = AtomicU64::new(0);
 /// Requests denied (0) and allowed (1), to show what the sequences reached.
@@ -448,11 +450,32 @@ async fn run(seq: &Sequence, subject: &Subject<'_>, clock: &Arc<ManualClock>) ->
     let memory = MemoryStore::with_clock(clock.clone());
     // Every sequence in fresh keys.
     let case = CASE.fetch_add(1, Ordering::Relaxed);
-    let specs: Vec<(String, Spec)> =
-        seq.specs.iter().enumerate().map(|(i, s)| (format!("m{case}:{{k:x}}:l{i}"), *s)).collect();
-    let usage_bases: Vec<String> = (0..3).map(|u| format!("m{case}:{{k:x}}:u{u}")).collect();
+    // Where each limit is kept, as in production: in the state hashes that
+    // also count usage (a key's limits in a plan: buckets in fields of their
+    // own, a quota in the field `q`, the first quota of each hash) or as keys
+    // of their own (stage and account throttles). The model knows each by
+    // one name.
+    let usage_bases: Vec<UsageKeys> = (0..3).map(|u| UsageKeys { state: format!("m{case}:{{k:x}}:s{u}") }).collect();
+    let mut quotas = 0;
+    let places: Vec<(String, Option<String>)> = (0..seq.specs.len())
+        .map(|i| match seq.specs[i] {
+            Spec::Quota { .. } if quotas < 3 => {
+                quotas += 1;
+                (usage_bases[quotas - 1].state.clone(), Some("q".to_string()))
+            }
+            Spec::Bucket { .. } if i % 2 == 0 => (usage_bases[i % 3].state.clone(), Some(format!("l{i}"))),
+            _ => (format!("m{case}:{{k:x}}:l{i}"), None),
+        })
+        .collect();
+    let specs: Vec<(String, Spec)> = seq
+        .specs
+        .iter()
+        .zip(&places)
+        .map(|(s, (key, field))| (format!("{key}/{}", field.as_deref().unwrap_or("")), *s))
+        .collect();
+    let usage_names: Vec<String> = usage_bases.iter().map(|u| u.state.clone()).collect();
     let mut model = Model::default();
-    let mut usage_keys = Vec::new();
+    let mut usage_days: Vec<i64> = Vec::new();
     for (n, step) in seq.steps.iter().enumerate() {
         let now = clock.now_us() as i128;
         let flood;
@@ -484,10 +507,14 @@ async fn run(seq: &Sequence, subject: &Subject<'_>, clock: &Arc<ManualClock>) ->
                         limits: r
                             .limits
                             .iter()
-                            .map(|&i| Limit { key: specs[i].0.clone(), rule: specs[i].1.rule() })
+                            .map(|&i| Limit {
+                                key: places[i].0.clone(),
+                                field: places[i].1.clone(),
+                                rule: specs[i].1.rule(),
+                            })
                             .collect(),
                         cost: r.cost,
-                        usage_key: r.usage.map(|u| usage_bases[u].clone()),
+                        usage: r.usage.map(|u| usage_bases[u].clone()),
                     })
                     .collect();
                 let got: Vec<Verdict> = match subject {
@@ -501,42 +528,53 @@ async fn run(seq: &Sequence, subject: &Subject<'_>, clock: &Arc<ManualClock>) ->
                         .collect::<Result<_, _>>()?,
                 };
                 for (j, (r, v)) in reqs.iter().zip(got).enumerate() {
-                    let want = model.decide(r, &specs, &usage_bases, now);
+                    let want = model.decide(r, &specs, &usage_names, now);
                     STATS[v.allowed as usize].fetch_add(1, Ordering::Relaxed);
                     prop_assert_eq!(v, want, "step {} request {}: {:?}", n, j, r);
-                    if let Some(u) = r.usage {
-                        let day = yyyymmdd(now.div_euclid(1000).div_euclid(DAY_MS));
-                        usage_keys.push(format!("{}:{day}", usage_bases[u]));
+                    if r.usage.is_some() {
+                        usage_days.push(now.div_euclid(1000).div_euclid(DAY_MS) as i64);
                     }
                 }
             }
             Step::SetRemaining { spec, usage, remaining } => {
-                let (key, s) = &specs[*spec];
+                // UpdateUsage sets the quota of a key's state hash: the
+                // model's name of that quota is the hash's field `q`.
+                // (through the state hash that keeps the quota, as the
+                // Admin API does; a quota of its own has no UpdateUsage)
+                let _ = usage;
+                let (_, s) = &specs[*spec];
                 let Spec::Quota { limit, period, offset, created_ms } = *s else { unreachable!() };
                 let quota = Quota { limit, period, offset };
-                let base = &usage_bases[*usage];
+                let Some(u) = usage_bases.iter().position(|u| places[*spec].0 == u.state) else { continue };
+                let keys = &usage_bases[u];
                 let got = match subject {
-                    Subject::Memory => memory.set_remaining(key, base, &quota, created_ms, *remaining).await,
-                    Subject::Redis(store) => store.set_remaining(key, base, &quota, created_ms, *remaining).await,
+                    Subject::Memory => memory.set_remaining(keys, &quota, created_ms, *remaining).await,
+                    Subject::Redis(store) => store.set_remaining(keys, &quota, created_ms, *remaining).await,
                 }
                 .map_err(|e| TestCaseError::fail(format!("step {n}: {e}")))?;
-                prop_assert_eq!(got, model.set_remaining(key, s, base, *remaining, now), "step {}", n);
-                let day = yyyymmdd(now.div_euclid(1000).div_euclid(DAY_MS));
-                usage_keys.push(format!("{base}:{day}"));
+                let name = format!("{}/q", keys.state);
+                prop_assert_eq!(got, model.set_remaining(&name, s, &keys.state, *remaining, now), "step {}", n);
+                usage_days.push(now.div_euclid(1000).div_euclid(DAY_MS) as i64);
             }
         }
     }
-    // Every day's usage record, as GetUsage reads it.
-    usage_keys.sort();
-    usage_keys.dedup();
+    // Every usage record of every day used (and the days around them), as
+    // GetUsage reads it.
+    usage_days.extend(usage_days.clone().iter().flat_map(|d| [d - 1, d + 1]));
+    usage_days.sort();
+    usage_days.dedup();
     let got = match subject {
-        Subject::Memory => memory.read_usage(usage_keys.clone()).await,
-        Subject::Redis(store) => store.read_usage(usage_keys.clone()).await,
+        Subject::Memory => memory.read_usage(usage_bases.clone(), usage_days.clone()).await,
+        Subject::Redis(store) => store.read_usage(usage_bases.clone(), usage_days.clone()).await,
     }
     .map_err(|e| TestCaseError::fail(e.to_string()))?;
     let now_ms = clock.now_us() as i128 / 1000;
-    let want: Vec<Option<DayUsage>> = usage_keys.iter().map(|k| model.day_usage(k, now_ms)).collect();
-    prop_assert_eq!(got, want, "usage records {:?}", usage_keys);
+    let want: Vec<Option<DayUsage>> = usage_names
+        .iter()
+        .flat_map(|u| usage_days.iter().map(move |&d| (u, d)))
+        .map(|(u, d)| model.day_usage(&format!("{u}:{}", yyyymmdd(d as i128)), now_ms))
+        .collect();
+    prop_assert_eq!(got, want, "usage records of days {:?}", usage_days);
     Ok(())
 }
 
@@ -628,9 +666,9 @@ async fn hammer(stores: &[Arc<RedisStore>], callers: usize, per_caller: usize, c
 
 fn bucket(key: &str, rate_limit: f64, burst_limit: u32) -> Check {
     Check {
-        limits: vec![Limit { key: key.into(), rule: Rule::Bucket(Throttle { rate_limit, burst_limit }) }],
+        limits: vec![Limit { key: key.into(), field: None, rule: Rule::Bucket(Throttle { rate_limit, burst_limit }) }],
         cost: 1,
-        usage_key: None,
+        usage: None,
     }
 }
 
@@ -679,10 +717,11 @@ async fn concurrent_callers_never_exceed_the_limits() {
     let quota = Check {
         limits: vec![Limit {
             key: "q".into(),
+            field: Some("q".into()),
             rule: Rule::Quota { quota: Quota { limit: 500, period: Period::Month, offset: 0 }, created_at_ms: 0 },
         }],
         cost: 1,
-        usage_key: None,
+        usage: None,
     };
     let admitted = hammer(&stores, 64, 4, quota).await;
     assert_eq!(admitted, 500, "768 requests against a quota of 500");

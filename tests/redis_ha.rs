@@ -114,14 +114,26 @@ async fn cluster_is_exact_across_replicas() {
     let cluster = RedisCluster::start_with_replicas(3, 1);
     let (_dir, file) = write_temp("catalog.yaml", &catalog(30, 200, 300));
     let urls = cluster.urls().join(",");
-    let args = ["--redis-mode", "cluster", "--redis-url", urls.as_str(), "--config", file.to_str().unwrap()];
+    // (a generous store deadline: these tests are about exactness, and this
+    // machine's cores are shared by six Redis nodes, the replicas and the
+    // callers)
+    let args = [
+        "--redis-mode",
+        "cluster",
+        "--redis-url",
+        urls.as_str(),
+        "--config",
+        file.to_str().unwrap(),
+        "--store-timeout-ms",
+        "2000",
+    ];
     let procs: Vec<TollgateProcess> = (0..3).map(|_| start_on(&args)).collect();
     for p in &procs {
         p.wait_serving().await;
     }
     // The keys' per-key slots are spread over the three primaries.
     let owners: std::collections::BTreeSet<u16> =
-        (0..30).map(|i| cluster.primary_for_key(&Keys::default().quota_base(&format!("k{i}"), "quota"))).collect();
+        (0..30).map(|i| cluster.primary_for_key(&Keys::default().state(&format!("k{i}"), "quota"))).collect();
     assert_eq!(owners.len(), 3, "30 keys land on every primary");
 
     let keys: Vec<usize> = (0..30).collect();
@@ -136,9 +148,9 @@ async fn cluster_is_exact_across_replicas() {
 /// Keys whose per-key slot is served by `primary`, the lowest slots first
 /// (a resharding moves a node's slots from its lowest up).
 fn keys_on(cluster: &RedisCluster, primary: u16, n: usize) -> Vec<usize> {
-    let slot = |i: &usize| slot_of(&Keys::default().quota_base(&format!("k{i}"), "quota"));
+    let slot = |i: &usize| slot_of(&Keys::default().state(&format!("k{i}"), "quota"));
     let mut keys: Vec<usize> = (0..3000)
-        .filter(|i| cluster.primary_for_key(&Keys::default().quota_base(&format!("k{i}"), "quota")) == primary)
+        .filter(|i| cluster.primary_for_key(&Keys::default().state(&format!("k{i}"), "quota")) == primary)
         .collect();
     keys.sort_by_key(slot);
     keys.truncate(n);
@@ -371,14 +383,25 @@ async fn resharding_mid_load_fails_no_decision() {
     let keys = keys_on(&cluster, from, 8);
     let (_dir, file) = write_temp("catalog.yaml", &catalog(*keys.iter().max().unwrap() + 1, 400, 10));
     let urls = cluster.urls().join(",");
-    let args = ["--redis-mode", "cluster", "--redis-url", urls.as_str(), "--config", file.to_str().unwrap()];
+    // (a generous store deadline: these tests are about exactness, and this
+    // machine's cores are shared by six Redis nodes, the replicas and the
+    // callers)
+    let args = [
+        "--redis-mode",
+        "cluster",
+        "--redis-url",
+        urls.as_str(),
+        "--config",
+        file.to_str().unwrap(),
+        "--store-timeout-ms",
+        "2000",
+    ];
     let procs = vec![start_on(&args), start_on(&args)];
     for p in &procs {
         p.wait_serving().await;
     }
     let c = cluster.clone();
-    let slots: Vec<u16> =
-        keys.iter().map(|k| slot_of(&Keys::default().quota_base(&format!("k{k}"), "quota"))).collect();
+    let slots: Vec<u16> = keys.iter().map(|k| slot_of(&Keys::default().state(&format!("k{k}"), "quota"))).collect();
     let reshard = tokio::task::spawn_blocking(move || c.reshard(from, to, 3000));
     let got = hammer(&procs, 16, &keys, 500, "a/prod", false).await;
     let moved = reshard.await.unwrap();
@@ -394,11 +417,12 @@ fn quota_check(key: &str) -> Check {
     let keys = Keys::default();
     Check {
         limits: vec![Limit {
-            key: keys.quota_base(key, "p"),
+            key: keys.state(key, "p"),
+            field: Some("q".into()),
             rule: Rule::Quota { quota: Quota { limit: 1_000_000, period: Period::Day, offset: 0 }, created_at_ms: 0 },
         }],
         cost: 1,
-        usage_key: Some(keys.usage_base(key, "p")),
+        usage: Some(keys.usage(key, "p")),
     }
 }
 

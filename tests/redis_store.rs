@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use support::redis::RedisServer;
 use tollgate::model::{Period, Quota, Throttle};
-use tollgate::store::keys::{dated, Keys};
+use tollgate::store::keys::Keys;
 use tollgate::store::redis::{RedisSettings, RedisStore};
 use tollgate::store::{Check, Limit, LimitStore, Rule, StoreError};
 
@@ -41,37 +41,48 @@ async fn conn(server: &RedisServer) -> redis::aio::MultiplexedConnection {
     redis::Client::open(server.url()).unwrap().get_multiplexed_async_connection().await.expect("connect")
 }
 
-/// A request against one daily quota (base key `k`), counting usage.
+/// A request against one daily quota (key `k`'s in plan `p`), counting usage.
 fn quota_check(k: &str, limit: u64) -> Check {
     let keys = Keys::default();
     Check {
         limits: vec![Limit {
-            key: keys.quota_base(k, "p"),
+            key: keys.state(k, "p"),
+            field: Some("q".into()),
             rule: Rule::Quota { quota: Quota { limit, period: Period::Day, offset: 0 }, created_at_ms: 0 },
         }],
         cost: 1,
-        usage_key: Some(keys.usage_base(k, "p")),
+        usage: Some(keys.usage(k, "p")),
     }
 }
 
-/// A request against one bucket.
+/// A request against one bucket (key `k`'s plan throttle in plan `p`).
 fn bucket_check(k: &str) -> Check {
     Check {
         limits: vec![Limit {
-            key: Keys::default().plan_bucket(k, "p"),
+            key: Keys::default().state(k, "p"),
+            field: Some("b".into()),
             rule: Rule::Bucket(Throttle { rate_limit: 1.0, burst_limit: 10 }),
         }],
         cost: 1,
-        usage_key: None,
+        usage: None,
     }
 }
 
-/// What the quota counter of key `k` holds today (by Redis's clock).
-async fn quota_used(c: &mut redis::aio::MultiplexedConnection, k: &str) -> i64 {
+/// Today, by Redis's clock (days since 1970-01-01).
+async fn redis_today(c: &mut redis::aio::MultiplexedConnection) -> u64 {
     let (s, _): (u64, u64) = redis::cmd("TIME").query_async(c).await.unwrap();
-    let day = tollgate::calendar::Date::of_ms(s * 1000);
-    let key = dated(&Keys::default().quota_base(k, "p"), day);
-    redis::cmd("GET").arg(key).query_async::<Option<i64>>(c).await.unwrap().unwrap_or(0)
+    s / 86_400
+}
+
+/// The quota key `k` used today (its state's `q` is `DAY:USED`).
+async fn quota_used(c: &mut redis::aio::MultiplexedConnection, k: &str) -> i64 {
+    let today = redis_today(c).await;
+    let q: Option<String> =
+        redis::cmd("HGET").arg(Keys::default().state(k, "p")).arg("q").query_async(c).await.unwrap();
+    match q.as_deref().and_then(|q| q.split_once(':')) {
+        Some((day, used)) if day == today.to_string() => used.parse().unwrap(),
+        _ => 0,
+    }
 }
 
 /// Pauses every client's writes (scripts included) for `ms`.
@@ -89,10 +100,11 @@ async fn one_bad_request_fails_alone_in_its_batch() {
     let store = open(&server, |_| {}).await;
     let mut c = conn(&server).await;
     let keys = Keys::default();
-    redis::cmd("HSET").arg(keys.plan_bucket("bad", "p")).arg("x").arg("1").query_async::<()>(&mut c).await.unwrap();
+    // A string where key "bad"'s state hash should be.
+    redis::cmd("SET").arg(keys.state("bad", "p")).arg("x").query_async::<()>(&mut c).await.unwrap();
 
     // The bad request's first limit is a healthy quota: it must not be charged.
-    let mut bad = quota_check("bad", 100);
+    let mut bad = quota_check("bad2", 100);
     bad.limits.push(bucket_check("bad").limits.remove(0));
     let checks = vec![quota_check("a", 100), bad, quota_check("b", 100), bucket_check("c")];
     let out = store.check_batch(&checks).await.expect("the script call itself succeeds");
@@ -105,22 +117,38 @@ async fn one_bad_request_fails_alone_in_its_batch() {
     assert!(out[3].as_ref().is_ok_and(|v| v.allowed && v.remaining == 9), "{:?}", out[3]);
     assert_eq!(quota_used(&mut c, "a").await, 1);
     assert_eq!(quota_used(&mut c, "b").await, 1);
-    assert_eq!(quota_used(&mut c, "bad").await, 0, "the failed request charged nothing");
+    assert_eq!(quota_used(&mut c, "bad2").await, 0, "the failed request charged nothing");
 
-    // A quota counter that holds garbage, and a usage key of the wrong type
-    // (written last by the script): the same.
-    let day = {
-        let (s, _): (u64, u64) = redis::cmd("TIME").query_async(&mut c).await.unwrap();
-        tollgate::calendar::Date::of_ms(s * 1000)
+    // A quota that holds garbage, and a usage record that holds garbage: the
+    // same. (Yesterday's record moves to a field of its own.)
+    let today = redis_today(&mut c).await;
+    let hset = |key: String, field: &'static str, value: String| {
+        let mut c = c.clone();
+        async move { redis::cmd("HSET").arg(key).arg(field).arg(value).query_async::<()>(&mut c).await.unwrap() }
     };
-    redis::cmd("SET").arg(dated(&keys.quota_base("g", "p"), day)).arg("1.5x").query_async::<()>(&mut c).await.unwrap();
-    redis::cmd("SET").arg(dated(&keys.usage_base("u", "p"), day)).arg("str").query_async::<()>(&mut c).await.unwrap();
-    let checks = vec![quota_check("g", 100), quota_check("u", 100), quota_check("a", 100)];
+    hset(keys.state("g", "p"), "q", "1.5x".into()).await;
+    hset(keys.state("u", "p"), "u", "str".into()).await;
+    hset(keys.state("h", "p"), "u", format!("{}:7", today - 1)).await;
+    let checks = vec![quota_check("g", 100), quota_check("u", 100), quota_check("h", 100), quota_check("a", 100)];
     let out = store.check_batch(&checks).await.unwrap();
-    assert!(matches!(&out[0], Err(StoreError::Internal(m)) if m.contains("not an integer")), "{:?}", out[0]);
-    assert!(matches!(&out[1], Err(StoreError::Internal(m)) if m.contains("WRONGTYPE")), "{:?}", out[1]);
+    assert!(matches!(&out[0], Err(StoreError::Internal(m)) if m.contains("1.5x")), "{:?}", out[0]);
+    assert!(matches!(&out[1], Err(StoreError::Internal(m)) if m.contains("str")), "{:?}", out[1]);
     assert!(out[2].as_ref().is_ok_and(|v| v.allowed), "{:?}", out[2]);
-    assert_eq!(quota_used(&mut c, "u").await, 0, "the usage write failed first: the quota was not charged");
+    let moved: Vec<Option<String>> = redis::cmd("HMGET")
+        .arg(keys.state("h", "p"))
+        .arg("u")
+        .arg(format!("h{}", tollgate::calendar::Date::from_days(today as i64 - 1).compact()))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(
+        moved,
+        vec![Some(format!("{today}:1:1")), Some("7".to_string())],
+        "yesterday's usage moved to its field"
+    );
+    assert!(out[3].as_ref().is_ok_and(|v| v.allowed), "{:?}", out[3]);
+    assert_eq!(quota_used(&mut c, "u").await, 0, "the usage could not be counted: the quota was not charged");
+    assert_eq!(quota_used(&mut c, "h").await, 1);
     assert_eq!(quota_used(&mut c, "a").await, 2);
 
     // Through the batcher too: the healthy caller gets its answer.

@@ -32,7 +32,7 @@ use tollgate::catalog::store::CatalogService;
 use tollgate::catalog::{file, Catalog, CatalogHandle};
 use tollgate::limiter::{Decision, LimitKind, Limiter, Reason, Request};
 use tollgate::model::Period;
-use tollgate::store::keys::{dated, Keys};
+use tollgate::store::keys::Keys;
 use tollgate::store::memory::{ManualClock, MemoryStore};
 use tollgate::store::redis::{RedisSettings, RedisStore};
 use tollgate::store::{LimitStore, Store};
@@ -185,8 +185,9 @@ fn too_close_to_period_end(now_ms: u64, period: Period, margin_ms: u64, test: &s
     close
 }
 
-async fn set_counter(c: &mut redis::aio::MultiplexedConnection, key: &str, n: i64) {
-    redis::cmd("SET").arg(key).arg(n).query_async::<()>(c).await.expect("SET");
+/// Sets the quota field (`DAY:USED`) of a key's state hash.
+async fn set_quota(c: &mut redis::aio::MultiplexedConnection, state: &str, value: &str) {
+    redis::cmd("HSET").arg(state).arg("q").arg(value).query_async::<()>(c).await.expect("HSET");
 }
 
 async fn pexpiretime(c: &mut redis::aio::MultiplexedConnection, key: &str) -> i64 {
@@ -458,17 +459,22 @@ async fn redis_reads_only_the_current_periods_counter() {
             continue;
         }
         let (start, end) = period_bounds_ms(period, now);
-        let base = keys.quota_base("k1", plan);
-        let current = dated(&base, Date::of_ms(start));
-        // The previous period's counter, used up: ignored.
-        let previous = dated(&base, Date::of_ms(period_bounds_ms(period, start - 1).0));
-        set_counter(&mut c, &previous, 5).await;
-        // A counter under a date inside the period that is not its start: no period's name.
+        let state = keys.state("k1", plan);
+        let start_day = (start / DAY_MS) as i64;
+        // The quota is `DAY:USED` in the key's state hash, DAY the start of
+        // the period it counts. The previous period's, used up: counts 0.
+        let previous = period_bounds_ms(period, start - 1).0 / DAY_MS;
+        set_quota(&mut c, &state, &format!("{previous}:5")).await;
+        let d = call_on(&l, "k1", stage, 1).await;
+        assert_eq!((d.allowed, d.rate.unwrap().remaining), (true, 4), "{period}: a new period: {d:?}");
+        // A day inside the period that is not its start names no period: 0.
         if period != Period::Day {
-            set_counter(&mut c, &dated(&base, Date::of_ms(start + DAY_MS)), 5).await;
+            set_quota(&mut c, &state, &format!("{}:5", start_day + 1)).await;
+            let d = call_on(&l, "k1", stage, 1).await;
+            assert_eq!((d.allowed, d.rate.unwrap().remaining), (true, 4), "{period}: not this period: {d:?}");
         }
         // The current period at limit - 1: exactly one more.
-        set_counter(&mut c, &current, 4).await;
+        set_quota(&mut c, &state, &format!("{start_day}:4")).await;
 
         let before = redis_now_ms(&mut c).await;
         let d = call_on(&l, "k1", stage, 1).await;
@@ -493,15 +499,11 @@ async fn redis_reads_only_the_current_periods_counter() {
         );
         assert_eq!(d.rate.unwrap().reset_ms, retry);
 
-        let n: i64 = redis::cmd("GET").arg(&current).query_async(&mut c).await.unwrap();
-        assert_eq!(n, 5, "{period}: the allowed call counted, the denied one did not");
-        assert_eq!(
-            pexpiretime(&mut c, &current).await,
-            end as i64,
-            "{period}: the counter expires when its period ends"
-        );
-        let old: i64 = redis::cmd("GET").arg(&previous).query_async(&mut c).await.unwrap();
-        assert_eq!(old, 5, "{period}: the previous period's counter is left alone");
+        let q: String = redis::cmd("HGET").arg(&state).arg("q").query_async(&mut c).await.unwrap();
+        assert_eq!(q, format!("{start_day}:5"), "{period}: the allowed call counted, the denied one did not");
+        // The state hash lives at least until the period ends (and as long
+        // as the usage it holds: 92 days after today).
+        assert!(pexpiretime(&mut c, &state).await >= end as i64, "{period}: the quota outlives its period");
     }
 }
 
@@ -548,20 +550,34 @@ async fn redis_counts_usage_in_the_decision() {
 
     assert!(call_on(&l, "k1", "shop/w", 2).await.allowed);
     assert!(call_on(&l, "k1", "shop/w", 1).await.allowed);
-    let ukey = dated(&keys.usage_base("k1", "pw"), today);
-    let rec: BTreeMap<String, i64> = redis::cmd("HGETALL").arg(&ukey).query_async(&mut c).await.unwrap();
-    assert_eq!(rec, BTreeMap::from([("n".into(), 3), ("q".into(), 3)]), "n: used today; q: quota used this week");
+    let state = keys.state("k1", "pw");
+    let week_day = (week_start / DAY_MS) as i64;
+    let fields = |c: &mut redis::aio::MultiplexedConnection| {
+        let (mut c, state) = (c.clone(), state.clone());
+        async move {
+            let (u, q): (String, String) =
+                redis::cmd("HMGET").arg(&state).arg("u").arg("q").query_async(&mut c).await.unwrap();
+            (u, q)
+        }
+    };
+    let day = today.days();
+    assert_eq!(
+        fields(&mut c).await,
+        (format!("{day}:3:3"), format!("{week_day}:3")),
+        "u: today, used today, quota used this week; q: the week's start and its quota used"
+    );
 
     let (n, d) = allowed_until_denied(&l, "k1", "shop/w", 10).await;
     assert_eq!((n, d.reason), (2, Reason::QuotaExceeded));
     assert!(!call_on(&l, "k1", "shop/w", 1).await.allowed);
-    let rec: BTreeMap<String, i64> = redis::cmd("HGETALL").arg(&ukey).query_async(&mut c).await.unwrap();
-    assert_eq!(rec, BTreeMap::from([("n".into(), 5), ("q".into(), 5)]), "denied requests count nothing");
+    assert_eq!(fields(&mut c).await, (format!("{day}:5:5"), format!("{week_day}:5")), "denied requests count nothing");
 
-    let kept = (today.days() as u64 + 1 + 92) * DAY_MS;
-    assert_eq!(pexpiretime(&mut c, &ukey).await, kept as i64, "usage is kept 92 days after its day");
-    let qkey = dated(&keys.quota_base("k1", "pw"), Date::of_ms(week_start));
-    assert_eq!(pexpiretime(&mut c, &qkey).await, week_end as i64, "the counter expires with its week");
+    // Kept at least until its usage is no longer readable (the start of
+    // day + 93), and at most two days longer (its expiry is moved by days).
+    let kept = (day as u64 + 93) * DAY_MS;
+    let expires = pexpiretime(&mut c, &state).await as u64;
+    assert!((kept..=kept + 2 * DAY_MS).contains(&expires), "the state hash expires at {expires}, kept {kept}");
+    assert!(week_end <= expires, "the quota outlives its week");
 
     // GetUsage reads what the script wrote: earlier days of this week had the full quota.
     let usage = UsageService::new(store, keys);
@@ -667,14 +683,14 @@ async fn billing_on_redis(server: &RedisServer) -> Store {
     let store = redis_store(server).await;
     let mut c = redis_conn(server).await;
     let keys = Keys::default();
+    // Earlier days are fields hYYYYMMDD of the state hash, `N` or `N:Q`.
     for &(key, plan, day, n, q) in RECORDS {
-        let k = dated(&keys.usage_base(key, plan), Date::parse(day).unwrap());
-        let mut cmd = redis::cmd("HSET");
-        cmd.arg(&k).arg("n").arg(n);
-        if let Some(q) = q {
-            cmd.arg("q").arg(q);
-        }
-        cmd.query_async::<()>(&mut c).await.unwrap();
+        let value = match q {
+            Some(q) => format!("{n}:{q}"),
+            None => n.to_string(),
+        };
+        let field = format!("h{}", Date::parse(day).unwrap().compact());
+        redis::cmd("HSET").arg(keys.state(key, plan)).arg(field).arg(value).query_async::<()>(&mut c).await.unwrap();
     }
     store
 }
@@ -689,13 +705,15 @@ async fn get_usage_gives_the_same_answers_on_both_stores() {
     let mut names = Vec::new();
     for key in ["k1", "k2", "k3", "k4", "k5", "k6"] {
         for plan in ["m", "free"] {
-            for day in t("2027-01-15").div_euclid(DAY_MS)..=t("2027-02-06").div_euclid(DAY_MS) {
-                names.push(dated(&keys.usage_base(key, plan), Date::from_days(day as i64)));
-            }
+            names.push(keys.usage(key, plan));
         }
     }
-    let (mem, red) =
-        (stores[0].1.read_usage(names.clone()).await.unwrap(), stores[1].1.read_usage(names).await.unwrap());
+    let days: Vec<i64> =
+        (t("2027-01-15").div_euclid(DAY_MS)..=t("2027-02-06").div_euclid(DAY_MS)).map(|d| d as i64).collect();
+    let (mem, red) = (
+        stores[0].1.read_usage(names.clone(), days.clone()).await.unwrap(),
+        stores[1].1.read_usage(names, days).await.unwrap(),
+    );
     assert_eq!(mem, red, "the memory store's records are decide.lua's");
     assert_eq!(mem.iter().flatten().count(), RECORDS.len());
 

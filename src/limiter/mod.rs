@@ -12,7 +12,8 @@ use tracing::{Instrument, Span};
 use crate::catalog::CatalogHandle;
 use crate::model::method::{canonical_method, CanonicalMethod};
 use crate::model::{Invalid, KeyHash, Throttle, KEY_VALUE_MAX};
-use crate::store::{keys::Keys, Check, Limit, LimitStore, Rule, StoreError, Verdict, MAX_COST};
+use crate::store::keys::{method_field, Keys, PLAN_BUCKET_FIELD, QUOTA_FIELD};
+use crate::store::{Check, Limit, LimitStore, Rule, StoreError, Verdict, MAX_COST};
 use crate::telemetry::traces;
 
 /// Why a request was allowed or denied.
@@ -290,12 +291,12 @@ impl<S: LimitStore> Limiter<S> {
             // rule, for the numbers of the answer.
             let mut limits = Vec::with_capacity(5);
             let mut kinds: Vec<(LimitKind, Rule)> = Vec::with_capacity(5);
-            let mut add = |kind: LimitKind, key: String, rule: Rule| {
-                limits.push(Limit { key, rule });
+            let mut add = |kind: LimitKind, key: String, field: Option<String>, rule: Rule| {
+                limits.push(Limit { key, field, rule });
                 kinds.push((kind, rule));
             };
             let mut decision = Decision::deny(Reason::Ok);
-            let mut usage_key = None;
+            let mut usage = None;
             // 3. methods that need no key: only stage and account throttles
             if setting.api_key_required {
                 // 4. the key
@@ -314,32 +315,40 @@ impl<S: LimitStore> Limiter<S> {
                 let plan = &sp.plan;
                 decision.plan_id = Some(plan.id.clone());
                 // 6 a. the plan's per-method throttle
+                // (a–c and the usage share the key's state hash in the plan)
+                let keys = self.keys.usage(key_id, &plan.id);
                 if let Some((p, t)) = sp.method_throttles.lookup(req.method) {
-                    let key = self.keys.plan_method_bucket(key_id, &plan.id, &stage.stage, p.as_str());
-                    add(LimitKind::PlanMethodThrottle, key, Rule::Bucket(*t));
+                    let field = method_field(&stage.stage, p.as_str());
+                    add(LimitKind::PlanMethodThrottle, keys.state.clone(), Some(field), Rule::Bucket(*t));
                 }
                 // b. the plan's throttle
                 if let Some(t) = plan.throttle {
-                    add(LimitKind::PlanThrottle, self.keys.plan_bucket(key_id, &plan.id), Rule::Bucket(t));
+                    let field = Some(PLAN_BUCKET_FIELD.to_string());
+                    add(LimitKind::PlanThrottle, keys.state.clone(), field, Rule::Bucket(t));
                 }
                 // c. the plan's quota
                 if let Some(q) = plan.quota {
                     let rule = Rule::Quota { quota: q, created_at_ms: plan.created_at_ms };
-                    add(LimitKind::PlanQuota, self.keys.quota_base(key_id, &plan.id), rule);
+                    add(LimitKind::PlanQuota, keys.state.clone(), Some(QUOTA_FIELD.to_string()), rule);
                 }
-                usage_key = Some(self.keys.usage_base(key_id, &plan.id));
+                usage = Some(keys);
             }
             // d. the stage's method throttle
             if let Some(t) = setting.throttle {
-                add(LimitKind::StageMethodThrottle, self.keys.stage_bucket(&stage.stage, pattern), Rule::Bucket(t));
+                add(
+                    LimitKind::StageMethodThrottle,
+                    self.keys.stage_bucket(&stage.stage, pattern),
+                    None,
+                    Rule::Bucket(t),
+                );
             }
             // e. the account throttle
             if let Some(t) = self.account {
-                add(LimitKind::AccountThrottle, self.keys.account_bucket(), Rule::Bucket(t));
+                add(LimitKind::AccountThrottle, self.keys.account_bucket(), None, Rule::Bucket(t));
             }
-            (Check { limits, cost: req.cost, usage_key }, kinds, decision)
+            (Check { limits, cost: req.cost, usage }, kinds, decision)
         };
-        let verdict = if check.limits.is_empty() && check.usage_key.is_none() {
+        let verdict = if check.limits.is_empty() && check.usage.is_none() {
             Verdict::UNLIMITED
         } else {
             let started = std::time::Instant::now();

@@ -9,12 +9,29 @@
 //!
 //! | key | type | what |
 //! |---|---|---|
-//! | `P{k:KEY}:tbm:PLAN:API/STAGE:METHOD` | string `LEVEL:TIME` (`bucket.rs`) | plan per-method throttle of one key |
-//! | `P{k:KEY}:tb:PLAN` | string `LEVEL:TIME` (`bucket.rs`) | plan throttle of one key |
-//! | `P{k:KEY}:q:PLAN:YYYYMMDD` | string (count) | quota used in the period starting that day |
-//! | `P{k:KEY}:u:PLAN:YYYYMMDD` | hash `n` used, `q` quota used after the day's last call | daily usage, kept 92 days |
+//! | `P{k:KEY}:s:PLAN` | hash (below) | the state of one key in one plan: its throttles, quota and usage |
 //! | `P{s:API/STAGE}:tb:METHOD` | string `LEVEL:TIME` (`bucket.rs`) | stage method throttle, all callers |
 //! | `P{acct}:tb` | string `LEVEL:TIME` (`bucket.rs`) | account throttle |
+//!
+//! The fields of a state hash (`redis/scripts/state.lua` reads and writes
+//! them, each hash once per script call):
+//!
+//! | field | value | what |
+//! |---|---|---|
+//! | `b` | `LEVEL:TIME` (`bucket.rs`) | the plan throttle |
+//! | `m:API/STAGE:METHOD` | `LEVEL:TIME` | a plan per-method throttle |
+//! | `q` | `DAY:USED` | quota used in the period starting on that day (days since 1970-01-01); a value of another period counts as 0 |
+//! | `u` | `DAY:N` or `DAY:N:Q` | today's usage (`N` used, `Q` quota used after the day's last change); the first write of a later day moves it to `hYYYYMMDD` |
+//! | `hYYYYMMDD` | `N` or `N:Q` | the usage of an earlier day, kept 92 days (days older are removed when a day moves) |
+//! | `e` | day | the hash expires at the start of that day: set only when it must live longer (a key used daily: about every third day) |
+//!
+//! Why one hash: a decision of the usual plan (throttle, method throttle,
+//! quota, usage) reads and writes one key (2 commands, or 2 for a whole
+//! batch of decisions of that key) where it had 4 keys to read and write
+//! (about 12 commands per decision); a small hash is stored compactly
+//! (listpack); and a script's keys in one slot all exist or all do not,
+//! which a Redis Cluster asks of a command with several keys while it
+//! migrates their slot.
 //!
 //! The catalog (control plane) lives under one hash tag, so that a catalog
 //! transaction (WATCH / MULTI / EXEC) touches one slot:
@@ -36,7 +53,7 @@
 //! pattern's canonical text (docs/semantics.md, "Canonical method form"), so
 //! every spelling of a method counts in one bucket.
 
-use crate::calendar::Date;
+use super::UsageKeys;
 use crate::model::StageRef;
 
 /// Builds keys under one prefix.
@@ -62,24 +79,14 @@ impl Keys {
         &self.prefix
     }
 
-    /// Plan per-method throttle of one key.
-    pub fn plan_method_bucket(&self, key_id: &str, plan_id: &str, stage: &StageRef, method: &str) -> String {
-        format!("{}{{k:{key_id}}}:tbm:{plan_id}:{stage}:{method}", self.prefix)
+    /// The state hash of one key in one plan (throttles, quota, today's usage).
+    pub fn state(&self, key_id: &str, plan_id: &str) -> String {
+        format!("{}{{k:{key_id}}}:s:{plan_id}", self.prefix)
     }
 
-    /// Plan throttle of one key.
-    pub fn plan_bucket(&self, key_id: &str, plan_id: &str) -> String {
-        format!("{}{{k:{key_id}}}:tb:{plan_id}", self.prefix)
-    }
-
-    /// Quota base of one key in one plan (the store appends `:YYYYMMDD`).
-    pub fn quota_base(&self, key_id: &str, plan_id: &str) -> String {
-        format!("{}{{k:{key_id}}}:q:{plan_id}", self.prefix)
-    }
-
-    /// Daily usage base of one key in one plan (the store appends `:YYYYMMDD`).
-    pub fn usage_base(&self, key_id: &str, plan_id: &str) -> String {
-        format!("{}{{k:{key_id}}}:u:{plan_id}", self.prefix)
+    /// Where one key's usage in one plan is counted.
+    pub fn usage(&self, key_id: &str, plan_id: &str) -> UsageKeys {
+        UsageKeys { state: self.state(key_id, plan_id) }
     }
 
     /// Stage method throttle.
@@ -110,9 +117,16 @@ impl Keys {
     }
 }
 
-/// Appends a date to a base key, as the stores do: `BASE:YYYYMMDD`.
-pub fn dated(base: &str, date: Date) -> String {
-    format!("{base}:{}", date.compact())
+/// The field of a state hash that holds the plan throttle.
+pub const PLAN_BUCKET_FIELD: &str = "b";
+/// The field of a state hash that holds the quota.
+pub const QUOTA_FIELD: &str = "q";
+/// The field of a state hash that holds today's usage.
+pub const USAGE_FIELD: &str = "u";
+
+/// The field of a state hash that holds a plan per-method throttle.
+pub fn method_field(stage: &StageRef, method: &str) -> String {
+    format!("m:{stage}:{method}")
 }
 
 #[cfg(test)]
@@ -127,5 +141,13 @@ mod tests {
         assert_eq!(k.catalog("version"), "tg:{cat}:version");
         assert_eq!(k.catalog_file_digests(), "tg:{cat}:file_digests");
         assert_eq!(k.catalog_file_records(), "tg:{cat}:file_records");
+    }
+
+    /// A key's state carries its hash tag (one cluster slot).
+    #[test]
+    fn a_keys_state_carries_its_hash_tag() {
+        let k = Keys::default();
+        assert_eq!(k.state("K1", "p"), "tg:{k:K1}:s:p");
+        assert_eq!(method_field(&StageRef::parse("a/s").unwrap(), "/x/GET"), "m:a/s:/x/GET");
     }
 }

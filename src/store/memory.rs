@@ -12,42 +12,93 @@ use std::sync::Mutex;
 
 use super::bucket::{self, BucketState, Take};
 pub use super::clock::{Clock, ManualClock, SystemClock};
-use super::{keys::dated, Check, DayUsage, LimitStore, Rule, StoreError, Verdict};
-use crate::calendar::{period_bounds_ms, Date, DAY_MS};
+use super::keys::QUOTA_FIELD;
+use super::{Check, DayUsage, LimitStore, Rule, StoreError, UsageKeys, Verdict};
+use crate::calendar::{period_bounds_ms, DAY_MS};
 use crate::model::Quota;
 
 #[derive(Debug, Clone, Copy)]
 enum Value {
     /// A token bucket (`bucket.rs`).
     Bucket(BucketState),
-    /// A counter (quota used).
-    Count(i64),
-    /// Daily usage: used, and quota used after the day's last call.
-    Usage { n: i64, q: Option<i64> },
+    /// Quota used in the period starting at `start_ms`.
+    Quota { start_ms: u64, used: i64 },
 }
 
 #[derive(Debug, Clone, Copy)]
-struct Entry {
-    value: Value,
+struct Entry<V> {
+    value: V,
     /// Expiry instant, µs since the epoch.
     expires_us: u64,
 }
 
+/// One day's usage: used, and quota used after the day's last change.
+#[derive(Debug, Clone, Copy)]
+struct Usage {
+    n: i64,
+    q: Option<i64>,
+}
+
+/// The stored limits, laid out as in Redis (`keys.rs`): per key, its
+/// fields (a limit with a key of its own has the field `""`), so that a
+/// decision looks its limits up without building a string; and per state
+/// key, its usage per day (days since 1970-01-01).
 #[derive(Default)]
 struct State {
-    map: HashMap<String, Entry>,
+    map: HashMap<String, HashMap<String, Entry<Value>>>,
+    usage: HashMap<String, HashMap<i64, Entry<Usage>>>,
     ops: u64,
 }
 
 impl State {
-    fn get(&self, key: &str, now_us: u64) -> Option<Value> {
-        self.map.get(key).filter(|e| e.expires_us > now_us).map(|e| e.value)
+    fn get(&self, key: &str, field: Option<&str>, now_us: u64) -> Option<Value> {
+        let e = self.map.get(key)?.get(field.unwrap_or(""))?;
+        (e.expires_us > now_us).then_some(e.value)
+    }
+
+    fn put(&mut self, key: &str, field: Option<&str>, value: Value, expires_us: u64) {
+        let fields = match self.map.get_mut(key) {
+            Some(f) => f,
+            None => self.map.entry(key.to_string()).or_default(),
+        };
+        let field = field.unwrap_or("");
+        match fields.get_mut(field) {
+            Some(e) => *e = Entry { value, expires_us },
+            None => {
+                fields.insert(field.to_string(), Entry { value, expires_us });
+            }
+        }
+    }
+
+    fn usage(&self, key: &str, day: i64, now_us: u64) -> Option<Usage> {
+        let e = self.usage.get(key)?.get(&day)?;
+        (e.expires_us > now_us).then_some(e.value)
+    }
+
+    fn put_usage(&mut self, key: &str, day: i64, value: Usage) {
+        let days = match self.usage.get_mut(key) {
+            Some(d) => d,
+            None => self.usage.entry(key.to_string()).or_default(),
+        };
+        // kept 92 days: readable until the start of day + 93
+        let expires_us = (day as u64 + USAGE_DAYS) * DAY_MS * 1000;
+        days.insert(day, Entry { value, expires_us });
     }
 
     fn sweep(&mut self, now_us: u64) {
-        self.map.retain(|_, e| e.expires_us > now_us);
+        self.map.retain(|_, f| {
+            f.retain(|_, e| e.expires_us > now_us);
+            !f.is_empty()
+        });
+        self.usage.retain(|_, d| {
+            d.retain(|_, e| e.expires_us > now_us);
+            !d.is_empty()
+        });
     }
 }
+
+/// Days a day's usage stays readable, from its start (92 kept).
+const USAGE_DAYS: u64 = 93;
 
 /// Limits kept in this process.
 pub struct MemoryStore {
@@ -61,9 +112,10 @@ impl Default for MemoryStore {
     }
 }
 
-enum Write {
-    Bucket { key: String, state: BucketState, expires_us: u64 },
-    Count { key: String, expires_us: u64 },
+struct Write<'a> {
+    limit: &'a super::Limit,
+    value: Value,
+    expires_us: u64,
 }
 
 impl MemoryStore {
@@ -91,7 +143,9 @@ impl MemoryStore {
     /// Number of live entries (tests).
     pub fn len(&self) -> usize {
         let now = self.now_us();
-        self.lock().map.values().filter(|e| e.expires_us > now).count()
+        let st = self.lock();
+        let limits = st.map.values().flat_map(|f| f.values()).filter(|e| e.expires_us > now).count();
+        limits + st.usage.values().flat_map(|d| d.values()).filter(|e| e.expires_us > now).count()
     }
 
     /// True when nothing is stored.
@@ -104,7 +158,7 @@ impl MemoryStore {
     pub fn decide(&self, check: &Check) -> Verdict {
         let now_us = self.clock.now_us();
         let now_ms = now_us / 1000;
-        let today = Date::of_ms(now_ms);
+        let today = (now_ms / DAY_MS) as i64;
         let cost = check.cost;
         let mut st = self.lock();
         st.ops += 1;
@@ -119,7 +173,7 @@ impl MemoryStore {
         for (i, limit) in check.limits.iter().enumerate() {
             match &limit.rule {
                 Rule::Bucket(t) => {
-                    let prev = match st.get(&limit.key, now_us) {
+                    let prev = match st.get(&limit.key, limit.field.as_deref(), now_us) {
                         Some(Value::Bucket(b)) => Some(b),
                         _ => None,
                     };
@@ -137,7 +191,7 @@ impl MemoryStore {
                         }
                         Take::Allow { state, remaining, reset_ms, ttl_ms } => {
                             let expires_us = now_us.saturating_add(ttl_ms.saturating_mul(1000));
-                            writes.push(Write::Bucket { key: limit.key.clone(), state, expires_us });
+                            writes.push(Write { limit, value: Value::Bucket(state), expires_us });
                             if best.is_none() || remaining < best_rem {
                                 (best, best_limit, best_rem, best_reset) = (Some(i), burst, remaining, reset_ms);
                             }
@@ -148,9 +202,8 @@ impl MemoryStore {
                     let (start, end) = period_bounds_ms(quota.period, now_ms);
                     let first = (start..end).contains(created_at_ms);
                     let eff = if first { quota.limit - quota.offset } else { quota.limit } as i64;
-                    let key = dated(&limit.key, Date::of_ms(start));
-                    let used = match st.get(&key, now_us) {
-                        Some(Value::Count(c)) => c,
+                    let used = match st.get(&limit.key, limit.field.as_deref(), now_us) {
+                        Some(Value::Quota { start_ms, used }) if start_ms == start => used,
                         _ => 0,
                     };
                     let reset = end - now_ms;
@@ -166,7 +219,8 @@ impl MemoryStore {
                     }
                     let rem = (eff - used - cost as i64) as u64;
                     quota_used = Some(used + cost as i64);
-                    writes.push(Write::Count { key, expires_us: end * 1000 });
+                    let value = Value::Quota { start_ms: start, used: used + cost as i64 };
+                    writes.push(Write { limit, value, expires_us: end * 1000 });
                     if best.is_none() || rem < best_rem {
                         (best, best_limit, best_rem, best_reset) = (Some(i), eff as u64, rem, reset);
                     }
@@ -175,27 +229,11 @@ impl MemoryStore {
         }
 
         for w in writes {
-            match w {
-                Write::Bucket { key, state, expires_us } => {
-                    st.map.insert(key, Entry { value: Value::Bucket(state), expires_us });
-                }
-                Write::Count { key, expires_us } => {
-                    let c = match st.get(&key, now_us) {
-                        Some(Value::Count(c)) => c,
-                        _ => 0,
-                    };
-                    st.map.insert(key, Entry { value: Value::Count(c + cost as i64), expires_us });
-                }
-            }
+            st.put(&w.limit.key, w.limit.field.as_deref(), w.value, w.expires_us);
         }
-        if let Some(base) = &check.usage_key {
-            let key = dated(base, today);
-            let (n, q) = match st.get(&key, now_us) {
-                Some(Value::Usage { n, q }) => (n, q),
-                _ => (0, None),
-            };
-            let expires_us = ((now_ms / DAY_MS + 1) * DAY_MS + 92 * DAY_MS) * 1000;
-            st.map.insert(key, Entry { value: Value::Usage { n: n + cost as i64, q: quota_used.or(q) }, expires_us });
+        if let Some(u) = &check.usage {
+            let Usage { n, q } = st.usage(&u.state, today, now_us).unwrap_or(Usage { n: 0, q: None });
+            st.put_usage(&u.state, today, Usage { n: n + cost as i64, q: quota_used.or(q) });
         }
         Verdict {
             allowed: true,
@@ -221,22 +259,18 @@ impl LimitStore for MemoryStore {
         "memory"
     }
 
-    async fn read_usage(&self, keys: Vec<String>) -> Result<Vec<Option<DayUsage>>, StoreError> {
+    async fn read_usage(&self, keys: Vec<UsageKeys>, days: Vec<i64>) -> Result<Vec<Option<DayUsage>>, StoreError> {
         let now = self.now_us();
         let st = self.lock();
         Ok(keys
             .iter()
-            .map(|k| match st.get(k, now) {
-                Some(Value::Usage { n, q }) => Some(DayUsage { n, q }),
-                _ => None,
-            })
+            .flat_map(|k| days.iter().map(|&d| st.usage(&k.state, d, now).map(|Usage { n, q }| DayUsage { n, q })))
             .collect())
     }
 
     async fn set_remaining(
         &self,
-        quota_base: &str,
-        usage_base: &str,
+        usage: &UsageKeys,
         quota: &Quota,
         created_at_ms: u64,
         remaining: u64,
@@ -248,15 +282,10 @@ impl LimitStore for MemoryStore {
         let eff = if first { quota.limit - quota.offset } else { quota.limit } as i64;
         let used = eff - remaining as i64;
         let mut st = self.lock();
-        st.map
-            .insert(dated(quota_base, Date::of_ms(start)), Entry { value: Value::Count(used), expires_us: end * 1000 });
-        let ukey = dated(usage_base, Date::of_ms(now_ms));
-        let n = match st.get(&ukey, now_us) {
-            Some(Value::Usage { n, .. }) => n,
-            _ => 0,
-        };
-        let expires_us = ((now_ms / DAY_MS + 1) * DAY_MS + 92 * DAY_MS) * 1000;
-        st.map.insert(ukey, Entry { value: Value::Usage { n, q: Some(used) }, expires_us });
+        st.put(&usage.state, Some(QUOTA_FIELD), Value::Quota { start_ms: start, used }, end * 1000);
+        let today = (now_ms / DAY_MS) as i64;
+        let n = st.usage(&usage.state, today, now_us).map_or(0, |u| u.n);
+        st.put_usage(&usage.state, today, Usage { n, q: Some(used) });
         Ok((remaining, end))
     }
 }

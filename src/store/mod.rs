@@ -15,7 +15,8 @@
 //! ([`bucket`]: its level in billionths of a token and the instant of that
 //! level), so that it admits exactly what a bucket of capacity `burst`
 //! refilled at `rate` per second, full at first use, admits. A quota is a
-//! counter per period (calendar periods in UTC, `crate::calendar`).
+//! counter per period (calendar periods in UTC, `crate::calendar`). Where
+//! each is kept: [`keys`].
 
 pub mod bucket;
 pub mod clock;
@@ -44,14 +45,25 @@ pub enum Rule {
     },
 }
 
-/// One limit of a check: its storage key and its rule.
+/// One limit of a check: where it is kept and its rule.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Limit {
-    /// The storage key (`keys.rs`); for a quota, the base to which the
-    /// period's start date is appended.
+    /// The storage key (`keys.rs`): a key's state hash, or a stage or
+    /// account bucket's own key.
     pub key: String,
+    /// The field of the state hash (`keys::PLAN_BUCKET_FIELD`, ...); `None`
+    /// for a limit with a key of its own.
+    pub field: Option<String>,
     /// The rule.
     pub rule: Rule,
+}
+
+/// Where one key's usage in one plan is counted (`Keys::usage`): its state
+/// hash, today's in one field and each earlier day's in a field of its own.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct UsageKeys {
+    /// The state hash (`Keys::state`).
+    pub state: String,
 }
 
 /// Everything one decision needs from the store.
@@ -62,9 +74,9 @@ pub struct Check {
     pub limits: Vec<Limit>,
     /// Units to take from each limit.
     pub cost: u64,
-    /// Where to count the request's usage for today (a base key to which the
-    /// date is appended), when it has a key and plan.
-    pub usage_key: Option<String>,
+    /// Where to count the request's usage for today, when it has a key and
+    /// plan.
+    pub usage: Option<UsageKeys>,
 }
 
 /// A store's answer to a [`Check`].
@@ -125,17 +137,21 @@ pub trait LimitStore: Send + Sync + 'static {
     /// A short name for metrics and logs (`memory`, `redis`).
     fn name(&self) -> &'static str;
 
-    /// Reads daily usage records (keys from [`keys::dated`] on a usage base);
-    /// `None` for a day with no record.
-    fn read_usage(&self, keys: Vec<String>) -> impl Future<Output = Result<Vec<Option<DayUsage>>, StoreError>> + Send;
+    /// Reads the daily usage records of `keys` on `days` (days since
+    /// 1970-01-01): for each key, one entry per day, in order; `None` for a
+    /// day with no record, or one older than the 92 days kept.
+    fn read_usage(
+        &self,
+        keys: Vec<UsageKeys>,
+        days: Vec<i64>,
+    ) -> impl Future<Output = Result<Vec<Option<DayUsage>>, StoreError>> + Send;
 
     /// Sets the quota left in the current period (by the store's clock) to
     /// `remaining`, and records it in today's usage. Returns the remaining
     /// quota and the period's end (ms since the epoch).
     fn set_remaining(
         &self,
-        quota_base: &str,
-        usage_base: &str,
+        usage: &UsageKeys,
         quota: &Quota,
         created_at_ms: u64,
         remaining: u64,
@@ -183,24 +199,23 @@ impl LimitStore for Store {
         }
     }
 
-    async fn read_usage(&self, keys: Vec<String>) -> Result<Vec<Option<DayUsage>>, StoreError> {
+    async fn read_usage(&self, keys: Vec<UsageKeys>, days: Vec<i64>) -> Result<Vec<Option<DayUsage>>, StoreError> {
         match self {
-            Store::Memory(m) => m.read_usage(keys).await,
-            Store::Redis(r) => r.read_usage(keys).await,
+            Store::Memory(m) => m.read_usage(keys, days).await,
+            Store::Redis(r) => r.read_usage(keys, days).await,
         }
     }
 
     async fn set_remaining(
         &self,
-        quota_base: &str,
-        usage_base: &str,
+        usage: &UsageKeys,
         quota: &Quota,
         created_at_ms: u64,
         remaining: u64,
     ) -> Result<(u64, u64), StoreError> {
         match self {
-            Store::Memory(m) => m.set_remaining(quota_base, usage_base, quota, created_at_ms, remaining).await,
-            Store::Redis(r) => r.set_remaining(quota_base, usage_base, quota, created_at_ms, remaining).await,
+            Store::Memory(m) => m.set_remaining(usage, quota, created_at_ms, remaining).await,
+            Store::Redis(r) => r.set_remaining(usage, quota, created_at_ms, remaining).await,
         }
     }
 }

@@ -2,7 +2,8 @@
 //! several slots.
 //!
 //! A request's per-key limits (the plan's per-method throttle, throttle and
-//! quota) and its usage share the hash tag `{k:KEY}`, so one slot; the stage
+//! quota) and its usage share the hash tag `{k:KEY}`, so one slot (one
+//! state hash and its history: `keys.rs`); the stage
 //! throttle (`{s:API/STAGE}`) and the account throttle (`{acct}`) live in
 //! others, maybe on other nodes. One script cannot touch them all, so a
 //! request is decided in steps (docs/operations.md, "Redis Cluster"):
@@ -63,9 +64,9 @@ fn plan(c: &Check) -> Plan {
             None => groups.push(Group { slot, limits: vec![i], usage: false }),
         }
     }
-    let main = match &c.usage_key {
+    let main = match &c.usage {
         Some(u) => {
-            let slot = slot_of(u);
+            let slot = slot_of(&u.state);
             match groups.iter().position(|g| g.slot == slot) {
                 Some(i) => {
                     groups[i].usage = true;
@@ -125,7 +126,7 @@ async fn step(
                     let c = checks[a.check];
                     let g = &plans[a.check].groups[a.group];
                     let limits: Vec<&Limit> = g.limits.iter().map(|&l| &c.limits[l]).collect();
-                    let usage = if g.usage && a.op == Op::Take { c.usage_key.as_deref() } else { None };
+                    let usage = if g.usage && a.op == Op::Take { c.usage.as_ref() } else { None };
                     Sub { limits, cost: c.cost, usage, op: a.op }
                 })
                 .collect();
@@ -302,12 +303,12 @@ mod tests {
         let stage = crate::model::StageRef::parse("a/b").unwrap();
         let c = Check {
             limits: vec![
-                Limit { key: k.plan_bucket("key1", "p"), rule: t },
-                Limit { key: k.stage_bucket(&stage, "/x/GET"), rule: t },
-                Limit { key: k.account_bucket(), rule: t },
+                Limit { key: k.state("key1", "p"), field: Some("b".into()), rule: t },
+                Limit { key: k.stage_bucket(&stage, "/x/GET"), field: None, rule: t },
+                Limit { key: k.account_bucket(), field: None, rule: t },
             ],
             cost: 1,
-            usage_key: Some(k.usage_base("key1", "p")),
+            usage: Some(k.usage("key1", "p")),
         };
         let p = plan(&c);
         assert_eq!(p.groups.len(), 3);

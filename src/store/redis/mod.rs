@@ -39,13 +39,14 @@
 //!   behind a load balancer does not flap.
 //! - Redis unreachable at start is not fatal: the store starts, unready.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 
-use super::{Check, DayUsage, Limit, LimitStore, Rule, StoreError, Verdict};
+use super::{Check, DayUsage, Limit, LimitStore, Rule, StoreError, UsageKeys, Verdict};
 use link::{Conn, Link};
 
 mod cluster;
@@ -54,8 +55,9 @@ pub mod target;
 use crate::model::Quota;
 use crate::telemetry::traces;
 
-/// Builds a script from its file, with `clock.lua` and `calendar.lua`
-/// inserted at its `-- @clock` and `-- @calendar` lines.
+/// Builds a script from its file, with `clock.lua`, `calendar.lua` and
+/// `state.lua` inserted at its `-- @clock`, `-- @calendar` and `-- @state`
+/// lines.
 fn script(body: &str) -> redis::Script {
     redis::Script::new(&script_code(body))
 }
@@ -64,12 +66,15 @@ fn script(body: &str) -> redis::Script {
 fn script_code(body: &str) -> String {
     let clock = include_str!("scripts/clock.lua");
     let calendar = include_str!("scripts/calendar.lua");
-    let mut out = String::with_capacity(body.len() + clock.len() + calendar.len());
+    let state = include_str!("scripts/state.lua");
+    let mut out = String::with_capacity(body.len() + clock.len() + calendar.len() + state.len());
     for line in body.lines() {
         if line.starts_with("-- @clock") {
             out.push_str(clock);
         } else if line.starts_with("-- @calendar") {
             out.push_str(calendar);
+        } else if line.starts_with("-- @state") {
+            out.push_str(state);
         } else {
             out.push_str(line);
         }
@@ -86,6 +91,9 @@ static DECIDE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(&DE
 
 /// UpdateUsage's script.
 static SET_REMAINING: LazyLock<redis::Script> = LazyLock::new(|| script(include_str!("scripts/set_remaining.lua")));
+
+/// GetUsage's script.
+static READ_USAGE: LazyLock<redis::Script> = LazyLock::new(|| script(include_str!("scripts/read_usage.lua")));
 
 /// How often the probe asks Redis whether it is there, while it is.
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
@@ -333,53 +341,63 @@ impl LimitStore for RedisStore {
         "redis"
     }
 
-    async fn read_usage(&self, keys: Vec<String>) -> Result<Vec<Option<DayUsage>>, StoreError> {
-        let mut out = Vec::with_capacity(keys.len());
+    async fn read_usage(&self, keys: Vec<UsageKeys>, days: Vec<i64>) -> Result<Vec<Option<DayUsage>>, StoreError> {
+        let mut out = Vec::with_capacity(keys.len() * days.len());
+        let clock = self.settings.clock_arg();
+        let invocation = |chunk: &[UsageKeys]| {
+            let mut inv = READ_USAGE.prepare_invoke();
+            for k in chunk {
+                inv.key(&k.state);
+            }
+            inv.arg(&clock).arg(days.len());
+            for d in &days {
+                inv.arg(*d);
+            }
+            inv
+        };
         match self.link.conn().await? {
             Conn::Node { mut conn, .. } => {
-                // Pipelines of bounded size, so one huge read does not stall others.
-                for chunk in keys.chunks(1000) {
-                    let mut pipe = redis::pipe();
-                    for k in chunk {
-                        pipe.cmd("HMGET").arg(k).arg("n").arg("q");
-                    }
-                    let rows: Vec<(Option<i64>, Option<i64>)> = pipe.query_async(&mut conn).await.map_err(classify)?;
-                    out.extend(rows.into_iter().map(day_usage));
+                // Calls of bounded size, so one huge read does not stall others.
+                for chunk in keys.chunks((2000 / days.len().max(1)).max(1)) {
+                    let r: Vec<Option<i64>> =
+                        invocation(chunk).invoke_async(&mut conn).await.map_err(|e| self.failed(e))?;
+                    out.extend(r.chunks_exact(2).map(day_usage));
                 }
             }
             Conn::Cluster(conn) => {
-                // Keys of many slots: one command each, a few hundred at once.
+                // Keys of many slots: one call each, a few hundred at once.
                 for chunk in keys.chunks(200) {
                     let reads = chunk.iter().map(|k| {
                         let mut c = conn.clone();
-                        async move {
-                            redis::cmd("HMGET")
-                                .arg(k)
-                                .arg("n")
-                                .arg("q")
-                                .query_async::<(Option<i64>, Option<i64>)>(&mut c)
-                                .await
-                        }
+                        let inv = invocation(std::slice::from_ref(k));
+                        async move { inv.invoke_async::<Vec<Option<i64>>>(&mut c).await }
                     });
                     for r in futures::future::join_all(reads).await {
-                        out.push(day_usage(r.map_err(classify)?));
+                        out.extend(r.map_err(classify)?.chunks_exact(2).map(day_usage));
                     }
                 }
             }
+        }
+        if out.len() != keys.len() * days.len() {
+            return Err(StoreError::Internal(format!(
+                "read_usage.lua returned {} records for {} keys and {} days",
+                out.len(),
+                keys.len(),
+                days.len()
+            )));
         }
         Ok(out)
     }
 
     async fn set_remaining(
         &self,
-        quota_base: &str,
-        usage_base: &str,
+        usage: &UsageKeys,
         quota: &Quota,
         created_at_ms: u64,
         remaining: u64,
     ) -> Result<(u64, u64), StoreError> {
         let mut inv = SET_REMAINING.prepare_invoke();
-        inv.key(quota_base).key(usage_base);
+        inv.key(&usage.state);
         inv.arg(self.settings.clock_arg());
         inv.arg(quota.limit).arg(quota.offset).arg(created_at_ms).arg(quota.period.code()).arg(remaining);
         let r: Result<(u64, u64), redis::RedisError> = match self.link.conn().await? {
@@ -404,8 +422,9 @@ impl RedisStore {
     }
 }
 
-fn day_usage((n, q): (Option<i64>, Option<i64>)) -> Option<DayUsage> {
-    (n.is_some() || q.is_some()).then_some(DayUsage { n: n.unwrap_or(0), q })
+/// One day's record from `read_usage.lua` (`n`, `q`; nil: none).
+fn day_usage(r: &[Option<i64>]) -> Option<DayUsage> {
+    r[0].map(|n| DayUsage { n, q: r[1] })
 }
 
 /// What one probe saw.
@@ -661,53 +680,88 @@ pub(crate) enum Op {
 pub(crate) struct Sub<'a> {
     pub limits: Vec<&'a Limit>,
     pub cost: u64,
-    pub usage: Option<&'a str>,
+    pub usage: Option<&'a UsageKeys>,
     pub op: Op,
 }
 
 impl<'a> Sub<'a> {
     /// The whole check, taken.
     fn take(c: &'a Check) -> Self {
-        Sub { limits: c.limits.iter().collect(), cost: c.cost, usage: c.usage_key.as_deref(), op: Op::Take }
+        Sub { limits: c.limits.iter().collect(), cost: c.cost, usage: c.usage.as_ref(), op: Op::Take }
     }
 }
 
 /// Builds the one EVALSHA of `decide.lua` for `subs`. A `Cmd` keeps its
 /// arguments in one buffer, where `Script::prepare_invoke` allocates (and
 /// later copies) every argument on its own; a batch has hundreds of them.
-pub(crate) fn decide_cmd(subs: &[Sub<'_>], clock: &str) -> redis::Cmd {
-    let nkeys: usize = subs.iter().map(|c| c.limits.len() + c.usage.is_some() as usize).sum();
-    let mut cmd = redis::cmd("EVALSHA");
-    cmd.arg(DECIDE.get_hash()).arg(nkeys);
+/// Each key is sent once (the script reads and writes it once), and named
+/// by its index in KEYS.
+pub(crate) fn decide_cmd<'a>(subs: &[Sub<'a>], clock: &str) -> redis::Cmd {
+    // Each key once, in order of first use; every name refers to its index.
+    let mut keys: Vec<&'a str> = Vec::with_capacity(subs.len() * 2);
+    let mut key_index: HashMap<&'a str, usize> = HashMap::with_capacity(subs.len() * 2);
+    let mut key = |k: &'a str| -> usize {
+        *key_index.entry(k).or_insert_with(|| {
+            keys.push(k);
+            keys.len()
+        })
+    };
+    // Each rule once: its kind and three numbers.
+    let mut rules: Vec<RuleArgs> = Vec::with_capacity(4);
+    let mut rule_index: HashMap<RuleArgs, usize> = HashMap::with_capacity(4);
+    let mut rule = |r: &Rule| -> usize {
+        let args = rule_args(r);
+        *rule_index.entry(args).or_insert_with(|| {
+            rules.push(args);
+            rules.len()
+        })
+    };
+    // (key and rule index of each limit, and the usage's state hash) per sub
+    let mut named: Vec<Named> = Vec::with_capacity(subs.len());
     for c in subs {
-        for l in &c.limits {
-            cmd.arg(&l.key);
-        }
-        if let Some(u) = c.usage {
-            cmd.arg(u);
-        }
+        let limits = c.limits.iter().map(|&l: &&'a Limit| (key(l.key.as_str()), rule(&l.rule))).collect();
+        let usage = c.usage.filter(|_| c.op == Op::Take).map(|u: &'a UsageKeys| key(&u.state));
+        named.push((limits, usage));
     }
-    cmd.arg(clock).arg(subs.len());
-    for c in subs {
-        let op = match (c.op, c.usage.is_some()) {
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(DECIDE.get_hash()).arg(keys.len());
+    for k in &keys {
+        cmd.arg(*k);
+    }
+    cmd.arg(clock).arg(subs.len()).arg(rules.len());
+    for (kind, a, b, c) in &rules {
+        cmd.arg(*kind).arg(*a).arg(*b).arg(*c);
+    }
+    for (c, (limits, usage)) in subs.iter().zip(&named) {
+        let op = match (c.op, usage.is_some()) {
             (Op::Take, true) => "TU",
             (Op::Take, false) => "T",
             (Op::Dry, _) => "D",
             (Op::Refund, _) => "R",
         };
-        cmd.arg(c.cost).arg(c.limits.len()).arg(op);
-        for l in &c.limits {
-            match &l.rule {
-                Rule::Bucket(t) => {
-                    cmd.arg("B").arg(t.rate_milli()).arg(t.burst_limit).arg(0).arg(0);
-                }
-                Rule::Quota { quota, created_at_ms } => {
-                    cmd.arg("Q").arg(quota.limit).arg(quota.offset).arg(*created_at_ms).arg(quota.period.code());
-                }
-            }
+        cmd.arg(c.cost).arg(op).arg(c.limits.len());
+        if let Some(state) = usage {
+            cmd.arg(*state);
+        }
+        for (l, (k, r)) in c.limits.iter().zip(limits) {
+            cmd.arg(*k).arg(l.field.as_deref().unwrap_or("")).arg(*r);
         }
     }
     cmd
+}
+
+/// A sub's names in one script call: (key index, rule index) per limit, and
+/// the index of the state hash that counts its usage.
+type Named = (Vec<(usize, usize)>, Option<usize>);
+
+/// A rule as `decide.lua` reads it: its kind and three numbers.
+type RuleArgs = (&'static str, u64, u64, u64);
+
+fn rule_args(r: &Rule) -> RuleArgs {
+    match r {
+        Rule::Bucket(t) => ("B", t.rate_milli(), u64::from(t.burst_limit), 0),
+        Rule::Quota { quota, created_at_ms } => (quota.period.code(), quota.limit, quota.offset, *created_at_ms),
+    }
 }
 
 /// Decides `checks`: one script call on one node, or the cluster protocol.

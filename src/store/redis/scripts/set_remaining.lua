@@ -5,14 +5,14 @@
 -- decide.lua's (Redis's TIME), so that the counter set here is the one
 -- decisions read.
 --
--- KEYS[1] quota key base (":YYYYMMDD" of the period start is appended)
--- KEYS[2] daily usage key base (":YYYYMMDD" of today is appended)
+-- KEYS[1] the state hash of the key in the plan (state.lua)
 -- ARGV: [1] the clock (clock.lua), limit, offset, plan creation time in ms,
 -- period code (D/W/M), remaining
 -- Returns {remaining, period end in ms}.
 
 -- @clock (clock.lua is inserted here: now_us, now_ms, today, TTL_SLACK_MS, expire_at)
 -- @calendar (calendar.lua is inserted here)
+-- @state (state.lua is inserted here)
 
 local limit = tonumber(ARGV[2])
 local offset = tonumber(ARGV[3])
@@ -22,10 +22,15 @@ local remaining = tonumber(ARGV[6])
 local eff = limit
 if created >= p[1] and created < p[2] then eff = limit - offset end
 local used = eff - remaining
-local qkey = KEYS[1] .. p[3]
-redis.call('SET', qkey, string.format('%.0f', used))
-expire_at(qkey, p[2])
-local ukey = KEYS[2] .. ':' .. ymd(today)
-redis.call('HSET', ukey, 'q', string.format('%.0f', used))
-expire_at(ukey, (today + 1) * DAY_MS + USAGE_KEEP_MS)
+wants_field(1, 'q')
+wants_field(1, 'u')
+load_all()
+local writes = { { 1, 'q', { p[1] / DAY_MS, used }, p[2] } }
+-- a malformed usage record is replaced rather than failing the update
+local ok = pcall(usage_writes, writes, 1, 0, used)
+if not ok then
+  writes[2] = { 1, 'u', { today, 0, used }, (today + USAGE_DAYS) * DAY_MS }
+end
+apply_all(writes)
+flush()
 return { remaining, p[2] }
