@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Command;
 
 use serde_json::Value;
-use support::redis::RedisServer;
+use support::redis::{RedisCluster, RedisServer};
 use support::TollgateProcess;
 use tollgate::cli::bench::{bench_key_name, bench_key_value};
 
@@ -170,4 +170,124 @@ async fn the_measuring_commands_run_against_replicas_on_redis() {
         tollgate(&["bench-catalog", "propagation", "--server", &admin, "--replica", &a.url(), "--key-index", "30"]);
     assert_eq!(code, 2);
     assert!(err.contains(&bench_key_name(30)), "{err}");
+}
+
+/// `bench --json` with `--redis-url` and `--server-pid` against a server on
+/// a real Redis: the Redis cost per decision, memory per key and the
+/// server's RSS are reported, and every bench key was used. Counts and
+/// signs only: no timing.
+#[test]
+fn bench_reports_redis_cost_per_decision_and_rss() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (yaml, _) = generate(dir.path(), 20);
+    let p = TollgateProcess::start(&["--config", &yaml, "--redis-url", &redis.url()]);
+    json(&["bench-catalog", "wait-serving", "--server", &p.url(), "--timeout", "20s"]);
+    let (pid, url, server) = (p.pid().to_string(), redis.url(), p.url());
+    let mut args = vec![
+        "bench",
+        "--server",
+        &server,
+        "--keys",
+        "20",
+        "--stage",
+        "bench/live",
+        "--method",
+        "/items/42/GET",
+        "--duration",
+        "500ms",
+        "--rounds",
+        "2",
+        "--concurrency",
+        "4",
+        "--connections",
+        "1",
+        "--redis-url",
+        &url,
+        "--server-pid",
+        &pid,
+        "--json",
+    ];
+    let v = json(&args);
+    let num = |k: &str| v[k].as_f64().unwrap_or_else(|| panic!("{k} is not a number: {v}"));
+    let decisions = v["decisions"].as_u64().unwrap();
+    assert!(decisions > 0, "{v}");
+    assert_eq!(v["errors"], 0, "{v}");
+    assert_eq!(v["rounds"].as_array().unwrap().len(), 2, "{v}");
+    let answered: u64 = (0..2).map(|i| v["rounds"][i]["authorize"]["answered"].as_u64().unwrap()).sum();
+    assert_eq!(answered, decisions, "{v}");
+    assert!(num("ratio") > 0.0 && num("authorize_per_sec") > 0.0 && num("health_per_sec") > 0.0, "{v}");
+    assert!(0.0 < num("p50_ms") && num("p50_ms") <= num("p99_ms") && num("p99_ms") <= num("p999_ms"), "{v}");
+    assert_eq!(v["redis_nodes"], 1, "{v}");
+    assert!(num("redis_us_per_decision") > 0.0, "{v}");
+    // Each decision runs the decision script: at least one command, and the
+    // per-command breakdown adds up to the total.
+    assert!(num("redis_calls_per_decision") > 0.0, "{v}");
+    let commands = v["redis_commands"].as_object().unwrap();
+    assert!(!commands.is_empty(), "{v}");
+    let calls: u64 = commands.values().map(|c| c["calls"].as_u64().unwrap()).sum();
+    assert_eq!(calls, v["redis_calls"].as_u64().unwrap(), "{v}");
+    assert!(commands.keys().any(|c| c.starts_with("eval")), "the decision script is called: {v}");
+    // The 20 keys got state in Redis: the first calls walk them all.
+    assert_eq!(v["distinct_keys"], 20, "{v}");
+    assert!(num("redis_bytes_per_key") > 0.0, "{v}");
+    assert!(v["rss_bytes"].as_u64().unwrap() > 0, "{v}");
+
+    // Paced: no more calls than the schedule has slots (rate × duration, plus
+    // one per caller), and the same fields.
+    args.extend(["--rate", "200"]);
+    let v = json(&args);
+    for i in 0..2 {
+        let a = &v["rounds"][i]["authorize"];
+        assert!(a["calls"].as_u64().unwrap() <= 100 + 4, "{v}");
+        assert!(a["behind_schedule"].as_u64().is_some(), "{v}");
+    }
+    assert_eq!(v["rate"], 200.0, "{v}");
+    assert!(v["redis_calls_per_decision"].as_f64().unwrap() > 0.0, "{v}");
+
+    // A Redis that is not there is a clear error.
+    let (code, _, err) = tollgate(&["bench", "--server", &server, "--redis-url", "redis://127.0.0.1:1", "--json"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("Redis redis://127.0.0.1:1"), "{err}");
+}
+
+/// On a Redis Cluster, `--redis-url` lists the primaries and the figures are
+/// summed over them.
+#[test]
+fn bench_sums_redis_figures_over_a_clusters_primaries() {
+    let cluster = RedisCluster::start(3);
+    let urls = cluster.urls().join(",");
+    let dir = tempfile::tempdir().unwrap();
+    let (yaml, _) = generate(dir.path(), 50);
+    let p = TollgateProcess::start(&["--config", &yaml, "--redis-mode", "cluster", "--redis-url", &urls]);
+    json(&["bench-catalog", "wait-serving", "--server", &p.url(), "--timeout", "20s"]);
+    let v = json(&[
+        "bench",
+        "--server",
+        &p.url(),
+        "--keys",
+        "50",
+        "--stage",
+        "bench/live",
+        "--method",
+        "/items/42/GET",
+        "--duration",
+        "500ms",
+        "--rounds",
+        "1",
+        "--concurrency",
+        "4",
+        "--connections",
+        "1",
+        "--redis-url",
+        &urls,
+        "--json",
+    ]);
+    assert_eq!(v["redis_nodes"], 3, "{v}");
+    assert!(v["decisions"].as_u64().unwrap() > 0, "{v}");
+    assert!(v["redis_calls_per_decision"].as_f64().unwrap() > 0.0, "{v}");
+    assert!(v["redis_us_per_decision"].as_f64().unwrap() > 0.0, "{v}");
+    assert_eq!(v["distinct_keys"], 50, "{v}");
+    assert!(v["redis_bytes_per_key"].as_f64().unwrap() > 0.0, "{v}");
+    assert!(v.get("rss_bytes").is_none(), "no --server-pid, no RSS: {v}");
 }

@@ -102,6 +102,11 @@ impl TollgateProcess {
         format!("http://{}", self.addr)
     }
 
+    /// The process id (for `bench --server-pid`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The Admin service's address; panics when it is off.
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin_addr.unwrap_or_else(|| panic!("this tollgate serves no Admin; log:\n{}", self.log()))
