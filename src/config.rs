@@ -169,6 +169,14 @@ pub struct Settings {
     #[arg(long, env = "TOLLGATE_REDIS_MAX_IN_FLIGHT", default_value_t = 4)]
     pub redis_max_in_flight: usize,
 
+    /// The local deny cache (with Redis): a request Redis denied is denied
+    /// again here, with no Redis call, while nothing can make Redis allow it
+    /// (a throttle until its retry-after, a quota until its period ends);
+    /// exact (docs/semantics.md, "The local deny cache"). Ignored without
+    /// Redis. `--deny-cache false` turns it off.
+    #[arg(long, env = "TOLLGATE_DENY_CACHE", default_value_t = true, action = ArgAction::Set)]
+    pub deny_cache: bool,
+
     /// Account throttle: steady requests per second for all traffic together
     /// (off unless given, with --account-burst).
     #[arg(long, env = "TOLLGATE_ACCOUNT_RATE", requires = "account_burst")]
@@ -333,6 +341,7 @@ impl Settings {
             store_timeout_ms: 250,
             redis_max_batch: 64,
             redis_max_in_flight: 4,
+            deny_cache: true,
             account_rate: None,
             account_burst: None,
             on_store_error: OnStoreError::Unavailable,

@@ -49,8 +49,9 @@ use crate::api::pb::authorizer_server::AuthorizerServer;
 use crate::api::readiness::Readiness;
 use crate::catalog::file::{self, CatalogFile};
 use crate::catalog::store::CatalogService;
-use crate::config::{AdminListen, Settings};
-use crate::limiter::Limiter;
+use crate::config::{AdminListen, RedisMode, Settings};
+use crate::limiter::deny::DEFAULT_CAPACITY as DENY_CACHE_CAPACITY;
+use crate::limiter::{DenyCache, Limiter};
 use crate::store::keys::Keys;
 use crate::store::memory::MemoryStore;
 use crate::store::redis::{RedisSettings, RedisStore};
@@ -73,6 +74,21 @@ pub fn open_store(settings: &Settings) -> Result<Store, BoxError> {
             Store::Redis(Arc::new(RedisStore::open(rs)?))
         }
     })
+}
+
+/// The deny cache the settings ask for: with Redis only (the memory store
+/// decides in-process in about a microsecond: a cache would only add
+/// lookups). On a Redis Cluster the shared throttles (stage, account) are
+/// not cached: the cluster's steps may give their tokens back
+/// (`store::redis::cluster`), so they can refill sooner than a retry-after
+/// says.
+pub fn deny_cache(settings: &Settings, store: &Store) -> Option<DenyCache> {
+    if !settings.deny_cache || !matches!(store, Store::Redis(_)) {
+        return None;
+    }
+    let shared = settings.redis_mode != RedisMode::Cluster;
+    tracing::info!(capacity = DENY_CACHE_CAPACITY, shared_throttles = shared, "deny cache on");
+    Some(DenyCache::new(DENY_CACHE_CAPACITY).shared_throttles(shared))
 }
 
 /// Reads the catalog file, if any.
@@ -220,7 +236,11 @@ fn open_services(settings: &Settings) -> Result<Services, BoxError> {
         tracing::warn!("no --config and no Redis: the catalog starts empty; add to it through the Admin service");
     }
     let store = open_store(settings)?;
-    let limiter = Arc::new(Limiter::new(catalog.handle(), store.clone(), keys.clone(), account));
+    let limiter = Limiter::new(catalog.handle(), store.clone(), keys.clone(), account);
+    let limiter = Arc::new(match deny_cache(settings, &store) {
+        Some(cache) => limiter.with_deny_cache(cache),
+        None => limiter,
+    });
     let admin_auth = AdminAuth::new(admin_token.clone());
     let admin_service = match settings.admin_listen {
         AdminListen::Off => None,

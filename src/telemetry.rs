@@ -19,6 +19,7 @@
 //! | `tollgate_decisions_total` | counter | `reason` (`OK`, `THROTTLED`, ...) | answered decisions (native, ext_authz, RLS) |
 //! | `tollgate_decision_errors_total` | counter | `kind` (`invalid`, `unavailable`, `internal`) | decisions that could not be answered |
 //! | `tollgate_store_seconds` | histogram | `store` (`memory`, `redis`) | time of the store's check-and-consume |
+//! | `tollgate_deny_cache_hits_total` | counter | `reason` (`THROTTLED`, `QUOTA_EXCEEDED`) | denials answered by the local deny cache, without the store (`limiter::deny`) |
 //! | `tollgate_store_ready` | gauge | | 1 while the store and catalog can answer |
 //! | `tollgate_catalog_version` | gauge | | the catalog version this replica serves |
 //! | `tollgate_catalog_file_conflicts_total` | counter | | catalog file records not applied (`catalog::bootstrap`) |

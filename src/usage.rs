@@ -163,7 +163,9 @@ impl UsageService {
         })
     }
 
-    /// UpdateUsage: sets the key's remaining quota in the current period.
+    /// UpdateUsage: sets the key's remaining quota in the current period,
+    /// then tells every replica (`CatalogService::usage_changed`), so that no
+    /// deny cache keeps denying on what the quota was.
     pub async fn update_usage(
         &self,
         catalog: &CatalogService,
@@ -189,6 +191,14 @@ impl UsageService {
             .store
             .set_remaining(&self.keys.usage(&r.key_id, &plan.id), &quota, plan.created_at_ms, r.remaining as u64)
             .await?;
+        // Every replica's deny cache forgets the key's quota denials (the
+        // limit store is already changed: a decision made after this sees
+        // the new remaining).
+        catalog.usage_changed(&r.key_id).await.map_err(|e| {
+            AdminError::Unavailable(format!(
+                "the remaining quota is set, but the other replicas could not be told to forget their cached denials ({e}); retry"
+            ))
+        })?;
         tracing::info!(plan_id = %plan.id, key_id = %r.key_id, remaining, "usage updated");
         Ok(pb::UsageUpdated { usage_plan_id: plan.id.clone(), key_id: r.key_id, remaining, period_end_ms })
     }

@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use support::redis::RedisServer;
+use tollgate::limiter::DenyCache;
 use tollgate::model::{Period, Quota, Throttle, MAX_BURST};
 use tollgate::store::clock::{Clock, ManualClock};
 use tollgate::store::memory::MemoryStore;
@@ -433,6 +434,21 @@ fn sequence() -> impl Strategy<Value = Sequence> {
 enum Subject<'a> {
     Memory,
     Redis(&'a RedisStore),
+    /// The Redis store behind a deny cache on the same clock (a new cache
+    /// per sequence), as the limiter uses it: a request a cached denial
+    /// covers is answered without Redis; every denial of Redis is learned;
+    /// UpdateUsage moves the generation on.
+    RedisDenyCache(&'a RedisStore),
+}
+
+/// Requests the deny cache answered (to show the sequences reached it).
+static CACHE_HITS: AtomicU64 = AtomicU64::new(0);
+
+/// The `index` that marks an answer of the deny cache among the store's.
+const CACHED: Option<usize> = Some(usize::MAX);
+
+fn cached(v: Verdict) -> Verdict {
+    Verdict { index: CACHED, ..v }
 }
 
 /// How far a sequence's clock may go: past the 92 days usage is kept, so
@@ -476,6 +492,8 @@ async fn run(seq: &Sequence, subject: &Subject<'_>, clock: &Arc<ManualClock>) ->
     let usage_names: Vec<String> = usage_bases.iter().map(|u| u.state.clone()).collect();
     let mut model = Model::default();
     let mut usage_days: Vec<i64> = Vec::new();
+    let cache = DenyCache::with_clock(10_000, clock.clone());
+    let mut generation = 0u64;
     for (n, step) in seq.steps.iter().enumerate() {
         let now = clock.now_us() as i128;
         let flood;
@@ -526,10 +544,49 @@ async fn run(seq: &Sequence, subject: &Subject<'_>, clock: &Arc<ManualClock>) ->
                         .into_iter()
                         .map(|v| v.map_err(|e| TestCaseError::fail(format!("step {n}: {e}"))))
                         .collect::<Result<_, _>>()?,
+                    Subject::RedisDenyCache(store) => {
+                        // Looked up before the batch is sent (its requests
+                        // are in flight together), learned after.
+                        let hits: Vec<Option<Verdict>> =
+                            checks.iter().map(|c| cache.lookup(generation, &c.limits, c.cost)).collect();
+                        let sent = cache.now_us();
+                        let misses: Vec<Check> =
+                            checks.iter().zip(&hits).filter(|(_, h)| h.is_none()).map(|(c, _)| c.clone()).collect();
+                        let mut answers = store
+                            .check_batch(&misses)
+                            .await
+                            .map_err(|e| TestCaseError::fail(format!("step {n}: {e}")))?
+                            .into_iter();
+                        let mut out = Vec::with_capacity(checks.len());
+                        for (c, hit) in checks.iter().zip(hits) {
+                            let v = match hit {
+                                Some(v) => cached(v),
+                                None => {
+                                    let v = answers
+                                        .next()
+                                        .expect("an answer per request")
+                                        .map_err(|e| TestCaseError::fail(format!("step {n}: {e}")))?;
+                                    if let (false, Some(i)) = (v.allowed, v.index) {
+                                        cache.learn(generation, sent, &c.limits[i], c.cost, &v);
+                                    }
+                                    v
+                                }
+                            };
+                            out.push(v);
+                        }
+                        out
+                    }
                 };
                 for (j, (r, v)) in reqs.iter().zip(got).enumerate() {
                     let want = model.decide(r, &specs, &usage_names, now);
                     STATS[v.allowed as usize].fetch_add(1, Ordering::Relaxed);
+                    if v.index == CACHED {
+                        // The cache names the limit it holds, with its numbers
+                        // for the time left; only the decision must agree.
+                        CACHE_HITS.fetch_add(1, Ordering::Relaxed);
+                        prop_assert!(!want.allowed, "step {} request {}: the cache denied what passes: {:?}", n, j, r);
+                        continue;
+                    }
                     prop_assert_eq!(v, want, "step {} request {}: {:?}", n, j, r);
                     if r.usage.is_some() {
                         usage_days.push(now.div_euclid(1000).div_euclid(DAY_MS) as i64);
@@ -547,9 +604,13 @@ async fn run(seq: &Sequence, subject: &Subject<'_>, clock: &Arc<ManualClock>) ->
                 let quota = Quota { limit, period, offset };
                 let Some(u) = usage_bases.iter().position(|u| places[*spec].0 == u.state) else { continue };
                 let keys = &usage_bases[u];
+                // UpdateUsage moves the generation on (after the store).
+                generation += 1;
                 let got = match subject {
                     Subject::Memory => memory.set_remaining(keys, &quota, created_ms, *remaining).await,
-                    Subject::Redis(store) => store.set_remaining(keys, &quota, created_ms, *remaining).await,
+                    Subject::Redis(store) | Subject::RedisDenyCache(store) => {
+                        store.set_remaining(keys, &quota, created_ms, *remaining).await
+                    }
                 }
                 .map_err(|e| TestCaseError::fail(format!("step {n}: {e}")))?;
                 let name = format!("{}/q", keys.state);
@@ -565,7 +626,9 @@ async fn run(seq: &Sequence, subject: &Subject<'_>, clock: &Arc<ManualClock>) ->
     usage_days.dedup();
     let got = match subject {
         Subject::Memory => memory.read_usage(usage_bases.clone(), usage_days.clone()).await,
-        Subject::Redis(store) => store.read_usage(usage_bases.clone(), usage_days.clone()).await,
+        Subject::Redis(store) | Subject::RedisDenyCache(store) => {
+            store.read_usage(usage_bases.clone(), usage_days.clone()).await
+        }
     }
     .map_err(|e| TestCaseError::fail(e.to_string()))?;
     let now_ms = clock.now_us() as i128 / 1000;
@@ -613,6 +676,30 @@ fn redis_store_matches_the_model() {
         store
     });
     check_against_model(&Subject::Redis(&store), &rt, &clock);
+}
+
+/// Exactness of the deny cache: the same sequences as above through a deny
+/// cache in front of the Redis store, on the test clock, give the model's
+/// answers (so the cache off's): every request the cache answers, the model
+/// denies; every other answer is the model's, number for number. The
+/// boundary steps (`AdvanceToRetry`, a microsecond either side of a bucket's
+/// refill) probe the cache's end; UpdateUsage steps its generation.
+#[test]
+fn redis_store_with_the_deny_cache_matches_the_model() {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let server = RedisServer::start();
+    let clock = Arc::new(ManualClock::new(0));
+    let store = rt.block_on(async {
+        let mut s = RedisSettings::new(&server.url());
+        s.clock = Some(TestClock(clock.clone()));
+        let store = RedisStore::open(s).expect("open the Redis store");
+        wait_ready(&store, &server).await;
+        store
+    });
+    check_against_model(&Subject::RedisDenyCache(&store), &rt, &clock);
+    let hits = CACHE_HITS.load(Ordering::Relaxed);
+    eprintln!("{hits} requests answered by the deny cache");
+    assert!(hits > 0, "the sequences never reached the deny cache");
 }
 
 async fn wait_ready(store: &RedisStore, server: &RedisServer) {

@@ -1086,8 +1086,18 @@ async fn update_usage_on_one_replica_takes_effect_on_every_replica() {
     let u = admin_a.update_usage(update_req("p", "k1", 5)).await.expect("UpdateUsage").into_inner();
     assert_eq!((u.usage_plan_id.as_str(), u.key_id.as_str(), u.remaining), ("p", "k1", 5));
     assert_eq!(u.period_end_ms, period_bounds_ms(Period::Month, now).1, "the grant lasts until the month ends");
-    // ... is what B's very next Authorize sees.
-    let first = authorize(b, "k1").await;
+    // ... is what B sees: at once in Redis; B's deny cache, which holds the
+    // denial above, forgets it when B reads the record UpdateUsage appended
+    // to the change log (docs/semantics.md, "The local deny cache"). Denials
+    // meanwhile consume nothing.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let first = loop {
+        let r = authorize(b, "k1").await;
+        if r.allowed || Instant::now() > deadline {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
     assert!(first.allowed, "{first:?}");
     let r = first.rate_limit.expect("numbers");
     assert_eq!((r.limit, r.remaining), (3, 4));

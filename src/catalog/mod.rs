@@ -24,7 +24,7 @@ pub mod snapshot;
 pub mod store;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -98,14 +98,29 @@ pub enum CatalogError {
     Conflict(String),
 }
 
-/// The current catalog snapshot, shared by every request.
+/// The current catalog snapshot, shared by every request, and its
+/// *generation*: a number that moves on whenever the snapshot is replaced or
+/// the limits' state changed behind the decisions' back (UpdateUsage), so
+/// that what was learned from an older one (the deny cache,
+/// `limiter::deny`) can be told apart.
 #[derive(Clone)]
-pub struct CatalogHandle(Arc<ArcSwap<Catalog>>, Arc<AtomicBool>);
+pub struct CatalogHandle(Arc<ArcSwap<Catalog>>, Arc<AtomicBool>, Arc<AtomicU64>);
 
 impl CatalogHandle {
     /// A handle on `catalog`, counted as loaded.
     pub fn new(catalog: Catalog) -> Self {
-        Self(Arc::new(ArcSwap::from_pointee(catalog)), Arc::new(AtomicBool::new(true)))
+        Self(Arc::new(ArcSwap::from_pointee(catalog)), Arc::new(AtomicBool::new(true)), Arc::new(AtomicU64::new(0)))
+    }
+
+    /// The generation. Read it *before* [`CatalogHandle::load`]: the snapshot
+    /// loaded after it is then of this generation or newer.
+    pub fn generation(&self) -> u64 {
+        self.2.load(Ordering::Acquire)
+    }
+
+    /// Moves the generation on (after the change it stands for is in place).
+    pub fn touch(&self) {
+        self.2.fetch_add(1, Ordering::AcqRel);
     }
 
     /// The current snapshot (lock-free).
@@ -118,9 +133,10 @@ impl CatalogHandle {
         self.0.load_full()
     }
 
-    /// Replaces the snapshot.
+    /// Replaces the snapshot (and moves the generation on).
     pub fn store(&self, catalog: Catalog) {
         self.0.store(Arc::new(catalog));
+        self.touch();
     }
 
     /// Whether the snapshot holds the catalog (a Redis catalog is empty until

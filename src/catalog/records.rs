@@ -146,6 +146,10 @@ pub struct ChangeSet {
     /// For each plan whose stages grew: the stages added (the store checks
     /// that no key of the plan has another plan with one of them).
     pub added_stages: BTreeMap<String, Vec<String>>,
+    /// Keys whose remaining quota UpdateUsage set (no record changes): the
+    /// log entry tells every replica, whose deny cache then forgets what it
+    /// learned (`limiter::deny`).
+    pub usage: Vec<String>,
 }
 
 impl ChangeSet {
@@ -195,12 +199,17 @@ impl ChangeSet {
             plans: table(&before.plans, &after.plans),
             keys,
             added_stages,
+            usage: Vec::new(),
         }
     }
 
     /// Whether nothing changes.
     pub fn is_empty(&self) -> bool {
-        self.apis.is_empty() && self.stages.is_empty() && self.plans.is_empty() && self.keys.is_empty()
+        self.apis.is_empty()
+            && self.stages.is_empty()
+            && self.plans.is_empty()
+            && self.keys.is_empty()
+            && self.usage.is_empty()
     }
 }
 
@@ -303,6 +312,9 @@ pub struct Change {
     pub stages: Vec<String>,
     /// APIs changed.
     pub apis: Vec<String>,
+    /// Keys whose usage UpdateUsage set (field `u`; a replica that does not
+    /// know the field applies the entry as one that changes nothing).
+    pub usage: Vec<String>,
 }
 
 impl Change {
@@ -323,6 +335,7 @@ impl Change {
             ("p", self.plans.join(" ")),
             ("s", self.stages.join(" ")),
             ("a", self.apis.join(" ")),
+            ("u", self.usage.join(" ")),
         ]
     }
 
@@ -350,6 +363,7 @@ impl Change {
             plans: words("p"),
             stages: words("s"),
             apis: words("a"),
+            usage: words("u"),
         })
     }
 
@@ -368,6 +382,7 @@ impl Change {
             plans: set.plans.keys().cloned().collect(),
             stages: set.stages.keys().cloned().collect(),
             apis: set.apis.keys().cloned().collect(),
+            usage: set.usage.clone(),
         }
     }
 }

@@ -405,25 +405,64 @@ impl CatalogService {
             return Err(e.into());
         }
         let set = ChangeSet::diff(&w.before, after);
+        self.commit_set(w, &set, &after.plans, file).await
+    }
+
+    /// Writes `set` (checked) after `w`, and applies it to the snapshot.
+    async fn commit_set(
+        &self,
+        w: Working,
+        set: &ChangeSet,
+        plans: &BTreeMap<String, UsagePlan>,
+        file: &FileDelta,
+    ) -> Result<Done, AdminError> {
         if set.is_empty() && file.fingerprints.is_empty() && file.applied.is_empty() {
             abort(w.tx).await;
             return Ok(Done::Yes);
         }
         let (change, at) = match w.tx {
-            Tx::Memory(mut g) => match g.commit(&set)? {
+            Tx::Memory(mut g) => match g.commit(set)? {
                 Some(change) => (change, g.at.clone()),
                 None => return Ok(Done::Retry),
             },
             Tx::Redis(tx) => {
                 let Backend::Redis(r) = &self.backend else { unreachable!("a Redis transaction") };
-                match r.records.commit(tx, &set, &after.plans, file).await? {
+                match r.records.commit(tx, set, plans, file).await? {
                     Committed::Done(done) => *done,
                     Committed::Retry => return Ok(Done::Retry),
                 }
             }
         };
-        self.apply_local(&set, &change, at).await;
+        self.apply_local(set, &change, at).await;
         Ok(Done::Yes)
+    }
+
+    /// Tells every replica that UpdateUsage set the remaining quota of key
+    /// `key_id` (call it after the store did): this replica's catalog
+    /// generation moves on at once, and with Redis a record in the change log
+    /// (a change of no records, `ChangeSet::usage`) moves every replica's on
+    /// when it reads it. Either way the deny caches (`limiter::deny`) forget
+    /// what they learned before. An error means the other replicas were not
+    /// told (the call may be repeated).
+    pub async fn usage_changed(&self, key_id: &str) -> Result<(), AdminError> {
+        self.handle.touch();
+        if let Backend::Memory(_) = &self.backend {
+            return Ok(());
+        }
+        let _one_at_a_time = self.writer.lock().await;
+        let set = ChangeSet { usage: vec![key_id.to_string()], ..ChangeSet::default() };
+        for _ in 0..ATTEMPTS {
+            let Some(w) = self.begin(&Want::nothing()).await? else {
+                backoff().await;
+                continue;
+            };
+            let plans = w.before.plans.clone();
+            match self.commit_set(w, &set, &plans, &FileDelta::default()).await? {
+                Done::Yes => return Ok(()),
+                Done::Retry => backoff().await,
+            }
+        }
+        Err(AdminError::Unavailable("the catalog is changing too fast to record this change; retry".into()))
     }
 
     /// Applies a change this replica made to its snapshot, unless the

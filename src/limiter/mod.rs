@@ -6,6 +6,12 @@
 //! apply, in the order of step 6 (a plan per-method throttle, b plan
 //! throttle, c plan quota, d stage method throttle, e account throttle), and
 //! hands them to the store for one atomic check-and-consume.
+//!
+//! With a [`DenyCache`] (`deny.rs`; the Redis store, `--deny-cache`), a
+//! request that a live cached denial covers is answered here, with no store
+//! call, and every denial the store answers is learned.
+
+pub mod deny;
 
 use tracing::{Instrument, Span};
 
@@ -15,6 +21,7 @@ use crate::model::{Invalid, KeyHash, Throttle, KEY_VALUE_MAX};
 use crate::store::keys::{method_field, Keys, PLAN_BUCKET_FIELD, QUOTA_FIELD};
 use crate::store::{Check, Limit, LimitStore, Rule, StoreError, Verdict, MAX_COST};
 use crate::telemetry::traces;
+pub use deny::DenyCache;
 
 /// Why a request was allowed or denied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -216,12 +223,25 @@ pub struct Limiter<S> {
     store: S,
     keys: Keys,
     account: Option<Throttle>,
+    deny: Option<DenyCache>,
 }
 
 impl<S: LimitStore> Limiter<S> {
     /// A limiter; `account` is the server-wide throttle, if any.
     pub fn new(catalog: CatalogHandle, store: S, keys: Keys, account: Option<Throttle>) -> Self {
-        Self { catalog, store, keys, account }
+        Self { catalog, store, keys, account, deny: None }
+    }
+
+    /// The same limiter, answering what `cache` holds without the store
+    /// (`deny.rs`).
+    pub fn with_deny_cache(mut self, cache: DenyCache) -> Self {
+        self.deny = Some(cache);
+        self
+    }
+
+    /// The deny cache, if any.
+    pub fn deny_cache(&self) -> Option<&DenyCache> {
+        self.deny.as_ref()
     }
 
     /// The store.
@@ -276,6 +296,9 @@ impl<S: LimitStore> Limiter<S> {
             // ones through.
             return Err(StoreError::Unavailable("the catalog is not loaded from Redis yet".into()).into());
         }
+        // Before the snapshot: what the deny cache learns from this decision
+        // is then tagged with a generation no newer than its limits.
+        let generation = self.catalog.generation();
         let (check, kinds, mut decision) = {
             let catalog = self.catalog.load();
             // 1. the stage
@@ -348,9 +371,15 @@ impl<S: LimitStore> Limiter<S> {
             }
             (Check { limits, cost: req.cost, usage }, kinds, decision)
         };
+        let cached = self.deny.as_ref().and_then(|d| d.lookup(generation, &check.limits, check.cost));
         let verdict = if check.limits.is_empty() && check.usage.is_none() {
             Verdict::UNLIMITED
+        } else if let Some(v) = cached {
+            v
         } else {
+            // What the deny cache needs to learn from a denial: the instant
+            // the check was handed to the store, and its limits.
+            let learn = self.deny.as_ref().map(|d| (d, d.now_us(), check.limits.clone(), check.cost));
             let started = std::time::Instant::now();
             let span = traces::store_span(self.store.name(), check.limits.len());
             let verdict = self.store.check(check).instrument(span.clone()).await;
@@ -358,7 +387,14 @@ impl<S: LimitStore> Limiter<S> {
             if let Err(e) = &verdict {
                 traces::record_error(&span, e);
             }
-            verdict?
+            let verdict = verdict?;
+            if let (Some((cache, sent_us, limits, cost)), false, Some(i)) = (learn, verdict.allowed, verdict.index) {
+                let shared = matches!(kinds[i].0, LimitKind::StageMethodThrottle | LimitKind::AccountThrottle);
+                if !shared || cache.caches_shared_throttles() {
+                    cache.learn(generation, sent_us, &limits[i], cost, &verdict);
+                }
+            }
+            verdict
         };
         decision.allowed = verdict.allowed;
         decision.rate = verdict.index.map(|i| RateInfo {
@@ -376,6 +412,10 @@ impl<S: LimitStore> Limiter<S> {
             Reason::Throttled
         };
         decision.retry_after_ms = if verdict.allowed { None } else { verdict.retry_after_ms };
+        if cached.is_some() {
+            traces::record_deny_cache_hit(span);
+            metrics::counter!("tollgate_deny_cache_hits_total", "reason" => decision.reason.as_str()).increment(1);
+        }
         Ok(decision)
     }
 }

@@ -270,6 +270,7 @@ pub(crate) fn decision_span() -> Span {
         tollgate.limit = Empty,
         tollgate.remaining = Empty,
         tollgate.retry_after_ms = Empty,
+        tollgate.deny_cache = Empty,
         error.type = Empty,
         otel.status_description = Empty,
     )
@@ -285,6 +286,14 @@ pub(crate) fn record_question(span: &Span, stage: &str, method: &str, cost: u64,
     span.record("tollgate.method", method);
     span.record("tollgate.cost", int(cost));
     span.record("tollgate.key_presented", key_presented);
+}
+
+/// Records on a decision span that the local deny cache answered it (no
+/// store call, so no store span).
+pub(crate) fn record_deny_cache_hit(span: &Span) {
+    if !span.is_disabled() {
+        span.record("tollgate.deny_cache", true);
+    }
 }
 
 /// Records the answer, or why there is none, on its decision span.
