@@ -18,6 +18,9 @@
 #   ROUNDS          rounds per case, the median is reported (3)
 #   KEYS_LIST       key counts of the Redis cases ("1 10000")
 #   TOLLGATE_BIN    the binary (default: cargo build --release, target/release/tollgate)
+#   SERVER_BIN      the binary that serves (default: TOLLGATE_BIN): an older
+#                   build's server measured by this build's load generator,
+#                   for a before/after in one run
 #   WORKER_THREADS  the server's --worker-threads (1; empty: one per CPU)
 #   CONCURRENCY     calls in flight (64)       CONNECTIONS   HTTP/2 connections (4)
 #   BENCH_ROUNDS    (health, authorize) pairs within one bench run (1)
@@ -42,6 +45,7 @@ if [ -z "${TOLLGATE_BIN:-}" ]; then
   TOLLGATE_BIN=target/release/tollgate
 fi
 BIN=$TOLLGATE_BIN
+SERVER_BIN=${SERVER_BIN:-$BIN}
 TMP=$(mktemp -d)
 cleanup() {
   kill $(jobs -p) 2>/dev/null || true
@@ -73,7 +77,7 @@ round() {
     serve+=(--redis-url "redis://127.0.0.1:$rport")
     bench+=(--redis-url "redis://127.0.0.1:$rport")
   fi
-  "$BIN" "${serve[@]}" >"$out.server.log" 2>&1 &
+  "$SERVER_BIN" "${serve[@]}" >"$out.server.log" 2>&1 &
   spid=$!
   "$BIN" bench-catalog wait-serving --server "http://127.0.0.1:$port" --timeout 10m >/dev/null
   "$BIN" "${bench[@]}" --server-pid "$spid" >"$out"
