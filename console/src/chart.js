@@ -15,6 +15,7 @@ export function lineChart(el, { series, data, height = 260, yLabel = "", bars = 
     width: width(),
     height,
     tzDate: (ts) => uPlot.tzDate(new Date(ts * 1e3), "Etc/UTC"),
+    legend: { live: false },
     scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(1, max * 1.1)] } },
     axes: [{}, { label: yLabel, size: 60 }],
     series: [

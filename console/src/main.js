@@ -19,6 +19,7 @@ const PAGES = [
 
 const app = document.getElementById("app");
 let leave = null;
+let renders = 0;
 
 // Content-Security-Policy violations are kept in a data attribute: the
 // browser tests assert there are none.
@@ -39,6 +40,7 @@ async function render() {
   app.replaceChildren();
   const { page, params } = route();
   if (!session.token() || page === "signin") {
+    renders++;
     if (session.token()) session.signOut();
     app.dataset.state = "signin";
     app.append(signInForm());
@@ -57,10 +59,14 @@ async function render() {
   const main = h("main", { id: "page", dataset: { page: current[0] } });
   app.append(h("header", {}, nav), h("div", { id: "message", class: "message", role: "status", "aria-live": "polite" }), main);
   app.dataset.state = "ready";
+  const mine = ++renders;
   try {
-    leave = (await current[2](main, params)) || null;
+    const cleanup = (await current[2](main, params)) || null;
+    // Left while it loaded: stop it now (its timers, its chart).
+    if (mine === renders) leave = cleanup;
+    else if (cleanup) cleanup();
   } catch (e) {
-    showError(e);
+    if (mine === renders) showError(e);
   }
 }
 

@@ -42,8 +42,8 @@ export async function overview(main) {
   const catalogEl = h("dl", { id: "catalog-state", class: "facts" });
   main.append(
     h("h1", {}, "Overview"),
-    h("section", { class: "card" }, h("h2", {}, "Decisions per second, by reason"), chartEl, table),
     h("div", { class: "cols" }, h("section", { class: "card" }, h("h2", {}, "Store"), storeEl), h("section", { class: "card" }, h("h2", {}, "Catalog"), catalogEl)),
+    h("section", { class: "card" }, h("h2", {}, "Decisions per second, by reason"), chartEl, table),
   );
 
   const xs = [];
@@ -82,7 +82,7 @@ export async function overview(main) {
           xs.shift();
           ys.forEach((y) => y.shift());
         }
-        if (!chart) chart = lineChart(chartEl, { series: REASONS.map(([label, color]) => ({ label, color })), data: [xs, ...ys], yLabel: "decisions/s" });
+        if (!chart) chart = lineChart(chartEl, { series: REASONS.map(([label, color]) => ({ label, color })), data: [xs, ...ys], yLabel: "decisions/s", height: 220 });
         else chart.update([xs, ...ys]);
       }
     }

@@ -4,7 +4,7 @@ import { all, call, seg } from "./api.js";
 import { fmt, h } from "./dom.js";
 import { showError, showNotice } from "./ui.js";
 
-export const throttleText = (t) => (t ? `${fmt(t.rate_limit)} requests/s, bursts of ${fmt(t.burst_limit)}` : "none");
+export const throttleText = (t) => (t ? `${fmt(t.rate_limit)}/s, bursts of ${fmt(t.burst_limit)}` : "none");
 export const quotaText = (q) =>
   q ? `${fmt(q.limit)} requests a ${String(q.period).toLowerCase()} (UTC)${q.offset ? `, ${fmt(q.offset)} fewer in the first period` : ""}` : "none";
 
