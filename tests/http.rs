@@ -254,6 +254,62 @@ fn admin_credentials_are_the_grpc_ones() {
     expect_error(&Api::new(&off).get("/v1/plans"), 501, "UNIMPLEMENTED", None, "--admin-listen off");
 }
 
+/// `GET /v1/stats`: the counts of the decision metrics, the store and the
+/// catalog, behind the admin token.
+#[test]
+fn stats_count_decisions_as_the_metrics_do() {
+    let p = start(&["--metrics-listen", "127.0.0.1:0"]);
+    let api = Api::new(&p);
+    expect_error(&api.with_token(None).get("/v1/stats"), 401, "UNAUTHENTICATED", None, "TOLLGATE_ADMIN_TOKEN");
+    expect_error(&api.with_token(Some("not-the-right-token-000")).get("/v1/stats"), 403, "PERMISSION_DENIED", None, "");
+
+    let before = expect(&api.get("/v1/stats"), 200);
+    let zeros = json!({"OK": 0, "THROTTLED": 0, "QUOTA_EXCEEDED": 0, "INVALID_API_KEY": 0, "NOT_SUBSCRIBED": 0, "UNKNOWN_STAGE": 0});
+    assert_eq!(before["decisions"], zeros);
+    assert_eq!(before["decision_errors"], json!({"invalid": 0, "unavailable": 0, "internal": 0}));
+    assert_eq!(before["store"], json!({"kind": "memory", "mode": null, "ready": true}));
+    assert_eq!(before["ready"], true);
+    let catalog = &before["catalog"];
+    assert_eq!(
+        (&catalog["apis"], &catalog["stages"], &catalog["plans"], &catalog["key_values"]),
+        (&json!(1), &json!(1), &json!(1), &json!(1))
+    );
+    assert_eq!(catalog["ready"], true);
+
+    // Over HTTP and gRPC alike: 5 allowed, 2 throttled (bursts of 5), a wrong key, a bad request.
+    for _ in 0..7 {
+        authorize(&api, demo("/pets/GET"));
+    }
+    let wrong = json!({"api_key": "wrongkey", "stage": "petstore/prod", "method": "/pets/GET"});
+    assert_eq!(expect(&authorize(&api, wrong), 200)["reason"], "INVALID_API_KEY");
+    expect(&authorize(&api, json!({"stage": "petstore", "method": "/pets/GET"})), 400);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let r = rt.block_on(async { p.authorizer().await.authorize(req(None, "nope/prod", "/x/GET", None)).await });
+    assert_eq!(r.unwrap().into_inner().reason, tollgate::api::pb::Reason::UnknownStage as i32);
+
+    let after = expect(&api.get("/v1/stats"), 200);
+    let expected = json!({"OK": 5, "THROTTLED": 2, "QUOTA_EXCEEDED": 0, "INVALID_API_KEY": 1, "NOT_SUBSCRIBED": 0, "UNKNOWN_STAGE": 1});
+    assert_eq!(after["decisions"], expected);
+    assert_eq!(after["decision_errors"]["invalid"], 1);
+    assert!(after["now_ms"].as_u64() >= before["now_ms"].as_u64());
+    assert_eq!(after["started_at_ms"], before["started_at_ms"]);
+
+    // The same counts as /metrics.
+    let log = p.log();
+    let metrics: SocketAddr = log
+        .split("metrics_addr=")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("metrics address in the log: {log}"));
+    let text = http::request(metrics, "GET", "/metrics", &[]).text();
+    for (reason, n) in after["decisions"].as_object().unwrap() {
+        let line = format!("tollgate_decisions_total{{reason=\"{reason}\"}} {n}");
+        assert!(n == 0 || text.lines().any(|l| l == line), "{line:?} in:\n{text}");
+    }
+    assert!(text.lines().any(|l| l == "tollgate_decision_errors_total{kind=\"invalid\"} 1"), "{text}");
+}
+
 #[test]
 fn every_admin_route_end_to_end() {
     let p = start(&[]);

@@ -20,6 +20,11 @@ impl AuthorizerService {
     pub fn new(limiter: Arc<Limiter<Store>>, on_store_error: OnStoreError) -> Self {
         Self { limiter, on_store_error }
     }
+
+    /// The limiter it decides with.
+    pub fn limiter(&self) -> &Arc<Limiter<Store>> {
+        &self.limiter
+    }
 }
 
 impl From<Reason> for pb::Reason {

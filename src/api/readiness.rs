@@ -35,6 +35,20 @@ impl Readiness {
         self.store_ready() && self.catalog_ready()
     }
 
+    /// The limit store: `memory` or `redis`, and with Redis its mode
+    /// (`single`, `cluster`, `sentinel`).
+    pub fn store_kind(&self) -> (&'static str, Option<&'static str>) {
+        match &self.store {
+            Store::Memory(_) => (self.store.name(), None),
+            Store::Redis(r) => (self.store.name(), Some(r.mode().as_str())),
+        }
+    }
+
+    /// The catalog's current snapshot (no I/O).
+    pub fn catalog_snapshot(&self) -> Arc<crate::catalog::snapshot::Catalog> {
+        self.catalog.snapshot()
+    }
+
     /// The catalog's version (for the `tollgate_catalog_version` gauge).
     pub fn catalog_version(&self) -> u64 {
         self.catalog.version()

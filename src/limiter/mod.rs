@@ -13,7 +13,11 @@
 
 pub mod deny;
 
+pub mod counts;
+
 use tracing::{Instrument, Span};
+
+use self::counts::DecisionCounts;
 
 use crate::catalog::CatalogHandle;
 use crate::model::method::{canonical_method, CanonicalMethod};
@@ -41,6 +45,28 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Every reason, in [`index`](Self::index) order.
+    pub const ALL: [Reason; 6] = [
+        Reason::Ok,
+        Reason::UnknownStage,
+        Reason::InvalidApiKey,
+        Reason::NotSubscribed,
+        Reason::Throttled,
+        Reason::QuotaExceeded,
+    ];
+
+    /// The position of this reason in [`ALL`](Self::ALL).
+    pub fn index(self) -> usize {
+        match self {
+            Reason::Ok => 0,
+            Reason::UnknownStage => 1,
+            Reason::InvalidApiKey => 2,
+            Reason::NotSubscribed => 3,
+            Reason::Throttled => 4,
+            Reason::QuotaExceeded => 5,
+        }
+    }
+
     /// The HTTP status API Gateway answers with.
     pub fn http_status(self) -> u16 {
         match self {
@@ -224,12 +250,14 @@ pub struct Limiter<S> {
     keys: Keys,
     account: Option<Throttle>,
     deny: Option<DenyCache>,
+    /// The answers given, as the metrics count them (`GET /v1/stats`).
+    counts: DecisionCounts,
 }
 
 impl<S: LimitStore> Limiter<S> {
     /// A limiter; `account` is the server-wide throttle, if any.
     pub fn new(catalog: CatalogHandle, store: S, keys: Keys, account: Option<Throttle>) -> Self {
-        Self { catalog, store, keys, account, deny: None }
+        Self { catalog, store, keys, account, deny: None, counts: DecisionCounts::default() }
     }
 
     /// The same limiter, answering what `cache` holds without the store
@@ -242,6 +270,12 @@ impl<S: LimitStore> Limiter<S> {
     /// The deny cache, if any.
     pub fn deny_cache(&self) -> Option<&DenyCache> {
         self.deny.as_ref()
+    }
+
+    /// The answers given since this limiter started, by reason and by kind
+    /// of failure (the same counts as the decision metrics).
+    pub fn counts(&self) -> &DecisionCounts {
+        &self.counts
     }
 
     /// The store.
@@ -268,7 +302,7 @@ impl<S: LimitStore> Limiter<S> {
         }
         .instrument(span.clone())
         .await;
-        answered(&span, &result);
+        answered(&span, &result, &self.counts);
         result
     }
 
@@ -283,7 +317,7 @@ impl<S: LimitStore> Limiter<S> {
         }
         .instrument(span.clone())
         .await;
-        answered(&span, &result);
+        answered(&span, &result, &self.counts);
         result
     }
 
@@ -432,10 +466,11 @@ fn window_secs(rule: &Rule) -> u64 {
     }
 }
 
-/// Counts an answer in the metrics and records it on its decision span
-/// (`crate::telemetry`).
-fn answered(span: &Span, result: &Result<Decision, AuthorizeError>) {
+/// Counts an answer in the metrics and in `counts`, and records it on its
+/// decision span (`crate::telemetry`).
+fn answered(span: &Span, result: &Result<Decision, AuthorizeError>, counts: &DecisionCounts) {
     traces::record_answer(span, result);
+    counts.record(result);
     match result {
         Ok(d) => metrics::counter!("tollgate_decisions_total", "reason" => d.reason.as_str()).increment(1),
         Err(e) => metrics::counter!("tollgate_decision_errors_total", "kind" => e.kind()).increment(1),

@@ -11,7 +11,11 @@
 //!   included).
 //! - [`admin`]: every Admin operation as REST under `/v1/`, through
 //!   [`AdminService`] behind its own bearer-token check ([`AdminAuth`]).
+//! - [`stats`]: `GET /v1/stats` (Admin): decisions by reason since start,
+//!   the store's and the catalog's state, for the console's overview.
 //! - [`health`]: `/healthz` and `/readyz` ([`Readiness`], as gRPC health).
+//! - [`console`]: the web console at `/console/`, embedded static files
+//!   (not in the OpenAPI document: no API).
 //! - [`openapi`]: `/openapi.json`, generated from the handlers'
 //!   `#[utoipa::path]` attributes and the proto messages' derives
 //!   (`build.rs`): utoipa-axum builds the router and the document from the
@@ -20,10 +24,12 @@
 
 pub mod admin;
 pub mod authorize;
+pub mod console;
 pub mod error;
 pub mod health;
 pub mod json;
 pub mod openapi;
+pub mod stats;
 
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
@@ -65,6 +71,8 @@ pub struct HttpApi {
     auth: AdminAuth,
     readiness: Readiness,
     limits: HttpLimits,
+    /// When this API was made, at start (`GET /v1/stats`).
+    started_at_ms: u64,
     /// `/openapi.json`, rendered once the router is built.
     openapi_json: Arc<OnceLock<String>>,
 }
@@ -79,15 +87,21 @@ impl HttpApi {
         readiness: Readiness,
         limits: HttpLimits,
     ) -> Self {
-        Self { authorizer, admin, auth, readiness, limits, openapi_json: Arc::default() }
+        let started_at_ms = crate::model::now_ms();
+        Self { authorizer, admin, auth, readiness, limits, started_at_ms, openapi_json: Arc::default() }
     }
 
-    /// Every route, with JSON answers for unknown paths (404) and methods (405).
+    /// Every route, and the web console, with JSON answers for unknown paths
+    /// (404) and methods (405).
     pub fn router(self) -> Router {
         let (router, doc) = self.routes().split_for_parts();
         let json = doc.to_pretty_json().unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
         let _ = self.openapi_json.set(json);
-        router.fallback(no_route).method_not_allowed_fallback(method_not_allowed).with_state(self)
+        router
+            .merge(console::routes())
+            .fallback(no_route)
+            .method_not_allowed_fallback(method_not_allowed)
+            .with_state(self)
     }
 
     /// The OpenAPI document of [`router`](Self::router).
@@ -103,6 +117,7 @@ impl HttpApi {
             .layer(axum::middleware::from_fn(traced))
             .layer(axum::extract::DefaultBodyLimit::max(self.limits.max_body_bytes));
         let admin = admin::routes()
+            .merge(stats::routes())
             .layer(axum::middleware::from_fn_with_state(self.clone(), admin::require_admin))
             .layer(axum::middleware::from_fn_with_state(self.limits.admin_request_timeout, deadline))
             .layer(axum::extract::DefaultBodyLimit::max(self.limits.admin_max_body_bytes));
@@ -211,7 +226,10 @@ mod tests {
     fn every_served_path_is_documented() {
         let api = api();
         let documented: BTreeSet<String> = api.openapi().paths.paths.keys().cloned().collect();
-        let served = served_paths(&api.router());
+        let mut served = served_paths(&api.router());
+        for console in console::PATHS {
+            assert!(served.remove(console), "the console's route {console} is not served: {served:?}");
+        }
         assert!(served.len() >= 17, "axum's Debug output changed; read the paths anew: {served:?}");
         assert_eq!(served, documented, "a route is served but not in the OpenAPI document (or the reverse)");
     }

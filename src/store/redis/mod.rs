@@ -293,6 +293,11 @@ fn redact_unparsable(url: &str) -> String {
 }
 
 impl RedisStore {
+    /// How the Redis deployment is organised (`--redis-mode`).
+    pub fn mode(&self) -> target::Mode {
+        self.settings.target.mode
+    }
+
     /// Opens the store. Nothing is connected yet: an unreachable Redis leaves
     /// the store unready until it can be reached.
     pub fn open(settings: RedisSettings) -> Result<Self, StoreError> {
