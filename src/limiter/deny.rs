@@ -66,8 +66,9 @@ pub const DEFAULT_CAPACITY: usize = 100_000;
 pub const SHARDS: usize = 64;
 
 /// The name of a limit in the cache: the kind of its rule, its storage key
-/// and its field there (a key's limits in a plan share one hash). The ONE place that says which limits are "the same limit"; two
-/// limits with equal ids share one state in the store.
+/// and its field there (a key's limits in a plan share one hash). The ONE
+/// place that says which limits are "the same limit"; two limits with equal
+/// ids share one state in the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct LimitId<'a> {
     /// 0: a bucket; 1: a quota.

@@ -23,9 +23,11 @@
 -- one SET per string, and PEXPIREAT only when a hash must live longer than
 -- `e` says (so about once every three days for a key used daily).
 --
--- Why: Redis spends most of a script's time in redis.call, not in Lua; a
--- batch of decisions of one key now costs 2 commands whatever its size,
--- where it cost about 12 per decision.
+-- Why: a batch of decisions of one key costs 2 commands whatever its size,
+-- where it cost about 12 per decision, and each stored value is parsed and
+-- formatted once per call. (What is left is mostly the Lua interpreter's
+-- own time: reading the arguments, deciding, formatting; see
+-- docs/benchmarks.md, "Redis work per decision".)
 
 local H = {}      -- hash key index -> { raw = {field -> string|false}, val = {field -> {a, b, c}}, dirty = {field -> true}, need = ms, err = msg }
 local S = {}      -- string key index -> { raw = string|false, val = {a, b, c}|false|nil, dirty = bool, ttl = ms, err = msg }
