@@ -77,15 +77,7 @@ async fn authorize(p: &TollgateProcess, key: &str) -> pb::AuthorizeResponse {
 
 /// A counter from the replica's `/metrics` (0 when not there yet).
 async fn counter(p: &TollgateProcess, name: &str) -> u64 {
-    let log = p.log();
-    let addr: std::net::SocketAddr = log
-        .split("metrics_addr=")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("metrics address in the log: {log}"));
-    let text =
-        tokio::task::spawn_blocking(move || support::http::request(addr, "GET", "/metrics", &[]).text()).await.unwrap();
+    let text = p.metrics_text().await;
     text.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse::<f64>().ok())).map_or(0, |v| v as u64)
 }
 

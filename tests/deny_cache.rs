@@ -266,15 +266,7 @@ async fn a_smaller_cost_still_goes_to_redis_and_can_pass() {
     assert_eq!(calls().await, n + 2);
 
     // The hits, by reason, in the metrics.
-    let log = p.log();
-    let addr: std::net::SocketAddr = log
-        .split("metrics_addr=")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("metrics address in the log: {log}"));
-    let text =
-        tokio::task::spawn_blocking(move || support::http::request(addr, "GET", "/metrics", &[]).text()).await.unwrap();
+    let text = p.metrics_text().await;
     for line in [
         "tollgate_deny_cache_hits_total{reason=\"THROTTLED\"} 2",
         "tollgate_deny_cache_hits_total{reason=\"QUOTA_EXCEEDED\"} 1",

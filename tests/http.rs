@@ -295,13 +295,7 @@ fn stats_count_decisions_as_the_metrics_do() {
     assert_eq!(after["started_at_ms"], before["started_at_ms"]);
 
     // The same counts as /metrics.
-    let log = p.log();
-    let metrics: SocketAddr = log
-        .split("metrics_addr=")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("metrics address in the log: {log}"));
+    let metrics = p.metrics_addr();
     let text = http::request(metrics, "GET", "/metrics", &[]).text();
     for (reason, n) in after["decisions"].as_object().unwrap() {
         let line = format!("tollgate_decisions_total{{reason=\"{reason}\"}} {n}");

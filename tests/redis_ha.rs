@@ -512,15 +512,7 @@ async fn unsafe_redis_settings_are_reported_at_start() {
         assert!(Instant::now() < deadline, "no warning; log:\n{}", p.log());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let log = p.log();
-    let addr: std::net::SocketAddr = log
-        .split("metrics_addr=")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("metrics address in the log: {log}"));
-    let text =
-        tokio::task::spawn_blocking(move || support::http::request(addr, "GET", "/metrics", &[]).text()).await.unwrap();
+    let text = p.metrics_text().await;
     assert!(text.contains("tollgate_redis_unsafe_config{problem=\"eviction\"} 1"), "{text}");
     assert!(text.contains("tollgate_redis_unsafe_config{problem=\"persistence\"} 1"), "{text}");
 }

@@ -263,13 +263,7 @@ async fn a_redis_cluster_node_is_refused_clearly() {
 #[tokio::test]
 async fn prometheus_metrics() {
     let p = TollgateProcess::start(&["--config", quickstart().to_str().unwrap(), "--metrics-listen", "127.0.0.1:0"]);
-    let log = p.log();
-    let addr: std::net::SocketAddr = log
-        .split("metrics_addr=")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("metrics address in the log: {log}"));
+    let addr = p.metrics_addr();
     let mut c = p.authorizer().await;
     for _ in 0..7 {
         c.authorize(req(Some(DEMO_KEY), "petstore/prod", "/pets/GET", None)).await.unwrap();

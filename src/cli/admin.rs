@@ -153,29 +153,9 @@ pub fn finish(opts: &AdminOpts, outcome: Outcome) -> ExitCode {
     }
 }
 
-/// The canonical name of a gRPC status code (`NOT_FOUND`), as grpc-status
-/// documents and other tools print it.
-pub fn code_name(c: Code) -> &'static str {
-    match c {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
-}
+/// The canonical name of a gRPC status code (`NOT_FOUND`): the same one
+/// the HTTP API's error bodies carry.
+pub use crate::api::http::error::code_name;
 
 /// Writes a line to stderr, ignoring a closed stderr.
 pub fn note(text: &str) {

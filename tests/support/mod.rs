@@ -117,6 +117,23 @@ impl TollgateProcess {
         self.http_addr.unwrap_or_else(|| panic!("this tollgate serves no HTTP API; log:\n{}", self.log()))
     }
 
+    /// The Prometheus listener's address (`--metrics-listen`), from the
+    /// start line of the log; panics when there is none.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        let log = self.log();
+        log.split("metrics_addr=")
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("metrics address in the log: {log}"))
+    }
+
+    /// The text of `/metrics` now.
+    pub async fn metrics_text(&self) -> String {
+        let addr = self.metrics_addr();
+        tokio::task::spawn_blocking(move || http::request(addr, "GET", "/metrics", &[]).text()).await.unwrap()
+    }
+
     /// `http://ADDR` of the Admin service.
     pub fn admin_url(&self) -> String {
         format!("http://{}", self.admin_addr())

@@ -1,7 +1,8 @@
 //! The shared store: limits in Redis, decided by one Lua script call.
 //!
 //! # Hot path
-//! `ARCHITECTURE.md` ("Hot path budget") measured that a pool checkout per
+//! The design this project started from (its ARCHITECTURE.md, "Hot path
+//! budget", kept outside this repository) measured that a pool checkout per
 //! call is the slowest way to talk to Redis and that deciding many pending
 //! requests in ONE script call is the fastest. So decisions go through a
 //! batcher task: callers send their [`Check`] over a channel; the batcher
