@@ -162,6 +162,14 @@ async fn step(
 }
 
 /// One script call on the primary of `slot`, with `WAIT` after it when asked.
+///
+/// Every refusal handled here means the script did not run, so sending it
+/// again charges nothing twice: NOSCRIPT (the script is loaded on that node
+/// first); ASK, while the slot migrates and the key has already moved (sent
+/// to the node named, after `ASKING`: the cluster client follows ASK for
+/// single commands but not for a pipeline routed to a node); TRYAGAIN and
+/// MOVED (sent again after a moment, to the slot's owner as now known). The
+/// caller's deadline bounds the attempts.
 async fn slot_call(
     conn: &mut ClusterConnection,
     slot: u16,
@@ -169,26 +177,63 @@ async fn slot_call(
     clock: &str,
     wait: Option<WaitReplicas>,
 ) -> redis::RedisResult<Vec<Result<Verdict, StoreError>>> {
-    let route = SingleNodeRoutingInfo::SpecificNode(Route::new(slot, SlotAddr::Master));
     let mut pipe = redis::pipe();
     pipe.add_command(decide_cmd(subs, clock));
     if let Some(w) = wait {
         pipe.cmd("WAIT").arg(w.replicas).arg(w.timeout.as_millis() as u64);
     }
     let n = if wait.is_some() { 2 } else { 1 };
-    let first = conn.route_pipeline(pipe.clone(), 0, n, route.clone()).await?;
-    match answers(subs.len(), first, wait) {
-        // NOSCRIPT: nothing ran; load the script on that node and send again.
-        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-            let mut load = redis::cmd("SCRIPT");
-            load.arg("LOAD").arg(DECIDE_CODE.as_str());
-            conn.route_command(load, redis::cluster_routing::RoutingInfo::SingleNode(route.clone())).await?;
-            let again = conn.route_pipeline(pipe, 0, n, route).await?;
-            answers(subs.len(), again, wait)
+    let mut route = SingleNodeRoutingInfo::SpecificNode(Route::new(slot, SlotAddr::Master));
+    let mut asking = false;
+    for _ in 0..MAX_REDIRECTS {
+        let sent = if asking {
+            let mut p = redis::pipe();
+            p.cmd("ASKING");
+            for c in pipe.cmd_iter() {
+                p.add_command(c.clone());
+            }
+            conn.route_pipeline(p, 1, n, route.clone()).await?
+        } else {
+            conn.route_pipeline(pipe.clone(), 0, n, route.clone()).await?
+        };
+        let e = match answers(subs.len(), sent, wait) {
+            Err(e) => e,
+            ok => return ok,
+        };
+        match e.kind() {
+            redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                let mut load = redis::cmd("SCRIPT");
+                load.arg("LOAD").arg(DECIDE_CODE.as_str());
+                conn.route_command(load, redis::cluster_routing::RoutingInfo::SingleNode(route.clone())).await?;
+            }
+            redis::ErrorKind::Server(redis::ServerErrorKind::Ask) => {
+                let Some((host, port)) = e.redirect_node().and_then(|(addr, _)| addr.rsplit_once(':')) else {
+                    return Err(e);
+                };
+                let Ok(port) = port.parse() else { return Err(e) };
+                route = SingleNodeRoutingInfo::ByAddress { host: host.to_string(), port };
+                asking = true;
+            }
+            redis::ErrorKind::Server(redis::ServerErrorKind::TryAgain | redis::ServerErrorKind::Moved) => {
+                tokio::time::sleep(REDIRECT_PAUSE).await;
+                route = SingleNodeRoutingInfo::SpecificNode(Route::new(slot, SlotAddr::Master));
+                asking = false;
+            }
+            _ => return Err(e),
         }
-        r => r,
     }
+    Err(redis::RedisError::from((
+        redis::ErrorKind::Server(redis::ServerErrorKind::TryAgain),
+        "the slot kept moving",
+        format!("slot {slot}: {MAX_REDIRECTS} redirections"),
+    )))
 }
+
+/// How many refusals (NOSCRIPT, ASK, TRYAGAIN, MOVED) one script call
+/// follows before it gives up.
+const MAX_REDIRECTS: usize = 20;
+/// The pause before sending again after TRYAGAIN or MOVED.
+const REDIRECT_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// Decides `checks` on a cluster by the steps of the module docs; also says
 /// whether the cluster connection should be made anew.
