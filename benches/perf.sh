@@ -27,6 +27,7 @@
 #   HALF            1: also the p99 at half the saturating rate (1)
 #   MEMORY          1: include the memory-store case (1)
 #   KEEP            1: keep the logs and each round's JSON (printed at the end)
+#   ADMISSION       the bench plan's admission: exact or leased (exact)
 # Needs redis-server/redis-cli, python3. A benchmark: not run by the tests or CI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,6 +41,7 @@ BENCH_ROUNDS=${BENCH_ROUNDS:-1}
 HALF=${HALF:-1}
 MEMORY=${MEMORY:-1}
 KEEP=${KEEP:-0}
+ADMISSION=${ADMISSION:-exact}
 if [ -z "${TOLLGATE_BIN:-}" ]; then
   cargo build --release --bin tollgate >/dev/null
   TOLLGATE_BIN=target/release/tollgate
@@ -101,7 +103,7 @@ CASES=()
 for k in $KEYS_LIST; do CASES+=("redis:$k"); done
 for case in "${CASES[@]}"; do
   k=${case#*:}
-  [ -f "$TMP/catalog-$k.yaml" ] || "$BIN" bench-catalog generate --keys "$k" --yaml "$TMP/catalog-$k.yaml" >/dev/null
+  [ -f "$TMP/catalog-$k.yaml" ] || "$BIN" bench-catalog generate --keys "$k" --yaml "$TMP/catalog-$k.yaml" --admission "$ADMISSION" >/dev/null
 done
 
 ROWS=()

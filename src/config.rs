@@ -177,6 +177,13 @@ pub struct Settings {
     #[arg(long, env = "TOLLGATE_DENY_CACHE", default_value_t = true, action = ArgAction::Set)]
     pub deny_cache: bool,
 
+    /// The largest lease a replica asks for, in tokens, for plans with
+    /// `admission: leased` (docs/semantics.md, "Leased admission"); 0 turns
+    /// leases off (such plans are then decided per request). Redis single
+    /// and Sentinel modes only.
+    #[arg(long, env = "TOLLGATE_LEASE_MAX", default_value_t = crate::limiter::lease::DEFAULT_MAX_LEASE)]
+    pub lease_max: u64,
+
     /// Account throttle: steady requests per second for all traffic together
     /// (off unless given, with --account-burst).
     #[arg(long, env = "TOLLGATE_ACCOUNT_RATE", requires = "account_burst")]
@@ -342,6 +349,7 @@ impl Settings {
             redis_max_batch: 64,
             redis_max_in_flight: 4,
             deny_cache: true,
+            lease_max: crate::limiter::lease::DEFAULT_MAX_LEASE,
             account_rate: None,
             account_burst: None,
             on_store_error: OnStoreError::Unavailable,

@@ -51,7 +51,7 @@ use crate::catalog::file::{self, CatalogFile};
 use crate::catalog::store::CatalogService;
 use crate::config::{AdminListen, RedisMode, Settings};
 use crate::limiter::deny::DEFAULT_CAPACITY as DENY_CACHE_CAPACITY;
-use crate::limiter::{DenyCache, Limiter};
+use crate::limiter::{DenyCache, LeaseTable, Limiter};
 use crate::store::keys::Keys;
 use crate::store::memory::MemoryStore;
 use crate::store::redis::{RedisSettings, RedisStore};
@@ -89,6 +89,25 @@ pub fn deny_cache(settings: &Settings, store: &Store) -> Option<DenyCache> {
     let shared = settings.redis_mode != RedisMode::Cluster;
     tracing::info!(capacity = DENY_CACHE_CAPACITY, shared_throttles = shared, "deny cache on");
     Some(DenyCache::new(DENY_CACHE_CAPACITY).shared_throttles(shared))
+}
+
+/// How often the settler looks for leases whose use ended, ms: a lease's
+/// settle then reaches Redis well within the `LEASE_MS / 2` its slot lasts
+/// beyond its use (`limiter::lease`).
+const SETTLE_EVERY_MS: u64 = 10;
+
+/// The lease table of plans with `admission: leased`, with Redis in single
+/// or Sentinel mode (`--lease-max`, 0 = off). **(decision)** On a Redis
+/// Cluster, leased plans are decided per request: a request's limits may
+/// live on several nodes there, and the cluster's steps
+/// (`store::redis::cluster`) take and give back tokens node by node, which a
+/// lease held across nodes would have to follow; exact per-request decisions
+/// are the simpler guarantee. In memory, a lease would save nothing.
+pub fn lease_table(settings: &Settings, store: &Store) -> Option<Arc<LeaseTable>> {
+    if settings.lease_max == 0 || !matches!(store, Store::Redis(_)) || settings.redis_mode == RedisMode::Cluster {
+        return None;
+    }
+    Some(Arc::new(LeaseTable::new(settings.lease_max)))
 }
 
 /// Reads the catalog file, if any.
@@ -138,6 +157,8 @@ struct Services {
     admin: Option<AdminSvc>,
     /// The HTTP/JSON API over the same services (served with `--http-listen`).
     http: HttpApi,
+    /// The limiter, to settle its leases at shutdown.
+    limiter: Arc<Limiter<Store>>,
 }
 
 /// Where the Admin service is served, once its listener is bound.
@@ -220,6 +241,11 @@ pub async fn run(
             }
         }
     }
+    // What this replica leased goes back to Redis (what it used is counted).
+    let settled = services.limiter.settle_all().await;
+    if settled > 0 {
+        tracing::info!(leases = settled, "leases settled");
+    }
     tracing::info!("tollgate stopped");
     Ok(())
 }
@@ -237,10 +263,27 @@ fn open_services(settings: &Settings) -> Result<Services, BoxError> {
     }
     let store = open_store(settings)?;
     let limiter = Limiter::new(catalog.handle(), store.clone(), keys.clone(), account);
-    let limiter = Arc::new(match deny_cache(settings, &store) {
+    let limiter = match deny_cache(settings, &store) {
         Some(cache) => limiter.with_deny_cache(cache),
         None => limiter,
+    };
+    let limiter = Arc::new(match lease_table(settings, &store) {
+        Some(table) => limiter.with_leases(table),
+        None => limiter,
     });
+    if limiter.leases().is_some() {
+        // The settler: hands the leases whose use ended back to Redis.
+        let weak = Arc::downgrade(&limiter);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(SETTLE_EVERY_MS));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(limiter) = weak.upgrade() else { return };
+                limiter.settle_due().await;
+            }
+        });
+    }
     let admin_auth = AdminAuth::new(admin_token.clone());
     let admin_service = match settings.admin_listen {
         AdminListen::Off => None,
@@ -275,9 +318,10 @@ fn open_services(settings: &Settings) -> Result<Services, BoxError> {
         authorizer: AuthorizerServer::from_arc(authorizer).max_decoding_message_size(max),
         authz: AuthorizationServer::new(EnvoyAuthzService::new(limiter.clone(), envoy.clone()))
             .max_decoding_message_size(max),
-        rls: RateLimitServiceServer::new(EnvoyRlsService::new(limiter, envoy)).max_decoding_message_size(max),
+        rls: RateLimitServiceServer::new(EnvoyRlsService::new(limiter.clone(), envoy)).max_decoding_message_size(max),
         health,
         admin,
+        limiter,
     })
 }
 

@@ -240,6 +240,8 @@ impl Model {
                     remaining: look.remaining,
                     reset_ms: look.reset_ms,
                     retry_after_ms: look.retry,
+                    grant: None,
+                    soft: false,
                 };
             }
             looks.push(look);
@@ -253,6 +255,8 @@ impl Model {
             remaining: l.remaining,
             reset_ms: l.reset_ms,
             retry_after_ms: None,
+            grant: None,
+            soft: false,
         });
         let mut quota_used = None;
         for look in looks {
@@ -533,6 +537,7 @@ async fn run(seq: &Sequence, subject: &Subject<'_>, clock: &Arc<ManualClock>) ->
                             .collect(),
                         cost: r.cost,
                         usage: r.usage.map(|u| usage_bases[u].clone()),
+                        lease: Default::default(),
                     })
                     .collect();
                 let got: Vec<Verdict> = match subject {
@@ -756,6 +761,7 @@ fn bucket(key: &str, rate_limit: f64, burst_limit: u32) -> Check {
         limits: vec![Limit { key: key.into(), field: None, rule: Rule::Bucket(Throttle { rate_limit, burst_limit }) }],
         cost: 1,
         usage: None,
+        lease: Default::default(),
     }
 }
 
@@ -809,6 +815,7 @@ async fn concurrent_callers_never_exceed_the_limits() {
         }],
         cost: 1,
         usage: None,
+        lease: Default::default(),
     };
     let admitted = hammer(&stores, 64, 4, quota).await;
     assert_eq!(admitted, 500, "768 requests against a quota of 500");

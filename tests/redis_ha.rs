@@ -423,6 +423,7 @@ fn quota_check(key: &str) -> Check {
         }],
         cost: 1,
         usage: Some(keys.usage(key, "p")),
+        lease: Default::default(),
     }
 }
 

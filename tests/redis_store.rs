@@ -52,6 +52,7 @@ fn quota_check(k: &str, limit: u64) -> Check {
         }],
         cost: 1,
         usage: Some(keys.usage(k, "p")),
+        lease: Default::default(),
     }
 }
 
@@ -65,6 +66,7 @@ fn bucket_check(k: &str) -> Check {
         }],
         cost: 1,
         usage: None,
+        lease: Default::default(),
     }
 }
 

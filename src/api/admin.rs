@@ -205,6 +205,22 @@ fn plan_to(p: &UsagePlan) -> pb::UsagePlan {
             })
             .collect(),
         created_at_ms: p.created_at_ms,
+        admission: admission_to(p.admission) as i32,
+    }
+}
+
+fn admission_to(a: crate::model::Admission) -> pb::Admission {
+    match a {
+        crate::model::Admission::Exact => pb::Admission::Exact,
+        crate::model::Admission::Leased => pb::Admission::Leased,
+    }
+}
+
+fn admission_from(v: i32) -> Result<crate::model::Admission, Invalid> {
+    match pb::Admission::try_from(v) {
+        Ok(pb::Admission::Exact) => Ok(crate::model::Admission::Exact),
+        Ok(pb::Admission::Leased) => Ok(crate::model::Admission::Leased),
+        Err(_) => Err(Invalid::new("admission", format!("{v} is not an admission: 0 (EXACT) or 1 (LEASED)"))),
     }
 }
 
@@ -398,6 +414,7 @@ impl pb::admin_server::Admin for AdminService {
                 .enumerate()
                 .map(|(i, s)| plan_stage_from(i, s))
                 .collect::<Result<_, _>>()?,
+            admission: admission_from(r.admission)?,
         };
         let plan = self.catalog.update(Want::nothing(), |d, now| ops::create_plan(d, new.clone(), now)).await?;
         tracing::info!(plan_id = %plan.id, "usage plan created");
@@ -484,6 +501,7 @@ impl pb::admin_server::Admin for AdminService {
             remove_stages: r.remove_stages,
             set_method_throttles: set,
             remove_method_throttles: r.remove_method_throttles.into_iter().map(|m| (m.stage, m.method)).collect(),
+            admission: r.admission.map(admission_from).transpose()?,
         };
         let plan = self.catalog.update(Want::nothing(), |d, _| ops::update_plan(d, &r.id, patch.clone())).await?;
         tracing::info!(plan_id = %plan.id, "usage plan updated");

@@ -329,6 +329,8 @@ pub struct NewPlan {
     pub quota: Option<Quota>,
     /// Stages with per-method throttles.
     pub api_stages: Vec<PlanStage>,
+    /// How its limits are decided.
+    pub admission: crate::model::Admission,
 }
 
 /// Creates a usage plan.
@@ -352,6 +354,7 @@ pub fn create_plan(d: &mut CatalogData, new: NewPlan, now: u64) -> Result<UsageP
         quota: new.quota,
         api_stages: new.api_stages,
         created_at_ms: now,
+        admission: new.admission,
     };
     plan.validate()?;
     check_stages_exist(d, &plan)?;
@@ -390,6 +393,8 @@ pub struct PlanPatch {
     pub set_method_throttles: Vec<(String, String, Throttle)>,
     /// (stage, method) to remove.
     pub remove_method_throttles: Vec<(String, String)>,
+    /// New admission.
+    pub admission: Option<crate::model::Admission>,
 }
 
 /// Changes a usage plan.
@@ -407,6 +412,9 @@ pub fn update_plan(d: &mut CatalogData, id: &str, p: PlanPatch) -> Result<UsageP
     }
     if let Some(q) = p.quota {
         plan.quota = q;
+    }
+    if let Some(a) = p.admission {
+        plan.admission = a;
     }
     for s in p.remove_stages {
         let sr = StageRef::parse(&s).map_err(|e| Invalid::new("remove_stages", e.message))?;

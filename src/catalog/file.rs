@@ -218,6 +218,8 @@ struct FilePlan {
     quota: Option<VQuota>,
     #[serde(default)]
     api_stages: Vec<FilePlanStage>,
+    #[serde(default)]
+    admission: crate::model::Admission,
 }
 
 #[derive(Deserialize)]
@@ -386,6 +388,7 @@ fn records(file: &str, text: &str, root: FileRoot, now_ms: u64) -> Result<Catalo
                 })
                 .collect(),
             created_at_ms: now_ms,
+            admission: p.admission,
         };
         plan.validate().map_err(|e| err(&p.name, format!("usage_plans: plan {:?}: {e}", p.name)))?;
         for s in &plan.api_stages {

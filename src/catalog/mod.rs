@@ -179,6 +179,7 @@ mod tests {
             quota: None,
             api_stages: vec![PlanStage { stage: sr, throttle: Default::default() }],
             created_at_ms: 0,
+            admission: Default::default(),
         };
         d.plans.insert("p".into(), plan);
         let e = Catalog::compile(d).unwrap_err().to_string();

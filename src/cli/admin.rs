@@ -328,6 +328,14 @@ pub fn throttle_json(t: Option<&pb::Throttle>) -> Value {
     }
 }
 
+/// A plan's admission as the CLI and the catalog file write it.
+pub fn admission_text(a: i32) -> &'static str {
+    match pb::Admission::try_from(a) {
+        Ok(pb::Admission::Leased) => "leased",
+        _ => "exact",
+    }
+}
+
 /// A usage plan.
 pub fn plan_json(p: &pb::UsagePlan) -> Value {
     let stages: Vec<Value> = p
@@ -346,6 +354,7 @@ pub fn plan_json(p: &pb::UsagePlan) -> Value {
         "throttle": throttle_json(p.throttle.as_ref()),
         "quota": p.quota.as_ref().map(|q| json!({ "limit": q.limit, "period": q.period, "offset": q.offset })),
         "api_stages": stages,
+        "admission": admission_text(p.admission),
         "created_at_ms": p.created_at_ms,
         "created_at": ts_json(p.created_at_ms),
     })

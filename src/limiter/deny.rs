@@ -154,6 +154,8 @@ impl Entry {
             remaining,
             reset_ms: left(v.reset_ms),
             retry_after_ms,
+            grant: None,
+            soft: false,
         }
     }
 }
@@ -367,7 +369,16 @@ mod tests {
     }
 
     fn denied(limit: u64, remaining: u64, reset_ms: u64, retry: Option<u64>) -> Verdict {
-        Verdict { allowed: false, index: Some(0), limit, remaining, reset_ms, retry_after_ms: retry }
+        Verdict {
+            allowed: false,
+            index: Some(0),
+            limit,
+            remaining,
+            reset_ms,
+            retry_after_ms: retry,
+            grant: None,
+            soft: false,
+        }
     }
 
     fn cache() -> (Arc<ManualClock>, DenyCache) {

@@ -13,6 +13,8 @@
 
 pub mod deny;
 
+pub mod lease;
+
 pub mod counts;
 
 use tracing::{Instrument, Span};
@@ -26,6 +28,11 @@ use crate::store::keys::{method_field, Keys, PLAN_BUCKET_FIELD, QUOTA_FIELD};
 use crate::store::{Check, Limit, LimitStore, Rule, StoreError, Verdict, MAX_COST};
 use crate::telemetry::traces;
 pub use deny::DenyCache;
+pub use lease::LeaseTable;
+
+use self::lease::Admit;
+use crate::store::LeaseOp;
+use std::sync::Arc;
 
 /// Why a request was allowed or denied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -250,6 +257,7 @@ pub struct Limiter<S> {
     keys: Keys,
     account: Option<Throttle>,
     deny: Option<DenyCache>,
+    leases: Option<Arc<LeaseTable>>,
     /// The answers given, as the metrics count them (`GET /v1/stats`).
     counts: DecisionCounts,
 }
@@ -257,7 +265,60 @@ pub struct Limiter<S> {
 impl<S: LimitStore> Limiter<S> {
     /// A limiter; `account` is the server-wide throttle, if any.
     pub fn new(catalog: CatalogHandle, store: S, keys: Keys, account: Option<Throttle>) -> Self {
-        Self { catalog, store, keys, account, deny: None, counts: DecisionCounts::default() }
+        Self { catalog, store, keys, account, deny: None, leases: None, counts: DecisionCounts::default() }
+    }
+
+    /// The same limiter, admitting the requests of plans with `admission:
+    /// leased` from leases it keeps in `table` (`lease.rs`). Someone must
+    /// settle them: [`Limiter::settle_due`] every few ms (`crate::server`
+    /// runs it), and [`Limiter::settle_all`] at shutdown.
+    pub fn with_leases(mut self, table: Arc<LeaseTable>) -> Self {
+        self.leases = Some(table);
+        self
+    }
+
+    /// The lease table, if any.
+    pub fn leases(&self) -> Option<&Arc<LeaseTable>> {
+        self.leases.as_ref()
+    }
+
+    /// Sends the settles that are due (leases whose use ended) to the
+    /// store, together; returns how many.
+    pub async fn settle_due(&self) -> usize {
+        match &self.leases {
+            Some(t) => self.settle(t.due()).await,
+            None => 0,
+        }
+    }
+
+    /// Settles every lease now (at shutdown).
+    pub async fn settle_all(&self) -> usize {
+        match &self.leases {
+            Some(t) => self.settle(t.drain()).await,
+            None => 0,
+        }
+    }
+
+    async fn settle(&self, checks: Vec<Check>) -> usize {
+        let n = checks.len();
+        if n == 0 {
+            return 0;
+        }
+        let results = futures::future::join_all(checks.into_iter().map(|c| self.store.check(c))).await;
+        for r in results {
+            let outcome = match &r {
+                Ok(v) if v.soft => "lapsed",
+                Ok(_) => "ok",
+                Err(_) => "failed",
+            };
+            metrics::counter!("tollgate_lease_settles_total", "outcome" => outcome).increment(1);
+            if let Err(e) = r {
+                // (the lease lapses in Redis: charged in full, its use not
+                // counted in the usage)
+                tracing::warn!(error = %e, "a lease could not be settled; it lapses");
+            }
+        }
+        n
     }
 
     /// The same limiter, answering what `cache` holds without the store
@@ -333,7 +394,7 @@ impl<S: LimitStore> Limiter<S> {
         // Before the snapshot: what the deny cache learns from this decision
         // is then tagged with a generation no newer than its limits.
         let generation = self.catalog.generation();
-        let (check, kinds, mut decision) = {
+        let (check, kinds, mut decision, leased) = {
             let catalog = self.catalog.load();
             // 1. the stage
             let Some(stage) = catalog.stage(req.stage) else {
@@ -354,6 +415,7 @@ impl<S: LimitStore> Limiter<S> {
             };
             let mut decision = Decision::deny(Reason::Ok);
             let mut usage = None;
+            let mut leased = false;
             // 3. methods that need no key: only stage and account throttles
             if setting.api_key_required {
                 // 4. the key
@@ -371,6 +433,7 @@ impl<S: LimitStore> Limiter<S> {
                 };
                 let plan = &sp.plan;
                 decision.plan_id = Some(plan.id.clone());
+                leased = plan.admission == crate::model::Admission::Leased;
                 // 6 a. the plan's per-method throttle
                 // (a–c and the usage share the key's state hash in the plan)
                 let keys = self.keys.usage(key_id, &plan.id);
@@ -403,14 +466,37 @@ impl<S: LimitStore> Limiter<S> {
             if let Some(t) = self.account {
                 add(LimitKind::AccountThrottle, self.keys.account_bucket(), None, Rule::Bucket(t));
             }
-            (Check { limits, cost: req.cost, usage }, kinds, decision)
+            (Check { limits, cost: req.cost, usage, lease: LeaseOp::None }, kinds, decision, leased)
         };
-        let cached = self.deny.as_ref().and_then(|d| d.lookup(generation, &check.limits, check.cost));
+        let mut check = check;
+        let table = self.leases.as_ref().filter(|_| leased && !check.limits.is_empty());
+        let (admit, sig) = match table {
+            Some(t) => t.admit(&check),
+            None => (Admit::Plain, 0),
+        };
+        let cached = match admit {
+            Admit::Local(_) => None,
+            _ => self.deny.as_ref().and_then(|d| d.lookup(generation, &check.limits, check.cost)),
+        };
         let verdict = if check.limits.is_empty() && check.usage.is_none() {
             Verdict::UNLIMITED
+        } else if let Admit::Local(v) = admit {
+            metrics::counter!("tollgate_lease_admissions_total").increment(1);
+            v
         } else if let Some(v) = cached {
+            if let (Some(t), Admit::Ask(_)) = (table, admit) {
+                t.granted(sig, 0, check.clone(), None);
+            }
             v
         } else {
+            // A lease asked: what the table needs to keep of the check.
+            let asked = match (table, admit) {
+                (Some(t), Admit::Ask(n)) => {
+                    check.lease = LeaseOp::Ask(n);
+                    Some((t, t.now_us(), check.clone()))
+                }
+                _ => None,
+            };
             // What the deny cache needs to learn from a denial: the instant
             // the check was handed to the store, and its limits.
             let learn = self.deny.as_ref().map(|d| (d, d.now_us(), check.limits.clone(), check.cost));
@@ -421,7 +507,15 @@ impl<S: LimitStore> Limiter<S> {
             if let Err(e) = &verdict {
                 traces::record_error(&span, e);
             }
+            if let Some((t, sent_us, asked)) = asked {
+                if let Ok(Some(g)) = verdict.as_ref().map(|v| v.grant) {
+                    metrics::counter!("tollgate_leases_total").increment(1);
+                    metrics::counter!("tollgate_leased_tokens_total").increment(g.tokens);
+                }
+                t.granted(sig, sent_us, asked, verdict.as_ref().ok());
+            }
             let verdict = verdict?;
+            let learn = learn.filter(|_| !verdict.soft);
             if let (Some((cache, sent_us, limits, cost)), false, Some(i)) = (learn, verdict.allowed, verdict.index) {
                 let shared = matches!(kinds[i].0, LimitKind::StageMethodThrottle | LimitKind::AccountThrottle);
                 if !shared || cache.caches_shared_throttles() {

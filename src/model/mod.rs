@@ -285,6 +285,25 @@ pub struct PlanStage {
     pub throttle: BTreeMap<String, Throttle>,
 }
 
+/// How a plan's limits are decided (docs/semantics.md, "Leased admission").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Admission {
+    /// Every request decided by the store (the default).
+    #[default]
+    Exact,
+    /// On Redis, a replica leases small blocks of tokens and admits from
+    /// them locally (`crate::limiter::lease`); never more than the limits.
+    Leased,
+}
+
+impl Admission {
+    /// Whether this is the default (`Exact`).
+    pub fn is_exact(&self) -> bool {
+        *self == Admission::Exact
+    }
+}
+
 /// A usage plan: who may call which stages, how fast and how much.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UsagePlan {
@@ -303,6 +322,9 @@ pub struct UsagePlan {
     /// Creation time, ms since the Unix epoch (the quota offset applies in
     /// the period containing it).
     pub created_at_ms: u64,
+    /// How its limits are decided.
+    #[serde(default, skip_serializing_if = "Admission::is_exact")]
+    pub admission: Admission,
 }
 
 impl UsagePlan {

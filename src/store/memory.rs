@@ -13,7 +13,7 @@ use std::sync::Mutex;
 use super::bucket::{self, BucketState, Take};
 pub use super::clock::{Clock, ManualClock, SystemClock};
 use super::keys::QUOTA_FIELD;
-use super::{Check, DayUsage, LimitStore, Rule, StoreError, UsageKeys, Verdict};
+use super::{Check, DayUsage, LeaseOp, LimitStore, Rule, StoreError, UsageKeys, Verdict};
 use crate::calendar::{period_bounds_ms, DAY_MS};
 use crate::model::Quota;
 
@@ -160,6 +160,10 @@ impl MemoryStore {
         let now_ms = now_us / 1000;
         let today = (now_ms / DAY_MS) as i64;
         let cost = check.cost;
+        if let LeaseOp::Settle { .. } = check.lease {
+            // (this store never leases: there is nothing to settle)
+            return Verdict::UNLIMITED;
+        }
         let mut st = self.lock();
         st.ops += 1;
         if st.ops.is_multiple_of(4096) {
@@ -187,6 +191,8 @@ impl MemoryStore {
                                 remaining,
                                 reset_ms,
                                 retry_after_ms,
+                                grant: None,
+                                soft: false,
                             };
                         }
                         Take::Allow { state, remaining, reset_ms, ttl_ms } => {
@@ -215,6 +221,8 @@ impl MemoryStore {
                             remaining: (eff - used).max(0) as u64,
                             reset_ms: reset,
                             retry_after_ms: Some(reset),
+                            grant: None,
+                            soft: false,
                         };
                     }
                     let rem = (eff - used - cost as i64) as u64;
@@ -242,6 +250,8 @@ impl MemoryStore {
             remaining: best_rem,
             reset_ms: best_reset,
             retry_after_ms: None,
+            grant: None,
+            soft: false,
         }
     }
 }

@@ -77,6 +77,41 @@ pub struct Check {
     /// Where to count the request's usage for today, when it has a key and
     /// plan.
     pub usage: Option<UsageKeys>,
+    /// Leased admission (`crate::limiter::lease`): ask for tokens besides,
+    /// or settle a lease. [`LeaseOp::None`] for an ordinary check.
+    pub lease: LeaseOp,
+}
+
+/// What a check does about leases (docs/semantics.md, "Leased admission").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LeaseOp {
+    /// An ordinary check.
+    #[default]
+    None,
+    /// Check and consume as usual and, when allowed, lease up to this many
+    /// more tokens of every limit. A store that does not lease (memory)
+    /// grants none.
+    Ask(u64),
+    /// Settle a lease: `Check::cost` is the number of its tokens used; the
+    /// limits are the lease's. Never denied.
+    Settle {
+        /// Tokens the lease held.
+        leased: u64,
+        /// Its slot ([`Grant::slot`]).
+        slot: u64,
+    },
+}
+
+/// Tokens leased to this replica by an allowed [`LeaseOp::Ask`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grant {
+    /// Tokens of every limit of the check, besides the request's cost.
+    pub tokens: u64,
+    /// The slot that holds them in the store (given back when settling).
+    pub slot: u64,
+    /// How long the replica may admit from them, ms from when the check
+    /// was handed to the store.
+    pub valid_ms: u64,
 }
 
 /// A store's answer to a [`Check`].
@@ -97,12 +132,27 @@ pub struct Verdict {
     /// On a denial: ms until the same request could pass; `None` when it
     /// never can (cost above burst), and on an allow.
     pub retry_after_ms: Option<u64>,
+    /// On an allow that asked for a lease: the tokens leased, if any.
+    pub grant: Option<Grant>,
+    /// On a denial: the limit denied only because of tokens leased out to
+    /// replicas, which a settle may give back at any moment (the deny cache
+    /// does not keep such a denial). On a settle: the lease had lapsed (its
+    /// slot ended before the settle came; it was charged in full).
+    pub soft: bool,
 }
 
 impl Verdict {
     /// The verdict of a check with no limits: allowed.
-    pub const UNLIMITED: Verdict =
-        Verdict { allowed: true, index: None, limit: 0, remaining: 0, reset_ms: 0, retry_after_ms: None };
+    pub const UNLIMITED: Verdict = Verdict {
+        allowed: true,
+        index: None,
+        limit: 0,
+        remaining: 0,
+        reset_ms: 0,
+        retry_after_ms: None,
+        grant: None,
+        soft: false,
+    };
 }
 
 /// Why a store could not answer.

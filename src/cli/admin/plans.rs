@@ -76,6 +76,10 @@ pub struct CreateArgs {
     /// The plan's id ([A-Za-z0-9_.-], 1 to 64); generated when omitted.
     #[arg(long)]
     pub id: Option<String>,
+    /// How its limits are decided: exact (every request asks the store) or
+    /// leased (replicas lease small blocks of tokens; docs/semantics.md).
+    #[arg(long, value_name = "exact|leased", value_parser = parse_admission, default_value = "exact")]
+    pub admission: pb::Admission,
 }
 
 /// Arguments of `plans update`.
@@ -123,6 +127,17 @@ pub struct UpdateArgs {
     /// Remove the throttle of one method, STAGE:METHOD (repeatable).
     #[arg(long, value_name = "STAGE:METHOD", value_parser = parse_stage_method)]
     pub remove_method_throttle: Vec<pb::MethodThrottle>,
+    /// Set how its limits are decided: exact or leased.
+    #[arg(long, value_name = "exact|leased", value_parser = parse_admission)]
+    pub admission: Option<pb::Admission>,
+}
+
+fn parse_admission(s: &str) -> Result<pb::Admission, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "exact" => Ok(pb::Admission::Exact),
+        "leased" => Ok(pb::Admission::Leased),
+        _ => Err(format!("{s:?} is not an admission: exact or leased")),
+    }
 }
 
 /// Runs `tollgate plans ...`.
@@ -160,6 +175,7 @@ async fn dispatch(opts: &AdminOpts, cmd: PlansCommand) -> Outcome {
                 quota: quota(a.quota_limit, a.quota_period, a.quota_offset),
                 api_stages: a.stage.into_iter().map(plan_stage).collect(),
                 id: a.id,
+                admission: a.admission as i32,
             };
             let p = c.create_usage_plan(req).await?.into_inner();
             print_plan(opts, &p);
@@ -211,6 +227,7 @@ async fn dispatch(opts: &AdminOpts, cmd: PlansCommand) -> Outcome {
                 remove_stages: a.remove_stage,
                 set_method_throttles: a.method_throttle,
                 remove_method_throttles: a.remove_method_throttle,
+                admission: a.admission.map(|a| a as i32),
             };
             let p = c.update_usage_plan(req).await?.into_inner();
             print_plan(opts, &p);
@@ -246,6 +263,7 @@ fn print_plan(opts: &AdminOpts, p: &pb::UsagePlan) {
         ("description", p.description.clone()),
         ("throttle", throttle_text(p.throttle.as_ref())),
         ("quota", quota_text(p.quota.as_ref())),
+        ("admission", super::admission_text(p.admission).into()),
         ("created at", if p.created_at_ms == 0 { "-".into() } else { super::rfc3339_s(p.created_at_ms) }),
     ]);
     if p.api_stages.is_empty() {

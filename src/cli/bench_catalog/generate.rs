@@ -34,6 +34,10 @@ pub struct GenerateArgs {
     /// Write the import CSV (Name,Key,Description,Enabled,UsagePlanIds) here.
     #[arg(long, value_name = "FILE")]
     pub csv: Option<PathBuf>,
+    /// The bench plan's admission in the catalog file: exact or leased
+    /// (docs/semantics.md, "Leased admission").
+    #[arg(long, value_name = "exact|leased", default_value = "exact", value_parser = ["exact", "leased"])]
+    pub admission: String,
 }
 
 /// The part of `benches/catalog.yaml` after its opening comment and before
@@ -90,10 +94,19 @@ fn write_file(
     f.metadata().map(|m| m.len()).map_err(fail)
 }
 
+/// Gives the bench plan of the catalog file at `path` an `admission`
+/// (the line after its `- id:`).
+fn set_admission(path: &PathBuf, admission: &str) -> std::io::Result<()> {
+    let text = std::fs::read_to_string(path)?;
+    let id_line = format!("  - id: {BENCH_PLAN_ID}\n");
+    let text = text.replacen(&id_line, &format!("{id_line}    admission: {admission}\n"), 1);
+    std::fs::write(path, text)
+}
+
 /// Runs `bench-catalog generate`.
 pub fn run(a: GenerateArgs) -> ExitCode {
     let start = Instant::now();
-    let mut report = json!({ "keys": a.keys });
+    let mut report = json!({ "keys": a.keys, "admission": a.admission });
     for (field, path, write) in [
         ("yaml", &a.yaml, write_yaml as fn(&mut BufWriter<std::fs::File>, u64) -> std::io::Result<()>),
         ("csv", &a.csv, write_csv),
@@ -105,6 +118,12 @@ pub fn run(a: GenerateArgs) -> ExitCode {
                 eprintln!("error: {e}");
                 return ExitCode::from(2);
             }
+        }
+    }
+    if let (Some(path), "leased") = (&a.yaml, a.admission.as_str()) {
+        if let Err(e) = set_admission(path, &a.admission) {
+            eprintln!("error: cannot write {}: {e}", path.display());
+            return ExitCode::from(2);
         }
     }
     report["secs"] = json!(start.elapsed().as_secs_f64());

@@ -354,6 +354,7 @@ mod tests {
             ],
             cost: 1,
             usage: Some(k.usage("key1", "p")),
+            lease: Default::default(),
         };
         let p = plan(&c);
         assert_eq!(p.groups.len(), 3);

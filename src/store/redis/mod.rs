@@ -47,7 +47,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 
-use super::{Check, DayUsage, Limit, LimitStore, Rule, StoreError, UsageKeys, Verdict};
+use super::{Check, DayUsage, Grant, LeaseOp, Limit, LimitStore, Rule, StoreError, UsageKeys, Verdict};
 use link::{Conn, Link};
 
 mod cluster;
@@ -680,6 +680,15 @@ pub(crate) enum Op {
     Dry,
     /// Give the cost back to the buckets.
     Refund,
+    /// Take, and lease up to this many tokens besides.
+    Lease(u64),
+    /// Settle a lease (`LeaseOp::Settle`): the cost is the tokens used.
+    Settle {
+        /// Tokens the lease held.
+        leased: u64,
+        /// Its slot.
+        slot: u64,
+    },
 }
 
 /// One request as one script call sees it: some or all of a check's limits.
@@ -693,7 +702,12 @@ pub(crate) struct Sub<'a> {
 impl<'a> Sub<'a> {
     /// The whole check, taken.
     fn take(c: &'a Check) -> Self {
-        Sub { limits: c.limits.iter().collect(), cost: c.cost, usage: c.usage.as_ref(), op: Op::Take }
+        let op = match c.lease {
+            LeaseOp::None => Op::Take,
+            LeaseOp::Ask(n) => Op::Lease(n),
+            LeaseOp::Settle { leased, slot } => Op::Settle { leased, slot },
+        };
+        Sub { limits: c.limits.iter().collect(), cost: c.cost, usage: c.usage.as_ref(), op }
     }
 }
 
@@ -726,7 +740,8 @@ pub(crate) fn decide_cmd<'a>(subs: &[Sub<'a>], clock: &str) -> redis::Cmd {
     let mut named: Vec<Named> = Vec::with_capacity(subs.len());
     for c in subs {
         let limits = c.limits.iter().map(|&l: &&'a Limit| (key(l.key.as_str()), rule(&l.rule))).collect();
-        let usage = c.usage.filter(|_| c.op == Op::Take).map(|u: &'a UsageKeys| key(&u.state));
+        let counts = matches!(c.op, Op::Take | Op::Lease(_) | Op::Settle { .. });
+        let usage = c.usage.filter(|_| counts).map(|u: &'a UsageKeys| key(&u.state));
         named.push((limits, usage));
     }
     let mut cmd = redis::cmd("EVALSHA");
@@ -742,12 +757,25 @@ pub(crate) fn decide_cmd<'a>(subs: &[Sub<'a>], clock: &str) -> redis::Cmd {
         let op = match (c.op, usage.is_some()) {
             (Op::Take, true) => "TU",
             (Op::Take, false) => "T",
+            (Op::Lease(_), true) => "LU",
+            (Op::Lease(_), false) => "L",
+            (Op::Settle { .. }, true) => "SU",
+            (Op::Settle { .. }, false) => "S",
             (Op::Dry, _) => "D",
             (Op::Refund, _) => "R",
         };
         cmd.arg(c.cost).arg(op).arg(c.limits.len());
         if let Some(state) = usage {
             cmd.arg(*state);
+        }
+        match c.op {
+            Op::Lease(ask) => {
+                cmd.arg(ask);
+            }
+            Op::Settle { leased, slot } => {
+                cmd.arg(leased).arg(slot);
+            }
+            _ => {}
         }
         for (l, (k, r)) in c.limits.iter().zip(limits) {
             cmd.arg(*k).arg(l.field.as_deref().unwrap_or("")).arg(*r);
@@ -859,14 +887,14 @@ pub(crate) fn answers(
             )))
         }
     };
-    if values.len() != n * 6 {
+    if values.len() != n * VALUES {
         return Err(redis::RedisError::from((
             redis::ErrorKind::Parse,
             "decide.lua returned a wrong number of values",
             format!("{} values for {n} requests", values.len()),
         )));
     }
-    let mut out: Vec<Result<Verdict, StoreError>> = values.chunks_exact(6).map(verdict).collect();
+    let mut out: Vec<Result<Verdict, StoreError>> = values.chunks_exact(VALUES).map(verdict).collect();
     if let (Some(w), Some(acked)) = (wait, acked) {
         if acked < i64::from(w.replicas) {
             metrics::counter!("tollgate_redis_wait_shortfalls_total").increment(1);
@@ -882,7 +910,10 @@ pub(crate) fn answers(
     Ok(out)
 }
 
-/// One request's six values from `decide.lua`.
+/// How many values `decide.lua` answers per request.
+const VALUES: usize = 9;
+
+/// One request's nine values from `decide.lua`.
 fn verdict(r: &[redis::Value]) -> Result<Verdict, StoreError> {
     let int = |v: &redis::Value| match v {
         redis::Value::Int(i) => Some(*i),
@@ -897,6 +928,14 @@ fn verdict(r: &[redis::Value]) -> Result<Verdict, StoreError> {
             remaining: r[3].max(0) as u64,
             reset_ms: r[4].max(0) as u64,
             retry_after_ms: (r[5] >= 0).then_some(r[5] as u64),
+            grant: (r[0] == 1 && r[6] > 0).then(|| Grant {
+                tokens: r[6] as u64,
+                slot: r[7].max(0) as u64,
+                valid_ms: r[8].max(0) as u64,
+            }),
+            // a denial that leases decided, or a settle that found its
+            // lease lapsed
+            soft: (r[0] == 0 && r[6] == 1) || (r[0] == 1 && r[6] == 0 && r[7] == 1),
         }),
         _ => {
             let why = match &r[1] {

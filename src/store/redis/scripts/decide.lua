@@ -34,22 +34,48 @@
 --     creation time in ms. (A batch's requests share a few rules: each is
 --     sent and read once.)
 --   then per request: cost, what to do: "T" take (check all limits, consume
---   only if all pass), "D" dry (check only: Redis Cluster asks this to name
---   the right reason of a denial), "R" refund (give `cost` back to every
---   bucket, after a take that a later step undid; quotas are never
---   refunded), each with "U" appended when the request counts usage, then
---   the number of limits, then with "U" the index (in KEYS) of the state
---   hash that counts it, then per limit three values: key
---   index, field (in the state hash; '' for a string key), rule index.
--- Returns a flat array of six values per request:
+--   only if all pass), "L" take and lease (below), "S" settle a lease
+--   (below), "D" dry (check only: Redis Cluster asks this to name the right
+--   reason of a denial), "R" refund (give `cost` back to every bucket, after
+--   a take that a later step undid; quotas are never refunded), each with
+--   "U" appended when the request counts usage, then the number of limits,
+--   then with "U" the index (in KEYS) of the state hash that counts it, then
+--   for "L" the tokens asked, for "S" the tokens leased and the lease's
+--   slot, then per limit three values: key index, field (in the state hash;
+--   '' for a string key), rule index.
+-- Returns a flat array of nine values per request:
 --   allowed (1/0), index of the limit described (1-based; the failing one on a
 --   denial, the one with the least remaining on an allow; 0 when none),
---   its limit, remaining, milliseconds until reset, retry-after in ms (-1: none);
---   or, for a request that failed: -1, the error message, 0, 0, 0, 0.
+--   its limit, remaining, milliseconds until reset, retry-after in ms (-1: none),
+--   then on an allow the tokens leased (0: none), the lease's slot and the ms
+--   it may be used for (0, 0 without a lease; a settle answers 0, then 1
+--   when the lease had lapsed, then 0); on a denial 1 when the limit denied only because of
+--   tokens leased out (a "soft" denial, which a settle can lift: the deny
+--   cache must not keep it), else 0, then 0, 0;
+--   or, for a request that failed: -1, the error message, 0, 0, 0, 0, 0, 0, 0.
+--
+-- Leases (docs/semantics.md, "Leased admission"). An "L" request is a take
+-- that also asks for up to ASK more tokens of every limit, for its replica to
+-- admit the same requests locally for LEASE_MS / 2. The tokens leased are
+-- held, per limit, in two slots of LEASE_MS each (numbered floor(ms /
+-- LEASE_MS)); a lease made at `now` goes to slot floor(now / LEASE_MS) + 2,
+-- whose end is more than LEASE_MS away. While its slot has not ended, a
+-- lease's tokens count as taken and do NOT refill (a bucket's level drains;
+-- they are not in it). A settle ("S", the replica's report when its use ends)
+-- takes the lease out of its slot and charges the USED tokens then, as if
+-- every one had been used at that instant; the rest are given back. A slot
+-- that ends without a settle (a replica stopped) lapses: its tokens are
+-- charged as used at the instant a call sees it ended. Every token is thus
+-- charged no earlier than it was used, and held as taken from before its use
+-- until it is charged: Redis's view of every limit is never fuller than the
+-- exact one, and the replicas together never admit more than one exact
+-- bucket or quota would. A lease is at most a quarter of what a limit has
+-- left, so near the limit leases shrink to nothing and requests are decided
+-- one by one.
 
 -- @clock (clock.lua is inserted here: now_us, now_ms, today, TTL_SLACK_MS, expire_at)
 -- @calendar (calendar.lua is inserted here: DAY_MS, civil, days_from_civil, ymd, period)
--- @state (state.lua is inserted here: get, apply_all, usage_writes, flush, ...)
+-- @state (state.lua is inserted here: get, apply_all, usage_writes, flush, leases, keep_slots, ...)
 
 local NANO = 1000000000
 
@@ -103,84 +129,171 @@ local function refund(cost, limits)
     local k, f, rule = l[1], l[2], l[3]
     if rule[1] == 'B' then
       local rate = rule[2]
-      local level, at = bucket_level(get(k, f), k, rate)
-      level = level - cost * NANO
-      if level <= 0 then
-        if f == '' then
-          writes[#writes + 1] = { k, f, false, now_ms }
-        else
-          writes[#writes + 1] = { k, f, { 0, at }, now_ms }
-        end
+      local v = get(k, f)
+      local level, at = bucket_level(v, k, rate)
+      local live, lapsed = leases(v)
+      level = level + lapsed * NANO - cost * NANO
+      if level < 0 then level = 0 end
+      local nv = { level, at }
+      keep_slots(nv, v, 0)
+      if level == 0 and not nv.o1 and f == '' then
+        writes[#writes + 1] = { k, f, false, now_ms }
       else
-        writes[#writes + 1] = { k, f, { level, at }, now_ms + ms_to_drain(level, rate) + 1 }
+        writes[#writes + 1] = { k, f, nv, now_ms + ms_to_drain(level + live * NANO, rate) + 2 * LEASE_MS + 1 }
       end
     end
   end
-  return { 1, 0, 0, 0, 0, -1 }, writes
+  return { 1, 0, 0, 0, 0, -1, 0, 0, 0 }, writes
 end
 
--- Decides one request; returns its six values and its writes (none when
--- denied or `dry`).
-local function decide(cost, limits, usage, dry)
+-- The current quota period of a rule: its start (days), end (ms) and the
+-- limit in force (the offset applies in the one period containing the
+-- plan's creation).
+local function quota_period(rule)
+  local limit, offset, created = rule[2], rule[3], rule[4]
+  local p = period(rule[1])
+  local eff = limit
+  if created >= p[1] and created < p[2] then eff = limit - offset end
+  return p[1] / DAY_MS, p[2], eff
+end
+
+-- A quota's value: used in the current period (with lapsed leases charged)
+-- and its leases still live; another period's value counts nothing.
+local function quota_state(v, k, start)
+  if not v then return 0, 0 end
+  if v[3] then error('quota ' .. KEYS[k] .. ' holds a value that is not DAY:USED') end
+  if v[1] ~= start then return 0, 0, true end
+  local live, lapsed = leases(v)
+  return v[2] + lapsed, live
+end
+
+-- Decides one request; returns its nine values and its writes (none when
+-- denied or `dry`). `ask`: the tokens to lease besides (0: none).
+local function decide(cost, limits, usage, dry, ask)
   local best, best_limit, best_rem, best_reset = 0, 0, 0, 0
   local writes = {}
   local quota_used = nil
+  -- the tokens each limit has left after this request, and for how long a
+  -- lease may be used (a quota's must end with its period)
+  local spare, valid = nil, LEASE_MS / 2
+  local olds = {}
   for i = 1, #limits do
     local l = limits[i]
     local k, f, rule = l[1], l[2], l[3]
     local kind = rule[1]
+    local v = get(k, f)
+    olds[i] = v
     if kind == 'B' then
       local rate, burst = rule[2], rule[3]
-      local level, at = bucket_level(get(k, f), k, rate)
+      local level, at = bucket_level(v, k, rate)
+      local live, lapsed = leases(v)
+      level = level + lapsed * NANO
+      local held = live * NANO
       local cap = burst * NANO
       local need = cost * NANO
-      local rem = idiv(cap - level, NANO)
+      local rem = idiv(cap - level - held, NANO)
       if rem < 0 then rem = 0 end
-      if cost > burst or level + need > cap then
-        local retry = -1
-        if cost <= burst then retry = ms_to_drain(level + need - cap, rate) end
-        return { 0, i, burst, rem, ms_to_drain(level, rate), retry }, nil
+      if cost > burst or level + held + need > cap then
+        local retry, soft = -1, 0
+        if cost <= burst then
+          if level + need <= cap then soft = 1 end
+          retry = ms_to_drain(level + held + need - cap, rate)
+        end
+        return { 0, i, burst, rem, ms_to_drain(level + held, rate), retry, soft, 0, 0 }, nil
       end
       level = level + need
-      rem = idiv(cap - level, NANO)
-      local reset = ms_to_drain(level, rate)
-      writes[#writes + 1] = { k, f, { level, at }, now_ms + reset + 1 }
+      rem = idiv(cap - level - held, NANO)
+      local reset = ms_to_drain(level + held, rate)
+      local keep = now_ms + reset + 1
+      if live > 0 or ask > 0 then keep = keep + 2 * LEASE_MS end
+      writes[#writes + 1] = { k, f, { level, at }, keep }
       if best == 0 or rem < best_rem then
         best, best_limit, best_rem, best_reset = i, burst, rem, reset
       end
+      if spare == nil or rem < spare then spare = rem end
     else
-      local limit, offset, created = rule[2], rule[3], rule[4]
-      local p = period(kind)
-      local eff = limit
-      -- the offset applies in the one period containing the plan's creation
-      if created >= p[1] and created < p[2] then eff = limit - offset end
-      local start = p[1] / DAY_MS
-      local used = 0
-      local v = get(k, f)
-      if v then
-        if v[3] then error('quota ' .. KEYS[k] .. ' holds a value that is not DAY:USED') end
-        if v[1] == start then used = v[2] end
-      end
-      local reset = p[2] - now_ms
-      if used + cost > eff then
-        local rem = eff - used
+      local start, ends, eff = quota_period(rule)
+      local used, live, other = quota_state(v, k, start)
+      if other then olds[i] = false end -- another period's leases are gone
+      local reset = ends - now_ms
+      if used + live + cost > eff then
+        local rem = eff - used - live
         if rem < 0 then rem = 0 end
-        return { 0, i, eff, rem, reset, reset }, nil
+        local soft = 0
+        if used + cost <= eff then soft = 1 end
+        return { 0, i, eff, rem, reset, reset, soft, 0, 0 }, nil
       end
       quota_used = used + cost
-      writes[#writes + 1] = { k, f, { start, quota_used }, p[2] }
-      local rem = eff - used - cost
+      writes[#writes + 1] = { k, f, { start, quota_used }, ends }
+      local rem = eff - used - live - cost
       if best == 0 or rem < best_rem then
         best, best_limit, best_rem, best_reset = i, eff, rem, reset
       end
+      if spare == nil or rem < spare then spare = rem end
+      if reset - 1 < valid then valid = reset - 1 end
     end
   end
 
   if dry then
-    return { 1, best, best_limit, best_rem, best_reset, -1 }, nil
+    return { 1, best, best_limit, best_rem, best_reset, -1, 0, 0, 0 }, nil
+  end
+  -- the lease: at most a quarter of what the tightest limit has left
+  local grant = 0
+  if ask > 0 and spare ~= nil and valid > 0 then
+    grant = floor(spare / 4)
+    if grant > ask then grant = ask end
+  end
+  for i = 1, #limits do
+    keep_slots(writes[i][3], olds[i], grant)
   end
   if usage then usage_writes(writes, usage, cost, quota_used) end
-  return { 1, best, best_limit, best_rem, best_reset, -1 }, writes
+  local slot = slot_now + 2
+  if grant == 0 then valid, slot = 0, 0 end
+  return { 1, best, best_limit, best_rem, best_reset, -1, grant, slot, valid }, writes
+end
+
+-- Settles a lease of `leased` tokens in slot `slot`, of which `used` were
+-- used: takes it out of its slot and charges the used tokens now. A lease
+-- whose slot has ended lapsed: it was charged in full already (only its use
+-- is counted, in the usage).
+local function settle(used, leased, slot, limits, usage)
+  local writes = {}
+  local quota_used = nil
+  local lapsed = 0
+  for i = 1, #limits do
+    local l = limits[i]
+    local k, f, rule = l[1], l[2], l[3]
+    local v = get(k, f)
+    if rule[1] == 'B' and not v then
+      lapsed = 1
+    elseif rule[1] == 'B' then
+      local rate = rule[2]
+      local level, at = bucket_level(v, k, rate)
+      local live, lapsed = leases(v)
+      level = level + lapsed * NANO
+      local nv = { level, at }
+      if keep_slots(nv, v, 0, slot, leased) then
+        nv[1] = level + used * NANO
+        live = live - leased
+      else
+        lapsed = 1
+      end
+      writes[#writes + 1] = { k, f, nv, now_ms + ms_to_drain(nv[1] + live * NANO, rate) + 2 * LEASE_MS + 1 }
+    elseif rule[1] ~= 'B' then
+      local start, ends = quota_period(rule)
+      local q, _, other = quota_state(v, k, start)
+      if not v or other then
+        lapsed = 1
+      else
+        local nv = { start, q }
+        if keep_slots(nv, v, 0, slot, leased) then nv[2] = q + used else lapsed = 1 end
+        quota_used = nv[2]
+        writes[#writes + 1] = { k, f, nv, ends }
+      end
+    end
+  end
+  if usage then usage_writes(writes, usage, used, quota_used) end
+  return { 1, 0, 0, 0, 0, -1, 0, lapsed, 0 }, writes
 end
 
 -- Each request's arguments, and the keys and fields it names (read once,
@@ -199,6 +312,13 @@ for r = 1, n_requests do
     wants_field(usage, 'u')
     a = a + 1
   end
+  local x, y = 0, 0
+  local o = string.sub(op, 1, 1)
+  if o == 'L' then
+    x = tonumber(ARGV[a]); a = a + 1
+  elseif o == 'S' then
+    x, y = tonumber(ARGV[a]), tonumber(ARGV[a + 1]); a = a + 2
+  end
   local limits = {}
   for i = 1, n_limits do
     local k, f = tonumber(ARGV[a]), ARGV[a + 1]
@@ -206,7 +326,7 @@ for r = 1, n_requests do
     if f == '' then wants_string(k) else wants_field(k, f) end
     a = a + 3
   end
-  reqs[r] = { cost, string.sub(op, 1, 1), limits, usage }
+  reqs[r] = { cost, o, limits, usage, x, y }
 end
 load_all()
 
@@ -216,17 +336,19 @@ for r = 1, n_requests do
   local ok, res, writes
   if q[2] == 'R' then
     ok, res, writes = pcall(refund, q[1], q[3])
+  elseif q[2] == 'S' then
+    ok, res, writes = pcall(settle, q[1], q[5], q[6], q[3], q[4])
   else
-    ok, res, writes = pcall(decide, q[1], q[3], q[4], q[2] == 'D')
+    ok, res, writes = pcall(decide, q[1], q[3], q[4], q[2] == 'D', q[5])
   end
   if ok then
     if writes then apply_all(writes) end
   else
     -- an error raised by redis.call is a table with the message in `err`
     if type(res) == 'table' then res = res.err end
-    res = { -1, tostring(res), 0, 0, 0, 0 }
+    res = { -1, tostring(res), 0, 0, 0, 0, 0, 0, 0 }
   end
-  for j = 1, 6 do out[#out + 1] = res[j] end
+  for j = 1, 9 do out[#out + 1] = res[j] end
 end
 flush()
 return out

@@ -25,7 +25,12 @@ local used = eff - remaining
 wants_field(1, 'q')
 wants_field(1, 'u')
 load_all()
-local writes = { { 1, 'q', { p[1] / DAY_MS, used }, p[2] } }
+-- leases outstanding in this period stay outstanding (their settles charge
+-- what they used on top of the value set here)
+local q = { p[1] / DAY_MS, used }
+local ok_old, old = pcall(get, 1, 'q')
+if ok_old and old and not old[3] and old[1] == q[1] then keep_slots(q, old, 0) end
+local writes = { { 1, 'q', q, p[2] } }
 -- a malformed usage record is replaced rather than failing the update
 local ok = pcall(usage_writes, writes, 1, 0, used)
 if not ok then

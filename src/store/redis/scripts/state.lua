@@ -11,6 +11,9 @@
 --                 later day moves it to a field of its own:
 --   hYYYYMMDD     an earlier day's usage, "N" or "N:Q", kept 92 days
 --   e             the day (since 1970-01-01) at whose start the hash expires
+-- A bucket or quota with leases outstanding (decide.lua, "Leases") carries
+-- four more numbers: "LEVEL:TIME:O1:S1:O2:S2" / "STARTDAY:USED:O1:S1:O2:S2",
+-- the tokens leased out in (at most) two slots and the slots' numbers.
 -- (One key per key and plan, and no other: a script call's keys then all
 -- exist or all do not, which a slot being migrated in a Redis Cluster asks
 -- of a command with several keys; and one key costs less memory.)
@@ -73,6 +76,15 @@ end
 -- error message naming the key.
 local function parse(v, k)
   local a, b, c = string.match(v, '^(%-?%d+):(%-?%d+):?(%-?%d*)$')
+  if a == nil then
+    -- a bucket or quota with leases outstanding: {A, B, o1 =, s1 =, o2 =, s2 =}
+    local o1, s1, o2, s2
+    a, b, o1, s1, o2, s2 = string.match(v, '^(%-?%d+):(%-?%d+):(%d+):(%d+):(%d+):(%d+)$')
+    a, b, o1, s1, o2, s2 = tonumber(a), tonumber(b), tonumber(o1), tonumber(s1), tonumber(o2), tonumber(s2)
+    if is_count(a) and is_count(b) and is_count(o1) and is_count(s1) and is_count(o2) and is_count(s2) then
+      return { a, b, o1 = o1, s1 = s1, o2 = o2, s2 = s2 }
+    end
+  end
   a, b = tonumber(a), tonumber(b)
   if c == '' then c = nil else c = tonumber(c) end
   if not is_count(a) or not is_count(b) or (c ~= nil and not is_count(c)) then
@@ -99,6 +111,51 @@ local function get(k, f)
   return val
 end
 
+-- A lease slot's length, ms (decide.lua, "Leases"; src/limiter/lease.rs).
+local LEASE_MS = 200
+local slot_now = math.floor(now_ms / LEASE_MS)
+
+-- The leases outstanding in value `v`: tokens in slots that have not ended
+-- (live) and in slots that have (lapsed: to be charged as used).
+local function leases(v)
+  if not v or not v.o1 then return 0, 0 end
+  local live, lapsed = 0, 0
+  if v.s1 > slot_now then live = live + v.o1 else lapsed = lapsed + v.o1 end
+  if v.s2 > slot_now then live = live + v.o2 else lapsed = lapsed + v.o2 end
+  return live, lapsed
+end
+
+-- Puts on the new value `nv` the live slots of the old value `v`, with
+-- `grant` tokens more in slot slot_now + 2 and `gone` tokens fewer in slot
+-- `from` (a settle). Returns whether slot `from` held `gone` tokens.
+local function keep_slots(nv, v, grant, from, gone)
+  local o = {}
+  local found = false
+  if v and v.o1 then
+    if v.s1 > slot_now and v.o1 > 0 then o[v.s1] = (o[v.s1] or 0) + v.o1 end
+    if v.s2 > slot_now and v.o2 > 0 then o[v.s2] = (o[v.s2] or 0) + v.o2 end
+  end
+  if from and (o[from] or 0) >= gone then
+    o[from] = o[from] - gone
+    found = true
+  end
+  if grant > 0 then o[slot_now + 2] = (o[slot_now + 2] or 0) + grant end
+  local n, total, last = 0, 0, 0
+  for slot, t in pairs(o) do
+    if t > 0 then
+      n = n + 1
+      total = total + t
+      if slot > last then last = slot end
+      if n == 1 then nv.o1, nv.s1 = t, slot else nv.o2, nv.s2 = t, slot end
+    end
+  end
+  -- (more than two live slots only after a clock that went back: all are
+  -- kept in the latest, which holds them longest)
+  if n > 2 then nv.o1, nv.s1, nv.o2, nv.s2 = total, last, 0, 0 end
+  if n == 1 then nv.o2, nv.s2 = 0, 0 end
+  return found
+end
+
 -- Applies a request's writes (made only once the whole request passed).
 -- Each write: { key index, field ('' = string key), value {A, B, C} (false
 -- = delete a string), need: ms until which the value must be kept }.
@@ -118,6 +175,9 @@ local function apply_all(writes)
 end
 
 local function fmt(v)
+  if v.o1 then
+    return string.format('%.0f:%.0f:%.0f:%.0f:%.0f:%.0f', v[1], v[2], v.o1, v.s1, v.o2, v.s2)
+  end
   if v[3] then return string.format('%.0f:%.0f:%.0f', v[1], v[2], v[3]) end
   if v[2] then return string.format('%.0f:%.0f', v[1], v[2]) end
   return string.format('%.0f', v[1])
