@@ -85,7 +85,13 @@ const ENUMS: &[(&str, &str)] = &[("Reason", "REASON_UNSPECIFIED"), ("LimitKind",
 const ENUM_FIELDS: &[(&str, &str, &str, &str)] = &[
     ("AuthorizeResponse.reason", "reason", "Reason", "REASON_UNSPECIFIED"),
     ("RateLimitInfo.kind", "limit_kind", "LimitKind", "LIMIT_KIND_UNSPECIFIED"),
+    ("UsagePlan.admission", "admission", "Admission", "EXACT"),
+    ("CreateUsagePlanRequest.admission", "admission", "Admission", "EXACT"),
 ];
+
+/// Enums whose every value (the zero one too) is written without its prefix
+/// (`"LEASED"`).
+const PLAIN_ENUMS: &[&str] = &["Admission"];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
@@ -125,6 +131,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             )
             .field_attribute(format!("tollgate.v1.{e}.{zero}"), format!("#[serde(rename = \"{zero}\")]"));
     }
+    for e in PLAIN_ENUMS {
+        b = b.enum_attribute(
+            format!("tollgate.v1.{e}"),
+            "#[derive(serde::Serialize, serde::Deserialize, utoipa::ToSchema)] \
+             #[serde(rename_all = \"SCREAMING_SNAKE_CASE\")]",
+        );
+    }
+    // An optional enum field: by name, or absent.
+    b = b.field_attribute(
+        "tollgate.v1.UpdateUsagePlanRequest.admission",
+        "#[serde(with = \"crate::api::http::json::admission_opt\")] \
+         #[schema(value_type = Option<Admission>)]",
+    );
     for (field, with, ty, zero) in ENUM_FIELDS {
         b = b.field_attribute(
             format!("tollgate.v1.{field}"),

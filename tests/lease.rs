@@ -441,3 +441,112 @@ async fn leased_replicas_admit_exactly_the_limits_with_few_redis_calls() {
         assert_eq!(n, want, "plan {plan}: the usage ({u}) counts every admission");
     }
 }
+
+/// Runs the CLI; returns (exit code, stdout, stderr).
+fn cli(args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(args)
+        .env("TOLLGATE_ADMIN_TOKEN", ADMIN_TOKEN)
+        .output()
+        .expect("run the CLI");
+    let text = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
+    (out.status.code().unwrap_or(-1), text(out.stdout), text(out.stderr))
+}
+
+/// A plan's admission: set at creation and by update (Admin and CLI), shown
+/// by get, checked; a plan switched to leased at runtime starts leasing, and
+/// switched back stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admission_is_a_plan_setting_changed_at_runtime() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let p = TollgateProcess::start_with_env(
+        &["--redis-url", &url, "--metrics-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"],
+        &[("TOLLGATE_ADMIN_TOKEN", ADMIN_TOKEN)],
+    );
+    p.wait_serving().await;
+    let mut a = p.admin().await;
+    a.put_stage(pb::PutStageRequest { stage: "api/q".into(), ..Default::default() }).await.expect("stage");
+    let bad = a
+        .create_usage_plan(pb::CreateUsagePlanRequest { name: "bad".into(), admission: 7, ..Default::default() })
+        .await
+        .expect_err("an unknown admission");
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    assert!(bad.message().contains("admission"), "{bad:?}");
+    let plan = a
+        .create_usage_plan(pb::CreateUsagePlanRequest {
+            name: "hot".into(),
+            id: Some("hot".into()),
+            throttle: Some(pb::Throttle { rate_limit: 100_000.0, burst_limit: 10_000 }),
+            api_stages: vec![pb::PlanStage { stage: "api/q".into(), ..Default::default() }],
+            admission: pb::Admission::Leased as i32,
+            ..Default::default()
+        })
+        .await
+        .expect("create")
+        .into_inner();
+    assert_eq!(plan.admission(), pb::Admission::Leased);
+    let key = a
+        .create_api_key(pb::CreateApiKeyRequest { name: "k".into(), value: Some(KEY.into()), ..Default::default() })
+        .await
+        .expect("key")
+        .into_inner();
+    let key_id = key.key.unwrap().id;
+    a.add_usage_plan_key(pb::UsagePlanKeyRequest { usage_plan_id: "hot".into(), key_id }).await.expect("subscribe");
+
+    let mut c = p.authorizer().await;
+    let leased = |p: &TollgateProcess| {
+        let p = p.metrics_addr();
+        async move {
+            let text =
+                tokio::task::spawn_blocking(move || support::http::get(p, "/metrics", &[]).text()).await.unwrap();
+            text.lines()
+                .find(|l| l.starts_with("tollgate_lease_admissions_total"))
+                .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+                .unwrap_or(0)
+        }
+    };
+    for _ in 0..50 {
+        assert!(ask(&mut c, "q").await.allowed);
+    }
+    let n = leased(&p).await;
+    assert!(n > 0, "a leased plan admits from leases");
+
+    // Exact through the CLI; get shows it.
+    let admin = p.admin_url();
+    let (code, _, err) = cli(&["plans", "update", "hot", "--admission", "exact", "--server", &admin]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = cli(&["plans", "get", "hot", "--json", "--server", &admin]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&out).unwrap()["admission"], "exact", "{out}");
+    for _ in 0..50 {
+        assert!(ask(&mut c, "q").await.allowed);
+    }
+    assert_eq!(leased(&p).await, n, "an exact plan never admits from a lease");
+    let (code, _, err) = cli(&["plans", "update", "hot", "--admission", "fast", "--server", &admin]);
+    assert_ne!(code, 0);
+    assert!(err.contains("exact or leased"), "{err}");
+
+    // The HTTP API writes and reads it by name.
+    let http = p.http_addr();
+    let r = tokio::task::spawn_blocking(move || {
+        let auth = format!("Bearer {ADMIN_TOKEN}");
+        let h = [("authorization", auth.as_str()), ("content-type", "application/json")];
+        let patched = support::http::send(http, "PATCH", "/v1/plans/hot", &h, br#"{"admission":"LEASED"}"#);
+        let bad = support::http::send(http, "PATCH", "/v1/plans/hot", &h, br#"{"admission":"FAST"}"#);
+        (patched, bad, support::http::get(http, "/v1/plans/hot", &h[..1]))
+    })
+    .await
+    .unwrap();
+    assert_eq!(r.0.status, 200, "{}", r.0.text());
+    assert_eq!(r.1.status, 400, "{}", r.1.text());
+    assert!(r.1.text().contains("admission"), "{}", r.1.text());
+    assert_eq!(r.2.json()["admission"], "LEASED", "{}", r.2.text());
+
+    // The catalog file: a misspelt admission names its line.
+    let (_dir, path) =
+        write_temp("c.yaml", "usage_plans:\n  - id: p\n    name: p\n    admission: fast\n    api_stages: []\n");
+    let (code, _, err) = cli(&["check-config", path.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(err.contains(":4:") && err.contains("admission"), "{err}");
+}

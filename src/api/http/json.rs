@@ -4,8 +4,9 @@
 //! (names as in the proto; unknown fields refused; missing fields take the
 //! proto3 default). Here:
 //!
-//! - [`reason`] and [`limit_kind`]: enum fields written by their proto names
-//!   (`"THROTTLED"`), not as numbers.
+//! - [`reason`], [`limit_kind`], [`admission`] and [`admission_opt`]: enum
+//!   fields written by their proto names (`"THROTTLED"`, `"LEASED"`), not as
+//!   numbers.
 //! - [`JsonBody`], [`QueryParams`], [`PathParams`], [`CsvBody`]: extractors
 //!   whose failures are [`HttpError`]s naming the field (`cost`,
 //!   `throttle.rate_limit`, `page_size`), like the gRPC API's
@@ -45,6 +46,24 @@ macro_rules! enum_by_name {
 
 enum_by_name!(reason, crate::api::pb::Reason, "`AuthorizeResponse.reason` by name (`\"THROTTLED\"`).");
 enum_by_name!(limit_kind, crate::api::pb::LimitKind, "`RateLimitInfo.kind` by name (`\"PLAN_THROTTLE\"`).");
+enum_by_name!(admission, crate::api::pb::Admission, "A plan's `admission` by name (`\"LEASED\"`).");
+
+/// `UpdateUsagePlanRequest.admission` (optional) by name, or absent.
+pub mod admission_opt {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use crate::api::pb::Admission;
+
+    /// The name, or `null`.
+    pub fn serialize<S: Serializer>(v: &Option<i32>, s: S) -> Result<S::Ok, S::Error> {
+        v.map(|v| Admission::try_from(v).unwrap_or_default()).serialize(s)
+    }
+
+    /// The number of a name; absent or `null`: none.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i32>, D::Error> {
+        Ok(Option::<Admission>::deserialize(d)?.map(|a| a as i32))
+    }
+}
 
 /// A JSON request body read into `T`. An empty body is `{}` (every field its
 /// default, as an empty gRPC message); a non-empty one must be sent as
