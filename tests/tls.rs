@@ -513,6 +513,11 @@ fn the_cli_speaks_https_with_ca_cert() {
     let (code, out, err) = cli(&["keys", "list", "--json", "--server", &admin, "--ca-cert", &ca_file]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("\"keys\""), "{out}");
+    let bench = ["bench", "--key", DEMO_KEY, "--duration", "200ms", "--rounds", "1", "--concurrency", "2", "--json"];
+    let (code, out, err) =
+        cli(&[&bench[..], &["--connections", "1", "--server", &server, "--ca-cert", &ca_file]].concat());
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("\"rounds\""), "{out}");
 
     // Without the CA: a clear failure, with the option that would help.
     let (code, _, err) = cli(&[&demo[..], &["--server", &server]].concat());
