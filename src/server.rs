@@ -260,6 +260,7 @@ fn load_tls(settings: &Settings) -> Result<Option<ServerTls>, BoxError> {
         tls_key = %f.key.display(),
         tls_client_ca = f.client_ca.as_ref().map(|p| p.display().to_string()),
         client_certificates = if tls.requires_client_cert() { "required" } else { "not asked for" },
+        not_after = %tls.not_after().as_deref().unwrap_or("unknown"),
         "TLS on every listener"
     );
     Ok(Some(tls))

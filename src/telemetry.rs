@@ -29,6 +29,7 @@
 //! | `tollgate_catalog_file_conflicts_total` | counter | | catalog file records not applied (`catalog::bootstrap`) |
 //! | `tollgate_tls_reloads_total` | counter | | certificate changes on disk swapped in (`tls`) |
 //! | `tollgate_tls_reload_errors_total` | counter | | certificate changes on disk that did not load; the previous certificate stays (`tls`) |
+//! | `tollgate_tls_cert_not_after_seconds` | gauge | | when the certificate served expires, Unix seconds (`tls`) |
 //! | `tollgate_tls_handshake_failures_total` | counter | | TLS handshakes that failed or timed out, on any listener (`tls`) |
 
 pub mod traces;

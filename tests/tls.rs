@@ -76,10 +76,16 @@ impl Ca {
     /// A certificate for `names` (DNS names or IP addresses), with a key of
     /// its own (and so a serial and key of its own).
     fn issue(&self, names: &[&str]) -> Leaf {
+        self.issue_with(names, |_| {})
+    }
+
+    /// [`issue`](Self::issue), with `edit` applied to the parameters.
+    fn issue_with(&self, names: &[&str], edit: impl FnOnce(&mut rcgen::CertificateParams)) -> Leaf {
         let key = rcgen::KeyPair::generate().expect("leaf key");
         let mut params =
             rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).expect("params");
         params.distinguished_name.push(rcgen::DnType::CommonName, names[0]);
+        edit(&mut params);
         let cert = params.signed_by(&key, &self.issuer).expect("sign");
         Leaf { cert: cert.pem(), key: key.serialize_pem() }
     }
@@ -317,6 +323,8 @@ async fn every_listener_serves_tls_to_clients_that_trust_the_ca() {
     let r = https_get(p.metrics_addr(), "/metrics", &[], rustls_client(&ca, None, http1)).unwrap();
     assert_eq!(r.status, 200, "{r:?}");
     assert!(r.text().contains("tollgate_tls_reload_errors_total 0"), "{}", r.text());
+    // When the certificate expires (rcgen's default: 4096-01-01).
+    assert!(r.text().contains("tollgate_tls_cert_not_after_seconds 67090118400"), "{}", r.text());
     let err = https_get(p.metrics_addr(), "/metrics", &[], rustls_client(&other, None, http1)).unwrap_err();
     assert!(err.contains("UnknownIssuer"), "{err}");
 
@@ -375,7 +383,7 @@ fn a_certificate_swapped_on_disk_is_served_without_a_restart() {
     let trust = rustls_client(&ca, None, &[b"h2"]);
     assert_eq!(served_cert(p.addr, trust.clone()), Ok(first.der()));
 
-    let second = ca.issue(&["127.0.0.1", "rotated.test"]);
+    let second = ca.issue_with(&["127.0.0.1", "rotated.test"], |p| p.not_after = rcgen::date_time_ymd(2040, 1, 1));
     files.put_server(&second);
     let swapped = eventually(20, || served_cert(p.addr, trust.clone()) == Ok(second.der()));
     assert!(swapped, "the new certificate was never served; log:\n{}", p.log());
@@ -387,7 +395,11 @@ fn a_certificate_swapped_on_disk_is_served_without_a_restart() {
     let r = rt.block_on(authorize(p.addr, grpc_tls(Some(&ca), None))).unwrap();
     assert!(r.allowed, "{r:?}");
     assert!(p.log().contains("TLS certificate reloaded"), "{}", p.log());
-    assert!(counter(&p, rustls_client(&ca, None, &[b"http/1.1"]), "tollgate_tls_reloads_total") >= 1.0);
+    let http1 = rustls_client(&ca, None, &[b"http/1.1"]);
+    assert!(counter(&p, http1.clone(), "tollgate_tls_reloads_total") >= 1.0);
+    // The expiry gauge follows the certificate served (2040-01-01T00:00:00Z).
+    assert_eq!(counter(&p, http1, "tollgate_tls_cert_not_after_seconds"), 2_208_988_800.0);
+    assert!(p.log().contains("not_after=2040-01-01T00:00:00Z"), "{}", p.log());
 }
 
 #[test]

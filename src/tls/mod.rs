@@ -12,11 +12,13 @@
 //! key that does not match yet) keeps the previous configuration, logs an
 //! error and counts `tollgate_tls_reload_errors_total`; the next change is
 //! tried again. A good one logs `TLS certificate reloaded` and counts
-//! `tollgate_tls_reloads_total`.
+//! `tollgate_tls_reloads_total`. `tollgate_tls_cert_not_after_seconds` says
+//! when the certificate served expires ([`expiry`]).
 //!
 //! The listeners accept TCP connections and hand each to a handshake of its
 //! own ([`incoming`]), so a slow or silent client never holds up the others.
 
+mod expiry;
 mod incoming;
 
 use std::path::{Path, PathBuf};
@@ -66,6 +68,29 @@ pub enum Alpn {
 struct Configs {
     grpc: Arc<ServerConfig>,
     http: Arc<ServerConfig>,
+    /// When the leaf certificate expires (seconds since the epoch), if its
+    /// DER could be read.
+    not_after: Option<i64>,
+}
+
+impl Configs {
+    /// When the certificate expires, as RFC 3339.
+    fn not_after_text(&self) -> Option<String> {
+        let secs = u64::try_from(self.not_after?).ok()?;
+        Some(humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(secs)).to_string())
+    }
+
+    /// Sets `tollgate_tls_cert_not_after_seconds`, warns when the
+    /// certificate has expired already, and says when it expires.
+    fn publish_expiry(&self) -> Option<String> {
+        let secs = self.not_after?;
+        metrics::gauge!("tollgate_tls_cert_not_after_seconds").set(secs as f64);
+        let text = self.not_after_text();
+        if secs < crate::model::now_ms() as i64 / 1000 {
+            tracing::warn!(not_after = text, "the TLS certificate has expired: clients will refuse it");
+        }
+        text
+    }
 }
 
 /// The bytes of the files, as read once.
@@ -102,6 +127,7 @@ impl ServerTls {
         metrics::counter!("tollgate_tls_reloads_total").increment(0);
         metrics::counter!("tollgate_tls_reload_errors_total").increment(0);
         metrics::counter!("tollgate_tls_handshake_failures_total").increment(0);
+        configs.publish_expiry();
         Ok(Self {
             files: Arc::new(files),
             current: Arc::new(ArcSwap::from_pointee(configs)),
@@ -112,6 +138,11 @@ impl ServerTls {
     /// The files this configuration comes from.
     pub fn files(&self) -> &TlsFiles {
         &self.files
+    }
+
+    /// When the certificate served now expires (RFC 3339), if known.
+    pub fn not_after(&self) -> Option<String> {
+        self.current.load().not_after_text()
     }
 
     /// Whether client certificates are required (`--tls-client-ca`).
@@ -152,9 +183,10 @@ impl ServerTls {
                 reloader = r;
                 match outcome {
                     Reload::Unchanged => {}
-                    Reload::Reloaded => {
+                    Reload::Reloaded(not_after) => {
                         metrics::counter!("tollgate_tls_reloads_total").increment(1);
                         tracing::info!(
+                            not_after = %not_after.as_deref().unwrap_or("unknown"),
                             tls_cert = %reloader.files.cert.display(),
                             tls_key = %reloader.files.key.display(),
                             tls_client_ca = reloader.files.client_ca.as_ref().map(|p| p.display().to_string()),
@@ -176,8 +208,8 @@ impl ServerTls {
 enum Reload {
     /// The same bytes as last time (or the same error).
     Unchanged,
-    /// New bytes, built and swapped in.
-    Reloaded,
+    /// New bytes, built and swapped in; when the new certificate expires.
+    Reloaded(Option<String>),
     /// New bytes (or a new read error) that do not build; the configuration
     /// in force stays.
     Failed(String),
@@ -213,8 +245,9 @@ impl Reloader {
         self.last = Arc::new(contents);
         match built {
             Ok(configs) => {
+                let not_after = configs.publish_expiry();
                 current.store(Arc::new(configs));
-                Reload::Reloaded
+                Reload::Reloaded(not_after)
             }
             Err(e) => Reload::Failed(e),
         }
@@ -239,6 +272,7 @@ fn build(files: &TlsFiles, c: &Contents) -> Result<Configs, String> {
     let cert_flag = format!("--tls-cert {}", files.cert.display());
     let key_flag = format!("--tls-key {}", files.key.display());
     let certs = certificates(&c.cert).map_err(|e| format!("{cert_flag}: {e}"))?;
+    let not_after = expiry::not_after_secs(&certs[0]);
     let key = PrivateKeyDer::from_pem_slice(&c.key)
         .map_err(|e| format!("{key_flag}: {}", pem_error(e, "private key (-----BEGIN PRIVATE KEY-----, RSA or EC)")))?;
     let builder = ServerConfig::builder_with_provider(provider.clone())
@@ -269,7 +303,7 @@ fn build(files: &TlsFiles, c: &Contents) -> Result<Configs, String> {
         config.alpn_protocols = protocols.iter().map(|p| p.to_vec()).collect();
         Arc::new(config)
     };
-    Ok(Configs { grpc: with_alpn(&[b"h2"]), http: with_alpn(&[b"h2", b"http/1.1"]) })
+    Ok(Configs { grpc: with_alpn(&[b"h2"]), http: with_alpn(&[b"h2", b"http/1.1"]), not_after })
 }
 
 /// The certificates of a PEM file; at least one.
@@ -377,7 +411,7 @@ mod tests {
         assert_eq!(served(&tls), first, "the old configuration stays");
 
         std::fs::write(&f.key, &key2).unwrap();
-        assert_eq!(r.check(&tls.current), Reload::Reloaded);
+        assert!(matches!(r.check(&tls.current), Reload::Reloaded(Some(_))));
         assert_ne!(served(&tls), first);
         assert_eq!(r.check(&tls.current), Reload::Unchanged);
 
