@@ -13,10 +13,10 @@
 //! error and counts `tollgate_tls_reload_errors_total`; the next change is
 //! tried again. A good one logs `TLS certificate reloaded` and counts
 //! `tollgate_tls_reloads_total`. `tollgate_tls_cert_not_after_seconds` says
-//! when the certificate served expires ([`expiry`]).
+//! when the certificate served expires (`expiry.rs`).
 //!
 //! The listeners accept TCP connections and hand each to a handshake of its
-//! own ([`incoming`]), so a slow or silent client never holds up the others.
+//! own (`incoming.rs`), so a slow or silent client never holds up the others.
 
 mod expiry;
 mod incoming;
