@@ -16,6 +16,7 @@ use crate::store::redis::target::Target as RedisTarget;
 use crate::store::redis::WaitReplicas;
 use crate::telemetry::traces::DEFAULT_SERVICE_NAME;
 use crate::telemetry::{LogFormat, TraceSettings};
+use crate::tls::TlsFiles;
 
 /// How long a batch waits for --redis-wait-replicas by default.
 pub const DEFAULT_REDIS_WAIT_TIMEOUT_MS: u64 = 100;
@@ -298,9 +299,25 @@ pub struct Settings {
     #[arg(long, env = "TOLLGATE_HTTP_LISTEN")]
     pub http_listen: Option<SocketAddr>,
 
-    /// Serve Prometheus metrics at http://ADDR/metrics (off unless given).
+    /// Serve Prometheus metrics at http://ADDR/metrics (off unless given;
+    /// https:// with --tls-cert).
     #[arg(long, env = "TOLLGATE_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+
+    /// TLS on every listener (data plane, Admin, HTTP/JSON, metrics): the
+    /// server's certificate chain, leaf first (PEM); with --tls-key. Re-read
+    /// when the file changes (docs/operations.md, "TLS and mTLS").
+    #[arg(long, env = "TOLLGATE_TLS_CERT", requires = "tls_key", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM: PKCS#8, RSA or EC).
+    #[arg(long, env = "TOLLGATE_TLS_KEY", requires = "tls_cert", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+
+    /// mTLS: require a client certificate signed by one of these CA
+    /// certificates (PEM) on every listener; needs --tls-cert.
+    #[arg(long, env = "TOLLGATE_TLS_CLIENT_CA", requires = "tls_cert", value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
 
     /// Send a trace of every decision over OTLP/gRPC to this collector, e.g.
     /// http://127.0.0.1:4317 (plaintext gRPC: a collector beside tollgate).
@@ -370,6 +387,9 @@ impl Settings {
             catalog_poll_ms: 1000,
             http_listen: None,
             metrics_listen: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
             otlp_endpoint: None,
             otlp_service_name: DEFAULT_SERVICE_NAME.into(),
             log_format: LogFormat::Text,
@@ -395,6 +415,18 @@ impl Settings {
                 Err(Invalid::new("admin_token", "must be at least 16 characters (use a random secret)"))
             }
             t => Ok(t),
+        }
+    }
+
+    /// The TLS files of every listener, when --tls-cert and --tls-key are
+    /// given (clap makes sure they come together, and --tls-client-ca only
+    /// with them).
+    pub fn tls_files(&self) -> Option<TlsFiles> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => {
+                Some(TlsFiles { cert: cert.clone(), key: key.clone(), client_ca: self.tls_client_ca.clone() })
+            }
+            _ => None,
         }
     }
 

@@ -27,6 +27,8 @@
 //!   naming every key and `redis/scripts/*.lua`.
 //! - [`calendar`]: UTC quota periods.
 //! - [`api`]: gRPC services; [`server`]: wiring, `run(listener, settings, shutdown)`.
+//! - [`tls`]: TLS and mTLS on every listener, certificates reloaded when
+//!   their files change.
 //! - [`config`]: the settings struct; [`cli`]: the command line; [`telemetry`]:
 //!   logs, traces (OTLP) and metrics.
 
@@ -40,4 +42,5 @@ pub mod model;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod usage;

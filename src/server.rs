@@ -13,6 +13,11 @@
 //!
 //! - The HTTP/JSON API ([`crate::api::http`]) on `--http-listen`, when given:
 //!   the same services, called in-process.
+//! - Prometheus metrics on `--metrics-listen`, when given.
+//!
+//! With `--tls-cert`, every one of these listeners speaks TLS (mTLS with
+//! `--tls-client-ca`), with the certificate [`crate::tls`] reloads when its
+//! files change.
 //!
 //! Each listener's reflection (v1 and v1alpha) describes only the services
 //! it serves. Both gRPC listeners get the limits of [`Settings`] (streams per
@@ -56,6 +61,7 @@ use crate::store::keys::Keys;
 use crate::store::memory::MemoryStore;
 use crate::store::redis::{RedisSettings, RedisStore};
 use crate::store::Store;
+use crate::tls::{Alpn, ServerTls, TlsIncoming};
 use crate::usage::UsageService;
 
 /// Errors that stop the server from starting.
@@ -178,9 +184,9 @@ pub async fn run(
     settings: Settings,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), BoxError> {
-    if let Some(addr) = settings.metrics_listen {
-        crate::telemetry::serve_metrics(addr)?;
-    }
+    // The recorder first: what starts next may count.
+    let metrics = bind_metrics(&settings).await?;
+    let tls = load_tls(&settings)?;
     let services = open_services(&settings)?;
     let addr = listener.local_addr()?;
     let admin_at = bind_admin(&settings, addr).await?;
@@ -188,12 +194,12 @@ pub async fn run(
     match &settings.redis_url {
         Some(_) => {
             let t = settings.redis_target()?;
-            tracing::info!(%addr, store = "redis", mode = t.mode.as_str(), redis = %t.describe(), "tollgate listening")
+            tracing::info!(%addr, store = "redis", mode = t.mode.as_str(), redis = %t.describe(), tls = tls.is_some(), "tollgate listening")
         }
-        None => tracing::info!(%addr, store = "memory", "tollgate listening"),
+        None => tracing::info!(%addr, store = "memory", tls = tls.is_some(), "tollgate listening"),
     }
 
-    // Shutdown: tell both servers to stop accepting and drain, and give the
+    // Shutdown: tell every server to stop accepting and drain, and give the
     // drain at most `drain_timeout_secs` (a client holding a stream open
     // must not keep the process alive).
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(());
@@ -203,13 +209,12 @@ pub async fn run(
             let _ = rx.changed().await;
         }
     };
-    let data_plane = data_plane_router(&settings, &services, matches!(admin_at, AdminAt::DataPlane))?
-        .serve_with_incoming_shutdown(incoming(listener, &settings), stopped());
+    let data_plane = data_plane_router(&settings, &services, matches!(admin_at, AdminAt::DataPlane))?;
+    let data_plane = serve_grpc(data_plane, listener, &settings, tls.as_ref(), stopped());
     let admin = match admin_at {
-        AdminAt::Own(admin_listener) => Some(
-            admin_router(&settings, &services)?
-                .serve_with_incoming_shutdown(incoming(admin_listener, &settings), stopped()),
-        ),
+        AdminAt::Own(admin_listener) => {
+            Some(serve_grpc(admin_router(&settings, &services)?, admin_listener, &settings, tls.as_ref(), stopped()))
+        }
         AdminAt::Off | AdminAt::DataPlane => None,
     };
     let admin = async move {
@@ -218,17 +223,10 @@ pub async fn run(
             None => Ok(()),
         }
     };
-    let http = {
-        let server = http_listener.map(|l| crate::api::http::serve(l, services.http.clone().router(), stopped()));
-        async move {
-            match server {
-                Some(server) => server.await.map_err(BoxError::from),
-                None => Ok(()),
-            }
-        }
-    };
+    let http = serve_http(http_listener.map(|l| (l, services.http.clone().router())), tls.clone(), stopped());
+    let metrics = serve_http(metrics.map(|(l, h)| (l, crate::telemetry::metrics_router(h))), tls, stopped());
     let grpc = async move { futures::future::try_join(data_plane, admin).await.map_err(BoxError::from) };
-    let servers = futures::future::try_join(grpc, http);
+    let servers = futures::future::try_join3(grpc, http, metrics);
     tokio::pin!(servers);
     let drain = Duration::from_secs(settings.drain_timeout_secs);
     tokio::select! {
@@ -248,6 +246,72 @@ pub async fn run(
     }
     tracing::info!("tollgate stopped");
     Ok(())
+}
+
+/// Reads the TLS files, if `--tls-cert` is given, and starts watching them
+/// for changes ([`crate::tls`]); a file that does not load stops the start.
+fn load_tls(settings: &Settings) -> Result<Option<ServerTls>, BoxError> {
+    let Some(files) = settings.tls_files() else { return Ok(None) };
+    let tls = ServerTls::load(files)?;
+    tls.watch(crate::tls::RELOAD_INTERVAL);
+    let f = tls.files();
+    tracing::info!(
+        tls_cert = %f.cert.display(),
+        tls_key = %f.key.display(),
+        tls_client_ca = f.client_ca.as_ref().map(|p| p.display().to_string()),
+        client_certificates = if tls.requires_client_cert() { "required" } else { "not asked for" },
+        not_after = %tls.not_after().as_deref().unwrap_or("unknown"),
+        "TLS on every listener"
+    );
+    Ok(Some(tls))
+}
+
+/// A gRPC router served on `listener` until `stop`: plaintext (h2c), or
+/// TLS with ALPN `h2` when `tls` is given.
+fn serve_grpc(
+    router: Router,
+    listener: TcpListener,
+    settings: &Settings,
+    tls: Option<&ServerTls>,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> futures::future::BoxFuture<'static, Result<(), tonic::transport::Error>> {
+    let tcp = incoming(listener, settings);
+    match tls {
+        None => Box::pin(router.serve_with_incoming_shutdown(tcp, stop)),
+        Some(tls) => {
+            let tls = TlsIncoming::new(tcp, tls.clone(), Alpn::Grpc);
+            Box::pin(router.serve_with_incoming_shutdown(tls, stop))
+        }
+    }
+}
+
+/// An HTTP router (the HTTP/JSON API, or metrics) served on its listener
+/// until `stop`, if there is one.
+fn serve_http(
+    served: Option<(TcpListener, axum::Router)>,
+    tls: Option<ServerTls>,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> impl Future<Output = Result<(), BoxError>> {
+    let server = served.map(|(listener, router)| crate::api::http::serve(listener, router, tls, stop));
+    async move {
+        match server {
+            Some(server) => server.await.map_err(BoxError::from),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Installs the Prometheus recorder and binds its listener, if
+/// `--metrics-listen` asks for one, and logs it (`metrics_addr=`).
+async fn bind_metrics(
+    settings: &Settings,
+) -> Result<Option<(TcpListener, metrics_exporter_prometheus::PrometheusHandle)>, BoxError> {
+    let Some(addr) = settings.metrics_listen else { return Ok(None) };
+    let listener =
+        TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on --metrics-listen {addr}: {e}"))?;
+    let handle = crate::telemetry::prometheus()?;
+    tracing::info!(metrics_addr = %listener.local_addr()?, "Prometheus metrics at /metrics");
+    Ok(Some((listener, handle)))
 }
 
 /// Opens the catalog and the store and builds every service on them; starts

@@ -12,7 +12,8 @@
 //! stops.
 //!
 //! Metrics (with `--metrics-listen ADDR`): Prometheus text format at
-//! `http://ADDR/metrics`:
+//! `http://ADDR/metrics` (`https://` with `--tls-cert`), served by
+//! [`metrics_router`] on the recorder [`prometheus`] installs:
 //!
 //! | metric | type | labels | what |
 //! |---|---|---|---|
@@ -26,11 +27,17 @@
 //! | `tollgate_store_ready` | gauge | | 1 while the store and catalog can answer |
 //! | `tollgate_catalog_version` | gauge | | the catalog version this replica serves |
 //! | `tollgate_catalog_file_conflicts_total` | counter | | catalog file records not applied (`catalog::bootstrap`) |
+//! | `tollgate_tls_reloads_total` | counter | | certificate changes on disk swapped in (`tls`) |
+//! | `tollgate_tls_reload_errors_total` | counter | | certificate changes on disk that did not load; the previous certificate stays (`tls`) |
+//! | `tollgate_tls_cert_not_after_seconds` | gauge | | when the certificate served expires, Unix seconds (`tls`) |
+//! | `tollgate_tls_handshake_failures_total` | counter | | TLS handshakes that failed or timed out, on any listener (`tls`) |
 
 pub mod traces;
 
 use std::io::IsTerminal;
-use std::net::SocketAddr;
+use std::sync::Mutex;
+
+use metrics_exporter_prometheus::PrometheusHandle;
 
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::layer::SubscriberExt;
@@ -122,22 +129,50 @@ impl Telemetry {
     }
 }
 
-/// Serves Prometheus metrics on `addr` (must run inside a tokio runtime).
-pub fn serve_metrics(addr: SocketAddr) -> Result<(), String> {
-    // Latency buckets from 50 µs to 1 s: a decision is sub-millisecond when
-    // all is well, and the store deadline is 250 ms by default.
-    const BUCKETS: &[f64] =
-        &[0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
-    let std_listener =
-        std::net::TcpListener::bind(addr).map_err(|e| format!("cannot listen on --metrics-listen {addr}: {e}"))?;
-    let bound = std_listener.local_addr().map_err(|e| e.to_string())?;
-    drop(std_listener);
-    metrics_exporter_prometheus::PrometheusBuilder::new()
-        .with_http_listener(bound)
+/// Latency buckets from 50 µs to 1 s: a decision is sub-millisecond when
+/// all is well, and the store deadline is 250 ms by default.
+const BUCKETS: &[f64] = &[0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
+
+/// How often the Prometheus recorder's upkeep runs (it drains histogram
+/// samples into their buckets, so memory stays bounded between scrapes).
+const METRICS_UPKEEP: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The Prometheus recorder, installed as the process's metrics recorder on
+/// first use (later calls, e.g. a second server in one test process, get
+/// the same handle), with a thread that runs its upkeep.
+pub fn prometheus() -> Result<PrometheusHandle, String> {
+    static HANDLE: Mutex<Option<PrometheusHandle>> = Mutex::new(None);
+    let mut installed = HANDLE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(h) = installed.as_ref() {
+        return Ok(h.clone());
+    }
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
         .set_buckets(BUCKETS)
         .map_err(|e| e.to_string())?
-        .install()
-        .map_err(|e| format!("cannot serve metrics on {bound}: {e}"))?;
-    tracing::info!(metrics_addr = %bound, "Prometheus metrics at /metrics");
-    Ok(())
+        .install_recorder()
+        .map_err(|e| format!("cannot install the Prometheus recorder: {e}"))?;
+    let upkeep = handle.clone();
+    std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(move || loop {
+            std::thread::sleep(METRICS_UPKEEP);
+            upkeep.run_upkeep();
+        })
+        .map_err(|e| format!("cannot start the metrics upkeep thread: {e}"))?;
+    *installed = Some(handle.clone());
+    Ok(handle)
+}
+
+/// The metrics listener's routes: Prometheus text at `GET /metrics`. It is
+/// served like the HTTP/JSON API ([`crate::api::http::serve`]), so TLS
+/// applies to it too.
+pub fn metrics_router(handle: PrometheusHandle) -> axum::Router {
+    use axum::http::header::CONTENT_TYPE;
+    axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let handle = handle.clone();
+            async move { ([(CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()) }
+        }),
+    )
 }

@@ -2,7 +2,8 @@
 //! clients of the `tollgate.v1.Admin` service, one file per command group.
 //!
 //! What they share lives here: the options every admin command takes
-//! ([`AdminOpts`]: `--server` (the Admin listener), `--admin-token`, `--json`), the connection
+//! ([`AdminOpts`]: `--server` (the Admin listener), `--admin-token`, `--json`,
+//! and `--ca-cert`, `--client-cert`, `--client-key` for an `https://` server), the connection
 //! with the `authorization: Bearer TOKEN` interceptor, the one way a failure
 //! is reported (`error: CODE: message` on stderr, exit code 2), and the JSON
 //! shapes of the things the service returns ([`key_json`], [`plan_json`],
@@ -48,6 +49,9 @@ pub struct AdminOpts {
     /// Print one JSON object instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
+    /// TLS, for an https:// server.
+    #[command(flatten)]
+    pub tls: super::TlsOpts,
 }
 
 /// A secret string: its `Debug` never shows it.
@@ -120,7 +124,7 @@ pub async fn client(opts: &AdminOpts) -> Result<Client, Failure> {
                 .map_err(|_| "the admin token must be printable ASCII without line breaks".to_string())?,
         ),
     };
-    let channel = super::connect(&opts.server).await?;
+    let channel = super::connect(&opts.server, &opts.tls).await?;
     Ok(pb::admin_client::AdminClient::with_interceptor(channel, BearerToken(token)))
 }
 
@@ -134,7 +138,8 @@ pub fn finish(opts: &AdminOpts, outcome: Outcome) -> ExitCode {
             ExitCode::from(2)
         }
         Err(Failure::Status(s)) => {
-            let mut line = format!("error: {}: {}", code_name(s.code()), s.message());
+            let cause = super::status_cause(&s, &opts.server, &opts.tls);
+            let mut line = format!("error: {}: {}{cause}", code_name(s.code()), s.message());
             match s.code() {
                 Code::PermissionDenied => line.push_str(
                     "\nhint: the admin token is not the server's (TOLLGATE_ADMIN_TOKEN or --admin-token-file there)",

@@ -30,11 +30,14 @@ pub struct AuthorizeArgs {
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// TLS, for an https:// server.
+    #[command(flatten)]
+    pub tls: super::TlsOpts,
 }
 
 /// Runs the call.
 pub async fn run(args: AuthorizeArgs) -> ExitCode {
-    let channel = match super::connect(&args.server).await {
+    let channel = match super::connect(&args.server, &args.tls).await {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
@@ -46,7 +49,8 @@ pub async fn run(args: AuthorizeArgs) -> ExitCode {
     let r = match client.authorize(req).await {
         Ok(r) => r.into_inner(),
         Err(s) => {
-            eprintln!("error: {}: {}", super::admin::code_name(s.code()), s.message());
+            let cause = super::status_cause(&s, &args.server, &args.tls);
+            eprintln!("error: {}: {}{cause}", super::admin::code_name(s.code()), s.message());
             return ExitCode::from(2);
         }
     };

@@ -90,6 +90,9 @@ pub struct BenchArgs {
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// TLS, for an https:// server.
+    #[command(flatten)]
+    pub tls: super::TlsOpts,
 }
 
 fn positive_rate(s: &str) -> Result<f64, String> {
@@ -304,7 +307,7 @@ async fn measure(args: BenchArgs) -> Result<String, String> {
     let args = Arc::new(args);
     let mut channels = Vec::new();
     for _ in 0..args.connections.max(1) {
-        channels.push(super::connect(&args.server).await.map_err(|e| e.to_string())?);
+        channels.push(super::connect(&args.server, &args.tls).await.map_err(|e| e.to_string())?);
     }
     if let Some(pid) = args.server_pid {
         redis_stats::rss_bytes(pid).map_err(|e| format!("--server-pid {pid}: {e}"))?;

@@ -96,7 +96,12 @@ pub struct AdminTarget {
 impl AdminTarget {
     /// The same as the admin commands' options, for their client and errors.
     pub fn opts(&self) -> AdminOpts {
-        AdminOpts { server: self.server.clone(), admin_token: self.admin_token.clone(), json: true }
+        AdminOpts {
+            server: self.server.clone(),
+            admin_token: self.admin_token.clone(),
+            json: true,
+            tls: Default::default(),
+        }
     }
 }
 

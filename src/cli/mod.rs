@@ -6,6 +6,7 @@ pub mod authorize;
 pub mod bench;
 pub mod bench_catalog;
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::LazyLock;
 
@@ -166,14 +167,147 @@ async fn run_server(settings: Settings) -> Result<(), String> {
     crate::server::run(listener, settings, crate::server::shutdown_signal()).await.map_err(|e| e.to_string())
 }
 
-/// Connects a gRPC channel to `server` (`http://host:port`), with a clear
-/// error when the address is malformed or nothing listens there.
-pub async fn connect(server: &str) -> Result<tonic::transport::Channel, String> {
-    let endpoint = tonic::transport::Endpoint::from_shared(server.to_string())
+/// How a client command reaches an `https://` server: the CA to trust and,
+/// for a server that requires client certificates (`--tls-client-ca`), the
+/// certificate and key to present. Given with an `http://` server they are
+/// an error, so that a slip cannot send plaintext where TLS was meant.
+#[derive(Debug, Clone, Default, clap::Args)]
+#[command(next_help_heading = "TLS (https:// servers)")]
+pub struct TlsOpts {
+    /// The CA certificate (PEM) that signed the server's certificate; the
+    /// only one trusted for an https:// server. Without it, the system's
+    /// roots are.
+    #[arg(long, global = true, env = "TOLLGATE_CA_CERT", value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
+    /// A client certificate (PEM) to present, for a server that requires
+    /// one (mTLS); with --client-key.
+    #[arg(long, global = true, env = "TOLLGATE_CLIENT_CERT", value_name = "FILE")]
+    pub client_cert: Option<PathBuf>,
+    /// The private key (PEM) of --client-cert.
+    #[arg(long, global = true, env = "TOLLGATE_CLIENT_KEY", value_name = "FILE")]
+    pub client_key: Option<PathBuf>,
+}
+
+impl TlsOpts {
+    /// Whether any TLS option is given.
+    fn any(&self) -> bool {
+        self.ca_cert.is_some() || self.client_cert.is_some() || self.client_key.is_some()
+    }
+
+    /// The TLS configuration of a channel to an `https://` server.
+    fn client_config(&self) -> Result<tonic::transport::ClientTlsConfig, String> {
+        use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+        let read = |flag: &str, path: &Path| {
+            std::fs::read(path).map_err(|e| format!("{flag} {}: cannot read it: {e}", path.display()))
+        };
+        let mut config = ClientTlsConfig::new();
+        config = match &self.ca_cert {
+            Some(path) => {
+                let pem = read("--ca-cert", path)?;
+                if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+                    return Err(format!("--ca-cert {}: no certificate in it (expected PEM)", path.display()));
+                }
+                config.ca_certificate(Certificate::from_pem(pem))
+            }
+            None => config.with_native_roots(),
+        };
+        match (&self.client_cert, &self.client_key) {
+            (Some(cert), Some(key)) => {
+                let identity = Identity::from_pem(read("--client-cert", cert)?, read("--client-key", key)?);
+                config = config.identity(identity);
+            }
+            (Some(_), None) => return Err("--client-cert needs --client-key (its private key)".into()),
+            (None, Some(_)) => return Err("--client-key needs --client-cert".into()),
+            (None, None) => {}
+        }
+        Ok(config)
+    }
+}
+
+/// Connects a gRPC channel to `server` (`http://host:port`, or
+/// `https://host:port` with `tls`), with a clear error when the address is
+/// malformed, nothing listens there, or TLS fails (with a hint at the
+/// option that would help).
+pub async fn connect(server: &str, tls: &TlsOpts) -> Result<tonic::transport::Channel, String> {
+    let mut endpoint = tonic::transport::Endpoint::from_shared(server.to_string())
         .map_err(|e| format!("invalid --server {server:?}: {e}; write it like {}", *DEFAULT_SERVER))?
         .connect_timeout(std::time::Duration::from_secs(5))
         .timeout(std::time::Duration::from_secs(30));
-    endpoint.connect().await.map_err(|e| format!("cannot connect to {server}: {e}"))
+    match endpoint.uri().scheme_str() {
+        Some("https") => {
+            endpoint = endpoint.tls_config(tls.client_config()?).map_err(|e| format!("TLS: {}", error_chain(&e)))?;
+        }
+        _ if tls.any() => {
+            return Err(format!(
+                "--ca-cert, --client-cert and --client-key are for https:// servers; {server} is not one \
+                 (write https://HOST:PORT for a server started with --tls-cert)"
+            ))
+        }
+        _ => {}
+    }
+    endpoint.connect().await.map_err(|e| {
+        let chain = error_chain(&e);
+        format!("cannot connect to {server}: {chain}{}", tls_hint(&chain, tls))
+    })
+}
+
+/// An error and its sources, `: `-separated, each said once.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(e);
+    while let Some(e) = next {
+        let text = e.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        next = e.source();
+    }
+    parts.join(": ")
+}
+
+/// A failed call's transport error (the source of its status, if any) and
+/// advice when TLS is the likely cause: `" (cause)\nhint: ..."`, or empty.
+pub fn status_cause(s: &tonic::Status, server: &str, tls: &TlsOpts) -> String {
+    use std::error::Error;
+    let Some(source) = s.source() else { return String::new() };
+    let chain = error_chain(source);
+    let shown = chain.strip_prefix(s.message()).map(|c| c.trim_start_matches(": ")).unwrap_or(&chain);
+    let mut text = if shown.is_empty() { String::new() } else { format!(" ({shown})") };
+    if server.starts_with("https://") {
+        text.push_str(&tls_hint(&chain, tls));
+    }
+    text
+}
+
+/// Advice for a TLS failure, from the words of the error.
+fn tls_hint(chain: &str, tls: &TlsOpts) -> String {
+    let refused_client = "the server refused the client certificate: it must be signed by a CA in the \
+                          server's --tls-client-ca";
+    let hint = if chain.contains("UnknownIssuer") || chain.contains("invalid peer certificate") {
+        if tls.ca_cert.is_some() {
+            "the server's certificate is not signed by --ca-cert, or does not name the host of --server"
+        } else {
+            "the server's certificate is not signed by a CA this machine trusts: give --ca-cert FILE \
+             (the CA that signed the server's --tls-cert)"
+        }
+    } else if chain.contains("CertificateRequired") || chain.contains("certificate required") {
+        "the server requires a client certificate (--tls-client-ca): give --client-cert and --client-key"
+    } else if chain.contains("BadCertificate") || chain.contains("UnknownCA") || chain.contains("unknown ca") {
+        refused_client
+    } else if chain.contains("connection closed") || chain.contains("reset") || chain.contains("broken pipe") {
+        // With TLS 1.3 a refused client certificate shows only as a
+        // connection the server closed.
+        if tls.client_cert.is_none() {
+            "the server closed the connection: if it requires client certificates (--tls-client-ca), \
+             give --client-cert and --client-key"
+        } else {
+            "the server closed the connection: it may have refused the client certificate (it must be \
+             signed by a CA in the server's --tls-client-ca)"
+        }
+    } else {
+        return String::new();
+    };
+    format!("\nhint: {hint}")
 }
 
 /// Writes to stdout, ignoring a closed pipe (`tollgate ... | head -1` must

@@ -139,7 +139,7 @@ fn bad(msg: String) -> io::Error {
 
 /// Reads a response: status line, headers, and a body by content-length,
 /// chunked encoding, or (neither) up to the end of the stream.
-fn read_response(r: &mut impl BufRead) -> io::Result<Response> {
+pub fn read_response(r: &mut impl BufRead) -> io::Result<Response> {
     let status_line = read_line(r)?;
     let status = status_line
         .split(' ')

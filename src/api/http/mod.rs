@@ -48,6 +48,7 @@ use self::error::HttpError;
 use super::admin::{AdminAuth, AdminService};
 use super::authorizer::AuthorizerService;
 use super::readiness::Readiness;
+use crate::tls::{Alpn, ServerTls, TlsIncoming, TlsListener};
 
 /// The limits of the HTTP listener (from [`crate::config::Settings`]).
 #[derive(Debug, Clone, Copy)]
@@ -162,17 +163,31 @@ async fn method_not_allowed(method: Method, uri: Uri) -> HttpError {
 
 /// Serves `router` on `listener` until `shutdown` completes, then lets the
 /// calls in flight finish (the caller bounds that wait, like the gRPC
-/// listeners' drain).
+/// listeners' drain). With `tls`, every connection is TLS first (HTTP/2 or
+/// HTTP/1.1 by ALPN; [`crate::tls`]).
 pub async fn serve(
     listener: TcpListener,
     router: Router,
+    tls: Option<ServerTls>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     use axum::serve::ListenerExt;
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+    match tls {
+        None => {
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+            axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+        }
+        Some(tls) => {
+            let local = listener.local_addr()?;
+            let tcp = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            // tap_io (doing nothing: TCP_NODELAY is set above) so that the
+            // peer address works as ConnectInfo, as on the plaintext path.
+            let listener = TlsListener::new(TlsIncoming::new(tcp, tls, Alpn::Http), local).tap_io(|_| {});
+            axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+        }
+    }
 }
 
 #[cfg(test)]

@@ -88,7 +88,7 @@ pub async fn run(a: &PropagationArgs) -> Outcome {
     let key = find_bench_key(&mut admin, a.key_index).await?;
     let mut replicas = Vec::new();
     for url in &a.replicas {
-        let ch = crate::cli::connect(url).await?;
+        let ch = crate::cli::connect(url, &crate::cli::TlsOpts::default()).await?;
         let req = pb::AuthorizeRequest {
             api_key: Some(bench_key_value(a.key_index)),
             stage: a.stage.clone(),
