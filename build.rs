@@ -84,6 +84,7 @@ const ENUMS: &[(&str, &str)] = &[("Reason", "REASON_UNSPECIFIED"), ("LimitKind",
 /// the enum's zero value).
 const ENUM_FIELDS: &[(&str, &str, &str, &str)] = &[
     ("AuthorizeResponse.reason", "reason", "Reason", "REASON_UNSPECIFIED"),
+    ("AuthorizeResponse.shadow_reason", "reason", "Reason", "REASON_UNSPECIFIED"),
     ("RateLimitInfo.kind", "limit_kind", "LimitKind", "LIMIT_KIND_UNSPECIFIED"),
     ("UsagePlan.admission", "admission", "Admission", "EXACT"),
     ("CreateUsagePlanRequest.admission", "admission", "Admission", "EXACT"),

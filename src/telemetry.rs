@@ -21,6 +21,7 @@
 //! | `tollgate_decision_errors_total` | counter | `kind` (`invalid`, `unavailable`, `internal`) | decisions that could not be answered |
 //! | `tollgate_store_seconds` | histogram | `store` (`memory`, `redis`) | time of the store's check-and-consume |
 //! | `tollgate_deny_cache_hits_total` | counter | `reason` (`THROTTLED`, `QUOTA_EXCEEDED`) | denials answered by the local deny cache, without the store (`limiter::deny`) |
+//! | `tollgate_shadow_denials_total` | counter | `reason` | requests a shadow plan allowed that it would have denied (`limiter`) |
 //! | `tollgate_lease_admissions_total` | counter | | requests admitted from a lease, without the store (`limiter::lease`) |
 //! | `tollgate_leases_total` / `tollgate_leased_tokens_total` | counter | | leases granted to this replica, and their tokens |
 //! | `tollgate_lease_settles_total` | counter | `outcome` (`ok`, `lapsed`, `failed`) | leases handed back; `lapsed`: the settle came after the lease's slot ended (charged in full) |

@@ -206,6 +206,7 @@ fn plan_to(p: &UsagePlan) -> pb::UsagePlan {
             .collect(),
         created_at_ms: p.created_at_ms,
         admission: admission_to(p.admission) as i32,
+        shadow: p.shadow,
     }
 }
 
@@ -415,6 +416,7 @@ impl pb::admin_server::Admin for AdminService {
                 .map(|(i, s)| plan_stage_from(i, s))
                 .collect::<Result<_, _>>()?,
             admission: admission_from(r.admission)?,
+            shadow: r.shadow,
         };
         let plan = self.catalog.update(Want::nothing(), |d, now| ops::create_plan(d, new.clone(), now)).await?;
         tracing::info!(plan_id = %plan.id, "usage plan created");
@@ -502,6 +504,7 @@ impl pb::admin_server::Admin for AdminService {
             set_method_throttles: set,
             remove_method_throttles: r.remove_method_throttles.into_iter().map(|m| (m.stage, m.method)).collect(),
             admission: r.admission.map(admission_from).transpose()?,
+            shadow: r.shadow,
         };
         let plan = self.catalog.update(Want::nothing(), |d, _| ops::update_plan(d, &r.id, patch.clone())).await?;
         tracing::info!(plan_id = %plan.id, "usage plan updated");

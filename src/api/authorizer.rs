@@ -69,6 +69,8 @@ impl From<Decision> for pb::AuthorizeResponse {
                 window_secs: r.window_secs,
             }),
             retry_after_ms: d.retry_after_ms,
+            shadow_denied: d.shadow_denied.is_some(),
+            shadow_reason: d.shadow_denied.map_or(pb::Reason::Unspecified, pb::Reason::from) as i32,
         }
     }
 }
@@ -88,7 +90,7 @@ impl AuthorizerService {
                 tracing::warn!(error = %e, policy = ?self.on_store_error, "store error; answering by policy");
                 let allowed = self.on_store_error == OnStoreError::Allow;
                 let reason = if allowed { Reason::Ok } else { Reason::Throttled };
-                Ok(Decision { allowed, reason, key_id: None, plan_id: None, rate: None, retry_after_ms: None })
+                Ok(Decision { allowed, ..Decision::deny(reason) })
             }
             other => other,
         }

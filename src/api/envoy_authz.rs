@@ -46,6 +46,10 @@ use crate::store::Store;
 pub const KEY_ID_HEADER: &str = "x-tollgate-key-id";
 /// Header set on the upstream request: the id of the plan that applied.
 pub const PLAN_ID_HEADER: &str = "x-tollgate-plan-id";
+/// On an allowed request a shadow plan would have denied: the reason it
+/// would have given (`THROTTLED`, `QUOTA_EXCEEDED`), on the upstream request
+/// and on the response.
+pub const SHADOW_DENIED_HEADER: &str = "x-tollgate-shadow-denied";
 
 static WARNED_NO_STAGE: AtomicBool = AtomicBool::new(false);
 static WARNED_BAD_STAGE: AtomicBool = AtomicBool::new(false);
@@ -121,6 +125,16 @@ impl EnvoyAuthzService {
         }
         if !self.options.forward_api_key {
             ok.headers_to_remove.push(self.options.api_key_header.clone());
+        }
+        // A shadow plan would have denied: said to the service and the
+        // client (docs/envoy.md); never taken from the client.
+        match d.shadow_denied {
+            Some(reason) => {
+                let h = header_option(SHADOW_DENIED_HEADER, reason.as_str());
+                ok.headers.push(h.clone());
+                ok.response_headers_to_add.push(h);
+            }
+            None => ok.headers_to_remove.push(SHADOW_DENIED_HEADER.to_string()),
         }
         // The RateLimit headers go to the client and, so that the service
         // can see them too, on the upstream request (or are taken off it

@@ -331,6 +331,8 @@ pub struct NewPlan {
     pub api_stages: Vec<PlanStage>,
     /// How its limits are decided.
     pub admission: crate::model::Admission,
+    /// A shadow plan.
+    pub shadow: bool,
 }
 
 /// Creates a usage plan.
@@ -355,6 +357,7 @@ pub fn create_plan(d: &mut CatalogData, new: NewPlan, now: u64) -> Result<UsageP
         api_stages: new.api_stages,
         created_at_ms: now,
         admission: new.admission,
+        shadow: new.shadow,
     };
     plan.validate()?;
     check_stages_exist(d, &plan)?;
@@ -395,6 +398,8 @@ pub struct PlanPatch {
     pub remove_method_throttles: Vec<(String, String)>,
     /// New admission.
     pub admission: Option<crate::model::Admission>,
+    /// Shadow or not.
+    pub shadow: Option<bool>,
 }
 
 /// Changes a usage plan.
@@ -415,6 +420,9 @@ pub fn update_plan(d: &mut CatalogData, id: &str, p: PlanPatch) -> Result<UsageP
     }
     if let Some(a) = p.admission {
         plan.admission = a;
+    }
+    if let Some(s) = p.shadow {
+        plan.shadow = s;
     }
     for s in p.remove_stages {
         let sr = StageRef::parse(&s).map_err(|e| Invalid::new("remove_stages", e.message))?;

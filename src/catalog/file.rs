@@ -220,6 +220,8 @@ struct FilePlan {
     api_stages: Vec<FilePlanStage>,
     #[serde(default)]
     admission: crate::model::Admission,
+    #[serde(default)]
+    shadow: bool,
 }
 
 #[derive(Deserialize)]
@@ -389,6 +391,7 @@ fn records(file: &str, text: &str, root: FileRoot, now_ms: u64) -> Result<Catalo
                 .collect(),
             created_at_ms: now_ms,
             admission: p.admission,
+            shadow: p.shadow,
         };
         plan.validate().map_err(|e| err(&p.name, format!("usage_plans: plan {:?}: {e}", p.name)))?;
         for s in &plan.api_stages {

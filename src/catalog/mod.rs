@@ -180,6 +180,7 @@ mod tests {
             api_stages: vec![PlanStage { stage: sr, throttle: Default::default() }],
             created_at_ms: 0,
             admission: Default::default(),
+            shadow: false,
         };
         d.plans.insert("p".into(), plan);
         let e = Catalog::compile(d).unwrap_err().to_string();

@@ -360,6 +360,7 @@ pub fn plan_json(p: &pb::UsagePlan) -> Value {
         "quota": p.quota.as_ref().map(|q| json!({ "limit": q.limit, "period": q.period, "offset": q.offset })),
         "api_stages": stages,
         "admission": admission_text(p.admission),
+        "shadow": p.shadow,
         "created_at_ms": p.created_at_ms,
         "created_at": ts_json(p.created_at_ms),
     })

@@ -70,6 +70,8 @@ pub async fn run(args: AuthorizeArgs) -> ExitCode {
             "reset_ms": rl.map(|l| l.reset_ms),
             "window_secs": rl.map(|l| l.window_secs),
             "retry_after_ms": r.retry_after_ms,
+            "shadow_denied": r.shadow_denied,
+            "shadow_reason": r.shadow_denied.then(|| r.shadow_reason().as_str_name()),
         });
         super::emit(&format!("{v}\n"));
     } else {
@@ -96,6 +98,9 @@ pub async fn run(args: AuthorizeArgs) -> ExitCode {
         }
         if let Some(ms) = r.retry_after_ms {
             let _ = writeln!(s, "  retry after {:.1}s", ms as f64 / 1000.0);
+        }
+        if r.shadow_denied {
+            let _ = writeln!(s, "  shadow plan: would have been DENIED ({})", r.shadow_reason().as_str_name());
         }
         super::emit(&s);
     }

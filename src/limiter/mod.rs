@@ -123,6 +123,14 @@ pub enum LimitKind {
     AccountThrottle,
 }
 
+impl LimitKind {
+    /// Whether the limit is the usage plan's own (a–c: per key), not a
+    /// throttle shared by all callers of a stage or of the account.
+    pub fn is_plan_limit(self) -> bool {
+        matches!(self, LimitKind::PlanMethodThrottle | LimitKind::PlanThrottle | LimitKind::PlanQuota)
+    }
+}
+
 /// The numbers of the limit an answer describes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateInfo {
@@ -153,11 +161,23 @@ pub struct Decision {
     pub rate: Option<RateInfo>,
     /// On a 429 that can pass later: ms until it could.
     pub retry_after_ms: Option<u64>,
+    /// A shadow plan's limit would have denied with this reason (the
+    /// request was allowed; `rate` describes that limit).
+    pub shadow_denied: Option<Reason>,
 }
 
 impl Decision {
-    fn deny(reason: Reason) -> Self {
-        Self { allowed: false, reason, key_id: None, plan_id: None, rate: None, retry_after_ms: None }
+    /// A denial for `reason`, with nothing else known.
+    pub fn deny(reason: Reason) -> Self {
+        Self {
+            allowed: false,
+            reason,
+            key_id: None,
+            plan_id: None,
+            rate: None,
+            retry_after_ms: None,
+            shadow_denied: None,
+        }
     }
 }
 
@@ -394,7 +414,7 @@ impl<S: LimitStore> Limiter<S> {
         // Before the snapshot: what the deny cache learns from this decision
         // is then tagged with a generation no newer than its limits.
         let generation = self.catalog.generation();
-        let (check, kinds, mut decision, leased) = {
+        let (check, kinds, mut decision, (leased, shadow)) = {
             let catalog = self.catalog.load();
             // 1. the stage
             let Some(stage) = catalog.stage(req.stage) else {
@@ -415,7 +435,7 @@ impl<S: LimitStore> Limiter<S> {
             };
             let mut decision = Decision::deny(Reason::Ok);
             let mut usage = None;
-            let mut leased = false;
+            let (mut leased, mut shadow) = (false, false);
             // 3. methods that need no key: only stage and account throttles
             if setting.api_key_required {
                 // 4. the key
@@ -434,6 +454,7 @@ impl<S: LimitStore> Limiter<S> {
                 let plan = &sp.plan;
                 decision.plan_id = Some(plan.id.clone());
                 leased = plan.admission == crate::model::Admission::Leased;
+                shadow = plan.shadow;
                 // 6 a. the plan's per-method throttle
                 // (a–c and the usage share the key's state hash in the plan)
                 let keys = self.keys.usage(key_id, &plan.id);
@@ -466,9 +487,15 @@ impl<S: LimitStore> Limiter<S> {
             if let Some(t) = self.account {
                 add(LimitKind::AccountThrottle, self.keys.account_bucket(), None, Rule::Bucket(t));
             }
-            (Check { limits, cost: req.cost, usage, lease: LeaseOp::None }, kinds, decision, leased)
+            (Check { limits, cost: req.cost, usage, lease: LeaseOp::None }, kinds, decision, (leased, shadow))
         };
         let mut check = check;
+        // A shadow plan's request, denied by one of the plan's own limits,
+        // still passes the shared throttles: kept here to ask them alone.
+        let shared: Option<Vec<(usize, Limit)>> = shadow.then(|| {
+            let shared = |i: &usize| !kinds[*i].0.is_plan_limit();
+            (0..check.limits.len()).filter(shared).map(|i| (i, check.limits[i].clone())).collect()
+        });
         let table = self.leases.as_ref().filter(|_| leased && !check.limits.is_empty());
         let (admit, sig) = match table {
             Some(t) => t.admit(&check),
@@ -524,6 +551,10 @@ impl<S: LimitStore> Limiter<S> {
             }
             verdict
         };
+        let verdict = match shared {
+            Some(shared) => self.shadow(verdict, &kinds, shared, req.cost, &mut decision).await?,
+            None => verdict,
+        };
         decision.allowed = verdict.allowed;
         decision.rate = verdict.index.map(|i| RateInfo {
             kind: kinds[i].0,
@@ -545,6 +576,36 @@ impl<S: LimitStore> Limiter<S> {
             metrics::counter!("tollgate_deny_cache_hits_total", "reason" => decision.reason.as_str()).increment(1);
         }
         Ok(decision)
+    }
+}
+
+impl<S: LimitStore> Limiter<S> {
+    /// Shadow plans (docs/semantics.md, "Shadow plans"): a denial by one of
+    /// the plan's own limits becomes an allow that says so, once the
+    /// request's shared throttles (stage, account: not the plan's to waive)
+    /// pass on their own; a denial by a shared throttle stands.
+    async fn shadow(
+        &self,
+        verdict: Verdict,
+        kinds: &[(LimitKind, Rule)],
+        shared: Vec<(usize, Limit)>,
+        cost: u64,
+        decision: &mut Decision,
+    ) -> Result<Verdict, AuthorizeError> {
+        let Some(i) = verdict.index.filter(|&i| !verdict.allowed && kinds[i].0.is_plan_limit()) else {
+            return Ok(verdict);
+        };
+        let would = if kinds[i].0 == LimitKind::PlanQuota { Reason::QuotaExceeded } else { Reason::Throttled };
+        if !shared.is_empty() {
+            let (index, limits): (Vec<usize>, Vec<Limit>) = shared.into_iter().unzip();
+            let v = self.store.check(Check { limits, cost, usage: None, lease: LeaseOp::None }).await?;
+            if !v.allowed {
+                return Ok(Verdict { index: v.index.map(|j| index[j]), ..v });
+            }
+        }
+        metrics::counter!("tollgate_shadow_denials_total", "reason" => would.as_str()).increment(1);
+        decision.shadow_denied = Some(would);
+        Ok(Verdict { allowed: true, retry_after_ms: None, soft: false, ..verdict })
     }
 }
 

@@ -325,6 +325,11 @@ pub struct UsagePlan {
     /// How its limits are decided.
     #[serde(default, skip_serializing_if = "Admission::is_exact")]
     pub admission: Admission,
+    /// A shadow plan decides and counts as usual but never denies for its
+    /// own limits: the answer says it would have (docs/semantics.md,
+    /// "Shadow plans").
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shadow: bool,
 }
 
 impl UsagePlan {

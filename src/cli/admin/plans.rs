@@ -80,6 +80,10 @@ pub struct CreateArgs {
     /// leased (replicas lease small blocks of tokens; docs/semantics.md).
     #[arg(long, value_name = "exact|leased", value_parser = parse_admission, default_value = "exact")]
     pub admission: pb::Admission,
+    /// A shadow plan: decides and counts as usual but never denies for its
+    /// own limits; answers say `shadow_denied` (docs/semantics.md).
+    #[arg(long)]
+    pub shadow: bool,
 }
 
 /// Arguments of `plans update`.
@@ -130,6 +134,9 @@ pub struct UpdateArgs {
     /// Set how its limits are decided: exact or leased.
     #[arg(long, value_name = "exact|leased", value_parser = parse_admission)]
     pub admission: Option<pb::Admission>,
+    /// Make it a shadow plan (true) or an enforcing one (false).
+    #[arg(long, value_name = "true|false", action = clap::ArgAction::Set)]
+    pub shadow: Option<bool>,
 }
 
 fn parse_admission(s: &str) -> Result<pb::Admission, String> {
@@ -176,6 +183,7 @@ async fn dispatch(opts: &AdminOpts, cmd: PlansCommand) -> Outcome {
                 api_stages: a.stage.into_iter().map(plan_stage).collect(),
                 id: a.id,
                 admission: a.admission as i32,
+                shadow: a.shadow,
             };
             let p = c.create_usage_plan(req).await?.into_inner();
             print_plan(opts, &p);
@@ -228,6 +236,7 @@ async fn dispatch(opts: &AdminOpts, cmd: PlansCommand) -> Outcome {
                 set_method_throttles: a.method_throttle,
                 remove_method_throttles: a.remove_method_throttle,
                 admission: a.admission.map(|a| a as i32),
+                shadow: a.shadow,
             };
             let p = c.update_usage_plan(req).await?.into_inner();
             print_plan(opts, &p);
@@ -264,6 +273,7 @@ fn print_plan(opts: &AdminOpts, p: &pb::UsagePlan) {
         ("throttle", throttle_text(p.throttle.as_ref())),
         ("quota", quota_text(p.quota.as_ref())),
         ("admission", super::admission_text(p.admission).into()),
+        ("shadow", if p.shadow { "yes: never denies for its own limits" } else { "no" }.into()),
         ("created at", if p.created_at_ms == 0 { "-".into() } else { super::rfc3339_s(p.created_at_ms) }),
     ]);
     if p.api_stages.is_empty() {
