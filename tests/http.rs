@@ -97,7 +97,18 @@ fn authorize_answers_200_for_every_decision_with_the_ratelimit_headers() {
     let d = expect(&r, 200);
     let mut fields: Vec<_> = d.as_object().unwrap().keys().cloned().collect();
     fields.sort();
-    let proto = ["allowed", "http_status", "key_id", "message", "plan_id", "rate_limit", "reason", "retry_after_ms"];
+    let proto = [
+        "allowed",
+        "http_status",
+        "key_id",
+        "message",
+        "plan_id",
+        "rate_limit",
+        "reason",
+        "retry_after_ms",
+        "shadow_denied",
+        "shadow_reason",
+    ];
     assert_eq!(fields, proto, "the fields of the gRPC AuthorizeResponse: {d}");
     assert_eq!(
         (d["allowed"].as_bool(), d["reason"].as_str(), d["http_status"].as_u64()),
