@@ -554,6 +554,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn tag_rules() {
+        assert!(validate_tag("env", "").is_ok());
+        assert!(validate_tag(&"k".repeat(128), &"v".repeat(256)).is_ok());
+        assert!(validate_tag("caf\u{e9}", "\u{e9}t\u{e9} / a:b @c").is_ok(), "letters, spaces, punctuation");
+        for (k, v, why) in [
+            ("", "v", "1 to 128"),
+            (" ", "v", "1 to 128"),
+            (&"k".repeat(129) as &str, "v", "1 to 128"),
+            ("a=b", "v", "`=`"),
+            ("k", &"v".repeat(257) as &str, "at most 256"),
+            ("k\0", "v", "control"),
+            ("k", "a\tb", "control"),
+        ] {
+            let e = validate_tag(k, v).unwrap_err();
+            assert_eq!(e.field, format!("tags[{k:?}]"));
+            assert!(e.message.contains(why), "{k:?}={v:?}: {e}");
+        }
+        let many: Tags = (0..51).map(|i| (format!("t{i}"), String::new())).collect();
+        assert_eq!(validate_tags(&many).unwrap_err().field, "tags");
+        assert_eq!(parse_tag("tag", "env=prod=x").unwrap(), ("env".into(), "prod=x".into()), "split at the first =");
+        assert_eq!(parse_tag("tag", "env=").unwrap(), ("env".into(), String::new()));
+        assert_eq!(parse_tag("tag", "env").unwrap_err().field, "tag");
+        assert_eq!(parse_tag("tag", "=v").unwrap_err().field, "tag");
+    }
+
+    #[test]
     fn throttle_validation() {
         assert!(Throttle { rate_limit: -1.0, burst_limit: 1 }.validate().is_err());
         assert!(Throttle { rate_limit: f64::NAN, burst_limit: 1 }.validate().is_err());
