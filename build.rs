@@ -72,6 +72,10 @@ const FROM_PATH_OR_BODY: &[&str] = &[
     "ListUsagePlanKeysRequest.usage_plan_id",
     "GetUsageRequest.usage_plan_id",
     "ImportApiKeysRequest.csv",
+    // Tag filters come as `?tag=KEY=VALUE`, repeated (src/api/http/json.rs,
+    // `TaggedQuery`), which a query string cannot express as a map.
+    "ListApiKeysRequest.tags",
+    "ListUsagePlansRequest.tags",
 ];
 
 /// Enums, written in JSON by their proto names (`"THROTTLED"`); prost drops

@@ -211,10 +211,25 @@ pub struct Settings {
     #[arg(long, env = "TOLLGATE_DEFAULT_STAGE")]
     pub default_stage: Option<String>,
 
-    /// Envoy ext_authz: leave the API key header on the request sent
-    /// upstream (by default it is removed).
+    /// Envoy ext_authz: leave the API key header (and the --api-key-query
+    /// parameter) on the request sent upstream (by default they are removed).
     #[arg(long, env = "TOLLGATE_FORWARD_API_KEY")]
     pub forward_api_key: bool,
+
+    /// Envoy ext_authz: also take the API key from this query parameter
+    /// (percent-decoded; removed from the upstream request unless
+    /// --forward-api-key). Off unless given. Where several sources carry a
+    /// key, they must agree (docs/envoy.md, "Key sources").
+    #[arg(long, env = "TOLLGATE_API_KEY_QUERY")]
+    pub api_key_query: Option<String>,
+
+    /// Envoy ext_authz: also take the API key from Envoy's dynamic metadata,
+    /// written FILTER:PATH: the metadata namespace an earlier filter wrote
+    /// (listed in ext_authz's `metadata_context_namespaces`) and a dot path
+    /// to a string in it, e.g. `envoy.filters.http.jwt_authn:jwt_payload.sub`
+    /// for a JWT claim. Off unless given.
+    #[arg(long, env = "TOLLGATE_API_KEY_METADATA")]
+    pub api_key_metadata: Option<String>,
 
     /// The admin bearer token: Admin calls must send `authorization: Bearer
     /// TOKEN`. Without a token (here or in --admin-token-file) the Admin
@@ -373,6 +388,8 @@ impl Settings {
             api_key_header: "x-api-key".into(),
             default_stage: None,
             forward_api_key: false,
+            api_key_query: None,
+            api_key_metadata: None,
             admin_token: None,
             admin_token_file: None,
             admin_listen: AdminListen::Addr(SocketAddr::from(([127, 0, 0, 1], 0))),

@@ -500,7 +500,7 @@ fn rls_templates_and_failure_modes() {
 
 #[test]
 fn shipped_envoy_configs_validate() {
-    for file in ["ext_authz.yaml", "ratelimit.yaml"] {
+    for file in ["ext_authz.yaml", "ext_authz_jwt.yaml", "ratelimit.yaml"] {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/envoy").join(file);
         let out = std::process::Command::new(support::envoy::envoy_binary())
             .args(["--mode", "validate", "-l", "error", "-c"])

@@ -14,7 +14,8 @@ use crate::catalog::records::{KeyRecord, Want};
 use crate::catalog::snapshot::Small;
 use crate::catalog::store::{CatalogService, KeyFilter};
 use crate::model::{
-    ApiKey, Invalid, KeyHash, MethodSetting, Period, PlanStage, Quota, Stage, StageRef, Throttle, UsagePlan,
+    validate_tags, ApiKey, Invalid, KeyHash, MethodSetting, Period, PlanStage, Quota, Stage, StageRef, Tags, Throttle,
+    UsagePlan,
 };
 use crate::usage::UsageService;
 
@@ -164,6 +165,7 @@ fn key_to(k: &ApiKey, plans: &[String]) -> pb::ApiKey {
         updated_at_ms: k.updated_at_ms,
         expires_at_ms: k.expires_at_ms.unwrap_or(0),
         usage_plan_ids: plans.to_vec(),
+        tags: tags_to(&k.tags),
     }
 }
 
@@ -207,6 +209,7 @@ fn plan_to(p: &UsagePlan) -> pb::UsagePlan {
         created_at_ms: p.created_at_ms,
         admission: admission_to(p.admission) as i32,
         shadow: p.shadow,
+        tags: tags_to(&p.tags),
     }
 }
 
@@ -222,6 +225,26 @@ fn admission_from(v: i32) -> Result<crate::model::Admission, Invalid> {
         Ok(pb::Admission::Exact) => Ok(crate::model::Admission::Exact),
         Ok(pb::Admission::Leased) => Ok(crate::model::Admission::Leased),
         Err(_) => Err(Invalid::new("admission", format!("{v} is not an admission: 0 (EXACT) or 1 (LEASED)"))),
+    }
+}
+
+fn tags_to(t: &Tags) -> std::collections::HashMap<String, String> {
+    t.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+/// Tags from the wire (checked by the operation, or here for a filter).
+fn tags_from(t: std::collections::HashMap<String, String>) -> Tags {
+    t.into_iter().collect()
+}
+
+/// The tags an update sets: `tags` replaces them all, `clear_tags` removes
+/// them all, neither keeps them.
+fn tags_patch(tags: std::collections::HashMap<String, String>, clear: bool) -> Result<Option<Tags>, Invalid> {
+    match (tags.is_empty(), clear) {
+        (false, true) => Err(Invalid::new("tags", "give either tags or clear_tags, not both")),
+        (false, false) => Ok(Some(tags_from(tags))),
+        (true, true) => Ok(Some(Tags::new())),
+        (true, false) => Ok(None),
     }
 }
 
@@ -261,6 +284,7 @@ impl pb::admin_server::Admin for AdminService {
             enabled: r.enabled.unwrap_or(true),
             customer_id: r.customer_id,
             expires_at_ms: expiry(r.expires_at_ms),
+            tags: tags_from(r.tags),
         };
         let want = new.value.as_deref().map_or_else(Want::nothing, |v| Want::nothing().and_hash(KeyHash::of(v)));
         let (key, value) = self.catalog.update(want, |d, now| ops::create_key(d, new.clone(), now)).await?;
@@ -283,7 +307,9 @@ impl pb::admin_server::Admin for AdminService {
         let r = req.into_inner();
         let size = page_size(r.page_size)?;
         let after = decode_token(&r.page_token)?;
-        let filter = KeyFilter { name_prefix: r.name_prefix, customer_id: r.customer_id };
+        let tags = tags_from(r.tags);
+        validate_tags(&tags)?;
+        let filter = KeyFilter { name_prefix: r.name_prefix, customer_id: r.customer_id, tags };
         let (keys, next) = self.catalog.list_keys(&filter, size, after.as_deref()).await?;
         Ok(Response::new(pb::ListApiKeysResponse {
             keys: keys.iter().map(record_to).collect(),
@@ -300,6 +326,7 @@ impl pb::admin_server::Admin for AdminService {
             enabled: r.enabled,
             customer_id: r.customer_id,
             expires_at_ms: r.expires_at_ms.map(expiry),
+            tags: tags_patch(r.tags, r.clear_tags)?,
         };
         let k = self.catalog.update(Want::key(&r.id), |d, now| ops::update_key(d, &r.id, patch.clone(), now)).await?;
         tracing::info!(key_id = %k.id, enabled = k.enabled, "API key updated");
@@ -417,6 +444,7 @@ impl pb::admin_server::Admin for AdminService {
                 .collect::<Result<_, _>>()?,
             admission: admission_from(r.admission)?,
             shadow: r.shadow,
+            tags: tags_from(r.tags),
         };
         let plan = self.catalog.update(Want::nothing(), |d, now| ops::create_plan(d, new.clone(), now)).await?;
         tracing::info!(plan_id = %plan.id, "usage plan created");
@@ -441,12 +469,17 @@ impl pb::admin_server::Admin for AdminService {
             "" => None,
             id => Some(self.catalog.key(id).await?.map(|k| k.plans).unwrap_or_default()),
         };
+        let tags = tags_from(r.tags);
+        validate_tags(&tags)?;
         let snap = self.catalog.snapshot();
+        // Plans are few (all in every replica's snapshot): filtered here,
+        // before paging, so a page is full and the token still works.
         let items = snap
             .small()
             .plan_records
             .values()
             .filter(|p| of_key.as_ref().is_none_or(|ids| ids.contains(&p.id)))
+            .filter(|p| tags.iter().all(|(k, v)| p.tags.get(k) == Some(v)))
             .map(|p| (p.id.clone(), p));
         let (plans, next) = ops::page(items, r.page_size, &r.page_token)?;
         Ok(Response::new(pb::ListUsagePlansResponse {
@@ -505,6 +538,7 @@ impl pb::admin_server::Admin for AdminService {
             remove_method_throttles: r.remove_method_throttles.into_iter().map(|m| (m.stage, m.method)).collect(),
             admission: r.admission.map(admission_from).transpose()?,
             shadow: r.shadow,
+            tags: tags_patch(r.tags, r.clear_tags)?,
         };
         let plan = self.catalog.update(Want::nothing(), |d, _| ops::update_plan(d, &r.id, patch.clone())).await?;
         tracing::info!(plan_id = %plan.id, "usage plan updated");

@@ -4,7 +4,9 @@
 //!
 //! From Envoy's `CheckRequest`:
 //! - the key from the API key header (`--api-key-header`, default
-//!   `x-api-key`); a value that cannot be a key counts as no key;
+//!   `x-api-key`), the query parameter `--api-key-query` and the dynamic
+//!   metadata at `--api-key-metadata` (`super::envoy_keys`: a value that
+//!   cannot be a key counts as no key; two different keys are a 403);
 //! - the stage from the route's `context_extensions["stage"]`, else
 //!   `--default-stage`;
 //! - the method from the path and the HTTP method, in canonical form
@@ -13,7 +15,8 @@
 //! To Envoy, always a `CheckResponse`, except when the store cannot decide:
 //! - allowed: status OK; `x-tollgate-key-id` / `x-tollgate-plan-id` set on
 //!   the upstream request (and removed when unknown, so a client cannot
-//!   forge them), the API key header removed unless `--forward-api-key`,
+//!   forge them), the API key header and query parameter removed unless
+//!   `--forward-api-key`,
 //!   `RateLimit-Policy` / `RateLimit` added to the client's response and to
 //!   the upstream request;
 //! - denied: a non-OK status (Envoy 1.40 allows on an OK or absent status,
@@ -24,6 +27,7 @@
 //! - store unreachable: gRPC UNAVAILABLE, so that Envoy's
 //!   `failure_mode_allow` decides (never UNKNOWN, never a false 429).
 
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -31,13 +35,13 @@ use envoy_types::ext_authz::v3::pb::{
     Authorization, CheckRequest, CheckResponse, DeniedHttpResponse, HeaderAppendAction, HeaderValue, HeaderValueOption,
     HttpResponse, HttpStatus, OkHttpResponse,
 };
+use envoy_types::pb::envoy::config::core::v3::Metadata;
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest;
 use envoy_types::pb::google::rpc;
 use tonic::{Code, Request, Response, Status};
 
-use super::envoy_http::{
-    json_message, presented_key, rate_limit_headers, request_method, retry_after_secs, BadRequest, EnvoyOptions,
-};
+use super::envoy_http::{json_message, rate_limit_headers, request_method, retry_after_secs, BadRequest, EnvoyOptions};
+use super::envoy_keys::{metadata_value, query_param, Presented};
 use crate::limiter::{AuthorizeError, Decision, Limiter, Reason};
 use crate::model::Invalid;
 use crate::store::Store;
@@ -98,8 +102,12 @@ impl EnvoyAuthzService {
                 return Ok(bad_request(e));
             }
         };
-        let api_key = presented_key(header(http, &self.options.api_key_header));
-        let question = crate::limiter::Request { api_key, stage, method: &method, cost: 1 };
+        let presented = self.presented(http, attrs.and_then(|a| a.metadata_context.as_ref()));
+        if presented == Presented::Conflict {
+            tracing::debug!(stage, method = method.as_str(), "ext_authz: the key sources disagree; answering 403");
+            return Ok(denied(Reason::InvalidApiKey, None));
+        }
+        let question = crate::limiter::Request { api_key: presented.key(), stage, method: &method, cost: 1 };
         match self.limiter.authorize_canonical(question).await {
             Ok(d) => {
                 tracing::debug!(stage, method = method.as_str(), reason = d.reason.as_str(), "ext_authz");
@@ -111,6 +119,20 @@ impl EnvoyAuthzService {
                 Err(e.into())
             }
         }
+    }
+
+    /// The key the request presents, from every configured source.
+    fn presented<'a>(&self, http: &'a HttpRequest, metadata: Option<&'a Metadata>) -> Presented<'a> {
+        let o = &self.options;
+        let mut p = Presented::None.with(header(http, &o.api_key_header).map(Cow::Borrowed));
+        if let Some(name) = &o.api_key_query {
+            let path = non_empty(&http.path).or_else(|| header(http, ":path")).unwrap_or("");
+            p = p.with(query_param(path, name));
+        }
+        if let Some(at) = &o.api_key_metadata {
+            p = p.with(metadata_value(metadata, at));
+        }
+        p
     }
 
     fn allowed(&self, d: &Decision) -> CheckResponse {
@@ -125,6 +147,7 @@ impl EnvoyAuthzService {
         }
         if !self.options.forward_api_key {
             ok.headers_to_remove.push(self.options.api_key_header.clone());
+            ok.query_parameters_to_remove.extend(self.options.api_key_query.iter().cloned());
         }
         // A shadow plan would have denied: said to the service and the
         // client (docs/envoy.md); never taken from the client.

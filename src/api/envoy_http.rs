@@ -4,7 +4,8 @@
 //!
 //! - [`request_method`]: path + HTTP method → `/pets/42/GET`, or why the
 //!   request is malformed ([`BadRequest`], a clean 4xx, never a gRPC error).
-//! - [`presented_key`]: the API key header's value, if it can be a key at all.
+//! - [`presented_key`]: a key source's value, if it can be a key at all
+//!   (the sources themselves: [`super::envoy_keys`]).
 //! - [`rate_limit_headers`], [`retry_after_secs`], [`json_message`]: the
 //!   answer's headers and body (docs/envoy.md, "Headers").
 //!
@@ -28,6 +29,7 @@
 //! used to dodge the limits of `GET`); anything else (`M-SEARCH`, digits) is
 //! a 400.
 
+use super::envoy_keys::{query_name, MetadataPath};
 use crate::config::Settings;
 use crate::limiter::{LimitKind, RateInfo};
 use crate::model::method::{canonical_request, CanonicalMethod, MethodErrorKind};
@@ -41,8 +43,13 @@ pub struct EnvoyOptions {
     pub api_key_header: String,
     /// The stage of a request whose route names none.
     pub default_stage: Option<String>,
-    /// Whether ext_authz leaves the API key header on the upstream request.
+    /// Whether ext_authz leaves the API key header (and query parameter) on
+    /// the upstream request.
     pub forward_api_key: bool,
+    /// ext_authz: the query parameter that may carry the key too.
+    pub api_key_query: Option<String>,
+    /// ext_authz: where in Envoy's dynamic metadata the key may be too.
+    pub api_key_metadata: Option<MetadataPath>,
 }
 
 impl EnvoyOptions {
@@ -63,13 +70,27 @@ impl EnvoyOptions {
                 ));
             }
         }
-        Ok(Self { api_key_header: h, default_stage, forward_api_key: settings.forward_api_key })
+        let api_key_query = settings.api_key_query.as_deref().map(query_name).transpose()?;
+        let api_key_metadata = settings.api_key_metadata.as_deref().map(MetadataPath::parse).transpose()?;
+        Ok(Self {
+            api_key_header: h,
+            default_stage,
+            forward_api_key: settings.forward_api_key,
+            api_key_query,
+            api_key_metadata,
+        })
     }
 }
 
 impl Default for EnvoyOptions {
     fn default() -> Self {
-        Self { api_key_header: "x-api-key".into(), default_stage: None, forward_api_key: false }
+        Self {
+            api_key_header: "x-api-key".into(),
+            default_stage: None,
+            forward_api_key: false,
+            api_key_query: None,
+            api_key_metadata: None,
+        }
     }
 }
 

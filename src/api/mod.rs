@@ -5,6 +5,8 @@
 //! - [`envoy_authz`]: Envoy's `envoy.service.auth.v3.Authorization` (ext_authz).
 //! - [`envoy_rls`]: Envoy's `envoy.service.ratelimit.v3.RateLimitService`.
 //! - [`envoy_http`]: what those two share (request → method, headers).
+//! - [`envoy_keys`]: where ext_authz finds the API key (header, query
+//!   parameter, Envoy metadata).
 //! - [`status`]: the one mapping of errors to gRPC statuses.
 //! - [`http`]: the HTTP/JSON API (`--http-listen`): Authorize and every
 //!   Admin operation as REST, OpenAPI, health and readiness.
@@ -15,6 +17,7 @@ pub mod admin;
 pub mod authorizer;
 pub mod envoy_authz;
 pub mod envoy_http;
+pub mod envoy_keys;
 pub mod envoy_rls;
 pub mod http;
 pub mod readiness;

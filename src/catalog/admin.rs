@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, HashMap};
 use super::{CatalogData, CatalogError, OldValue, PlanKey};
 use crate::model::method::parse_patterns;
 use crate::model::{
-    generate_id, generate_key_value, validate_id, validate_key_value, value_hint, Api, ApiKey, Invalid, KeyHash,
-    MethodPattern, MethodSetting, PlanStage, Quota, Stage, StageRef, Throttle, UsagePlan,
+    generate_id, generate_key_value, validate_id, validate_key_value, validate_tags, value_hint, Api, ApiKey, Invalid,
+    KeyHash, MethodPattern, MethodSetting, PlanStage, Quota, Stage, StageRef, Tags, Throttle, UsagePlan,
 };
 
 /// Why an admin operation failed; each maps to one gRPC status.
@@ -84,6 +84,8 @@ pub struct NewKey {
     pub customer_id: String,
     /// Expiry, ms since the epoch.
     pub expires_at_ms: Option<u64>,
+    /// Tags.
+    pub tags: Tags,
 }
 
 fn unique_id(taken: impl Fn(&str) -> bool) -> String {
@@ -100,6 +102,7 @@ pub fn create_key(d: &mut CatalogData, new: NewKey, now: u64) -> Result<(ApiKey,
     validate_name(&new.name)?;
     validate_text("description", &new.description, DESCRIPTION_MAX_CHARS)?;
     validate_text("customer_id", &new.customer_id, 1024)?;
+    validate_tags(&new.tags)?;
     let value = match new.value {
         Some(v) => {
             validate_key_value("value", &v)?;
@@ -130,6 +133,7 @@ pub fn create_key(d: &mut CatalogData, new: NewKey, now: u64) -> Result<(ApiKey,
         created_at_ms: now,
         updated_at_ms: now,
         expires_at_ms: new.expires_at_ms,
+        tags: new.tags,
     };
     d.keys.insert(key.id.clone(), key.clone());
     Ok((key, value))
@@ -148,6 +152,8 @@ pub struct KeyPatch {
     pub customer_id: Option<String>,
     /// New expiry; `Some(None)` clears it.
     pub expires_at_ms: Option<Option<u64>>,
+    /// New tags, replacing all of them (`Some` of an empty map clears them).
+    pub tags: Option<Tags>,
 }
 
 /// Changes a key.
@@ -170,6 +176,10 @@ pub fn update_key(d: &mut CatalogData, id: &str, p: KeyPatch, now: u64) -> Resul
     }
     if let Some(x) = p.expires_at_ms {
         key.expires_at_ms = x;
+    }
+    if let Some(t) = p.tags {
+        validate_tags(&t)?;
+        key.tags = t;
     }
     key.updated_at_ms = now;
     Ok(key.clone())
@@ -333,6 +343,8 @@ pub struct NewPlan {
     pub admission: crate::model::Admission,
     /// A shadow plan.
     pub shadow: bool,
+    /// Tags.
+    pub tags: Tags,
 }
 
 /// Creates a usage plan.
@@ -358,6 +370,7 @@ pub fn create_plan(d: &mut CatalogData, new: NewPlan, now: u64) -> Result<UsageP
         created_at_ms: now,
         admission: new.admission,
         shadow: new.shadow,
+        tags: new.tags,
     };
     plan.validate()?;
     check_stages_exist(d, &plan)?;
@@ -400,6 +413,8 @@ pub struct PlanPatch {
     pub admission: Option<crate::model::Admission>,
     /// Shadow or not.
     pub shadow: Option<bool>,
+    /// New tags, replacing all of them (`Some` of an empty map clears them).
+    pub tags: Option<Tags>,
 }
 
 /// Changes a usage plan.
@@ -423,6 +438,9 @@ pub fn update_plan(d: &mut CatalogData, id: &str, p: PlanPatch) -> Result<UsageP
     }
     if let Some(s) = p.shadow {
         plan.shadow = s;
+    }
+    if let Some(t) = p.tags {
+        plan.tags = t;
     }
     for s in p.remove_stages {
         let sr = StageRef::parse(&s).map_err(|e| Invalid::new("remove_stages", e.message))?;
@@ -600,6 +618,7 @@ pub fn import_keys(
                         created_at_ms: now,
                         updated_at_ms: now,
                         expires_at_ms: None,
+                        tags: Default::default(),
                     },
                 );
                 by_hash.insert(hash, id.clone());

@@ -37,8 +37,8 @@ use serde::Deserialize;
 use super::{CatalogData, CatalogError, PlanKey};
 use crate::model::method::UniquePatterns;
 use crate::model::{
-    validate_id, validate_key_value, Api, ApiKey, KeyHash, MethodSetting, PlanStage, Quota, Stage, StageRef, Throttle,
-    UsagePlan,
+    validate_id, validate_key_value, validate_tags, Api, ApiKey, KeyHash, MethodSetting, PlanStage, Quota, Stage,
+    StageRef, Tags, Throttle, UsagePlan,
 };
 
 /// An error in a catalog file, with its place.
@@ -222,6 +222,8 @@ struct FilePlan {
     admission: crate::model::Admission,
     #[serde(default)]
     shadow: bool,
+    #[serde(default)]
+    tags: Tags,
 }
 
 #[derive(Deserialize)]
@@ -252,6 +254,8 @@ struct FileKey {
     expires_at: Option<String>,
     #[serde(default)]
     usage_plans: Vec<String>,
+    #[serde(default)]
+    tags: Tags,
 }
 
 /// The id a plan gets from its name when the file gives none.
@@ -392,6 +396,7 @@ fn records(file: &str, text: &str, root: FileRoot, now_ms: u64) -> Result<Catalo
             created_at_ms: now_ms,
             admission: p.admission,
             shadow: p.shadow,
+            tags: p.tags,
         };
         plan.validate().map_err(|e| err(&p.name, format!("usage_plans: plan {:?}: {e}", p.name)))?;
         for s in &plan.api_stages {
@@ -444,6 +449,7 @@ fn records(file: &str, text: &str, root: FileRoot, now_ms: u64) -> Result<Catalo
                     .unwrap_or(0),
             ),
         };
+        validate_tags(&k.tags).map_err(|e| err(&k.name, format!("api_keys: key {:?}: {e}", k.name)))?;
         let id = k.id.map(|i| i.0).unwrap_or_else(|| key_id_from_hash(&hash));
         if !hashes.insert(hash) {
             return Err(err(&k.name, format!("api_keys: key {:?} has the same value as another key", k.name)));
@@ -473,6 +479,7 @@ fn records(file: &str, text: &str, root: FileRoot, now_ms: u64) -> Result<Catalo
                 created_at_ms: now_ms,
                 updated_at_ms: now_ms,
                 expires_at_ms,
+                tags: k.tags,
             },
         );
     }

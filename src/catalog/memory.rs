@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::admin::AdminError;
 use super::records::{Change, ChangeSet, KeyRecord, Position};
-use super::redis::index_member;
+use super::redis::{index_member, tag_member};
 use crate::model::{Api, KeyHash, Stage, UsagePlan};
 
 /// The records and their indexes.
@@ -27,6 +27,8 @@ pub struct MemoryRecords {
     names: BTreeSet<String>,
     /// `customer\0id`.
     customers: BTreeSet<String>,
+    /// `key\0value\0id`, per tag of each key.
+    tags: BTreeSet<String>,
     /// Plan id → its keys.
     plan_keys: HashMap<String, BTreeSet<String>>,
     /// Where the catalog stands.
@@ -127,6 +129,7 @@ impl MemoryRecords {
         if !r.key.customer_id.is_empty() {
             self.customers.insert(index_member(&r.key.customer_id, id));
         }
+        self.tags.extend(r.key.tags.iter().map(|(k, v)| tag_member(k, v, id)));
         for p in &r.plans {
             self.plan_keys.entry(p.clone()).or_default().insert(id.clone());
         }
@@ -141,6 +144,9 @@ impl MemoryRecords {
         }
         self.names.remove(&index_member(&r.key.name, id));
         self.customers.remove(&index_member(&r.key.customer_id, id));
+        for (k, v) in &r.key.tags {
+            self.tags.remove(&tag_member(k, v, id));
+        }
         for p in &r.plans {
             if let Some(set) = self.plan_keys.get_mut(p) {
                 set.remove(id);
@@ -173,6 +179,7 @@ impl MemoryRecords {
             }
             super::redis::Index::Names => &self.names,
             super::redis::Index::Customers => &self.customers,
+            super::redis::Index::Tags => &self.tags,
             super::redis::Index::Plan(p) => self.plan_keys.get(*p).unwrap_or(&empty),
         };
         set.range((lo, hi)).take(n).cloned().collect()

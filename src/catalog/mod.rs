@@ -181,6 +181,7 @@ mod tests {
             created_at_ms: 0,
             admission: Default::default(),
             shadow: false,
+            tags: Default::default(),
         };
         d.plans.insert("p".into(), plan);
         let e = Catalog::compile(d).unwrap_err().to_string();

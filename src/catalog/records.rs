@@ -403,6 +403,7 @@ mod tests {
             created_at_ms: 1,
             updated_at_ms: 1,
             expires_at_ms: None,
+            tags: Default::default(),
         }
     }
 

@@ -6,8 +6,8 @@
 //! - Records: `apis`, `stages`, `plans`, `keys` (hashes of id → JSON; a key's
 //!   JSON holds its plans and rotated values, `records::KeyRecord`).
 //! - Indexes kept in the same transaction as the records: `hashes` (value
-//!   hash → key id: unique values, lookup by value), `key_ids`, `key_names`
-//!   and `key_customers` (sorted sets for paged listings) and one
+//!   hash → key id: unique values, lookup by value), `key_ids`, `key_names`,
+//!   `key_customers` and `key_tags` (sorted sets for paged listings) and one
 //!   `plan_keys:PLAN` sorted set per plan (its subscribers).
 //! - `head` (epoch, version, id of the last change) and `changes`, a stream
 //!   with one entry per change (`records::Change`): what changed, never the
@@ -443,6 +443,7 @@ impl RedisRecords {
         let (mut ids_add, mut ids_del) = (Vec::new(), Vec::new());
         let (mut names_add, mut names_del, mut cust_add, mut cust_del) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut tags_add, mut tags_del) = (Vec::new(), Vec::new());
         let mut plan_add: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
         let mut plan_del: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
         for k in &set.keys {
@@ -472,6 +473,12 @@ impl RedisRecords {
                 cust_del.extend(cust(b));
                 cust_add.extend(cust(a));
             }
+            let tags = |r: Option<&KeyRecord>| -> Vec<String> {
+                r.map(|r| r.key.tags.iter().map(|(t, v)| tag_member(t, v, &k.id)).collect()).unwrap_or_default()
+            };
+            let (tb, ta) = (tags(b), tags(a));
+            tags_del.extend(tb.iter().filter(|m| !ta.contains(m)).cloned());
+            tags_add.extend(ta.into_iter().filter(|m| !tb.contains(m)));
             let pb: &[String] = b.map(|r| r.plans.as_slice()).unwrap_or(&[]);
             let pa: &[String] = a.map(|r| r.plans.as_slice()).unwrap_or(&[]);
             for p in pa.iter().filter(|p| !pb.contains(p)) {
@@ -496,6 +503,7 @@ impl RedisRecords {
         zset(pipe, self.k("key_ids"), &ids_add, &ids_del);
         zset(pipe, self.k("key_names"), &names_add, &names_del);
         zset(pipe, self.k("key_customers"), &cust_add, &cust_del);
+        zset(pipe, self.k("key_tags"), &tags_add, &tags_del);
         for (p, ids) in plan_add {
             zset(pipe, self.plan_keys_key(p), &ids, &[]);
         }
@@ -564,6 +572,7 @@ impl RedisRecords {
             Index::Ids => self.k("key_ids"),
             Index::Names => self.k("key_names"),
             Index::Customers => self.k("key_customers"),
+            Index::Tags => self.k("key_tags"),
             Index::Plan(p) => self.plan_keys_key(p),
         }
     }
@@ -721,6 +730,8 @@ pub enum Index<'a> {
     Names,
     /// By customer (`customer\0id`).
     Customers,
+    /// By tag (`key\0value\0id`, one member per tag of a key).
+    Tags,
     /// One plan's keys, by id.
     Plan(&'a str),
 }
@@ -729,6 +740,12 @@ pub enum Index<'a> {
 /// (names and customer ids hold no NUL: see `admin.rs`).
 pub fn index_member(value: &str, id: &str) -> String {
     format!("{value}\0{id}")
+}
+
+/// The member of the tag index for the tag `key=value` of key `id` (tags
+/// hold no NUL: `model::validate_tag` refuses control characters).
+pub fn tag_member(key: &str, value: &str, id: &str) -> String {
+    format!("{key}\0{value}\0{id}")
 }
 
 async fn read_head<C: redis::aio::ConnectionLike>(conn: &mut C, key: &str) -> redis::RedisResult<Position> {

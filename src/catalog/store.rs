@@ -44,7 +44,7 @@ use super::records::{add_keys, check_partial, Change, ChangeSet, KeyRecord, Posi
 use super::redis::{Committed, FileDelta, Index, RedisRecords, RedisTx, CHUNK, FOLLOW_BLOCK, TX_KEYS};
 use super::snapshot::{self, entries_of, Catalog, KeyLean, Small};
 use super::{CatalogData, CatalogHandle, PlanKey};
-use crate::model::{Api, Stage, UsagePlan};
+use crate::model::{Api, Stage, Tags, UsagePlan};
 use crate::store::keys::Keys;
 
 /// How many times a transaction is tried before the caller is told to retry.
@@ -124,6 +124,18 @@ pub struct KeyFilter {
     pub name_prefix: String,
     /// This customer's keys only.
     pub customer_id: String,
+    /// Keys with every one of these tags (key and value equal).
+    pub tags: Tags,
+}
+
+impl KeyFilter {
+    /// Whether `r` passes the filters that the walked index does not
+    /// already guarantee (all of them are checked: cheap, and always right).
+    fn matches(&self, r: &KeyRecord) -> bool {
+        r.key.name.starts_with(&self.name_prefix)
+            && (self.customer_id.is_empty() || r.key.customer_id == self.customer_id)
+            && self.tags.iter().all(|(k, v)| r.key.tags.get(k) == Some(v))
+    }
 }
 
 impl CatalogService {
@@ -562,11 +574,13 @@ impl CatalogService {
         }
     }
 
-    /// A page of keys, filtered by name prefix and customer; `after` is the
-    /// opaque position of the previous page. Walks an index (by id, by name
-    /// or by customer), so a page costs O(log n + page), however many keys
-    /// there are. Returns the keys and the next page's position (empty at the
-    /// end).
+    /// A page of keys, filtered by name prefix, customer and tags; `after`
+    /// is the opaque position of the previous page. Walks one index (by
+    /// customer, else by the first tag asked for, else by name, else by id),
+    /// so a page costs O(log n + page) when the index is the only filter;
+    /// the other filters are applied to the walked keys before paging (a
+    /// filter that few of the index's keys pass reads more of it per page).
+    /// Returns the keys and the next page's position (empty at the end).
     pub async fn list_keys(
         &self,
         filter: &KeyFilter,
@@ -577,14 +591,22 @@ impl CatalogService {
             let from = format!("{}\0", filter.customer_id);
             let to = format!("{}\u{1}", filter.customer_id);
             (Index::Customers, from, Some(to))
+        } else if let Some((k, v)) = filter.tags.iter().next() {
+            (Index::Tags, format!("{k}\0{v}\0"), Some(format!("{k}\0{v}\u{1}")))
         } else if !filter.name_prefix.is_empty() {
             (Index::Names, filter.name_prefix.clone(), prefix_end(&filter.name_prefix))
         } else {
             (Index::Ids, String::new(), None)
         };
         let id_of = |m: &str| m.rsplit_once('\0').map_or(m, |(_, id)| id).to_string();
-        let prefix = if matches!(which, Index::Customers) { filter.name_prefix.as_str() } else { "" };
-        self.walk(which, &from, to.as_deref(), after, size, id_of, prefix).await
+        // What the index alone guarantees needs no check per key.
+        let only_index = match which {
+            Index::Customers => filter.name_prefix.is_empty() && filter.tags.is_empty(),
+            Index::Tags => filter.name_prefix.is_empty() && filter.tags.len() == 1,
+            _ => true,
+        };
+        let post = (!only_index).then_some(filter);
+        self.walk(which, &from, to.as_deref(), after, size, id_of, post).await
     }
 
     /// A page of a plan's keys (by id), filtered by name prefix.
@@ -595,11 +617,13 @@ impl CatalogService {
         size: usize,
         after: Option<&str>,
     ) -> Result<(Vec<KeyRecord>, Option<String>), AdminError> {
-        self.walk(Index::Plan(plan), "", None, after, size, str::to_string, name_prefix).await
+        let filter = KeyFilter { name_prefix: name_prefix.to_string(), ..KeyFilter::default() };
+        let post = (!name_prefix.is_empty()).then_some(&filter);
+        self.walk(Index::Plan(plan), "", None, after, size, str::to_string, post).await
     }
 
-    /// Walks an index in batches, keeping the records whose name starts with
-    /// `name_prefix`, until a page is full or the index ends.
+    /// Walks an index in batches, keeping the records that pass `post` (all
+    /// without it), until a page is full or the index ends.
     #[allow(clippy::too_many_arguments)]
     async fn walk(
         &self,
@@ -609,16 +633,17 @@ impl CatalogService {
         after: Option<&str>,
         size: usize,
         id_of: impl Fn(&str) -> String,
-        name_prefix: &str,
+        post: Option<&KeyFilter>,
     ) -> Result<(Vec<KeyRecord>, Option<String>), AdminError> {
         let mut out = Vec::with_capacity(size);
         let mut cursor = after.map(str::to_string);
-        let batch = if name_prefix.is_empty() { size + 1 } else { CHUNK };
+        let batch = if post.is_none() { size + 1 } else { CHUNK };
         loop {
             let which = match &which {
                 Index::Ids => Index::Ids,
                 Index::Names => Index::Names,
                 Index::Customers => Index::Customers,
+                Index::Tags => Index::Tags,
                 Index::Plan(p) => Index::Plan(p),
             };
             let members = self.page_of(which, from, to, cursor.as_deref(), batch).await?;
@@ -628,7 +653,7 @@ impl CatalogService {
             let by_id: BTreeMap<&str, &KeyRecord> = recs.iter().map(|r| (r.key.id.as_str(), r)).collect();
             for (m, id) in members.iter().zip(&ids) {
                 let Some(r) = by_id.get(id.as_str()) else { continue };
-                if !r.key.name.starts_with(name_prefix) {
+                if post.is_some_and(|f| !f.matches(r)) {
                     cursor = Some(m.clone());
                     continue;
                 }

@@ -17,6 +17,7 @@ pub mod stages;
 pub mod table;
 pub mod usage;
 
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::process::ExitCode;
 use std::str::FromStr;
@@ -290,6 +291,31 @@ pub fn parse_stage_method(s: &str) -> Result<pb::MethodThrottle, String> {
     }
 }
 
+/// Parses `--tag KEY=VALUE` (checked as the server checks tags).
+pub fn parse_tag(s: &str) -> Result<(String, String), String> {
+    crate::model::parse_tag("--tag", s).map_err(|e| e.message)
+}
+
+/// `--tag` arguments as the wire's map.
+pub fn tags_map(tags: Vec<(String, String)>) -> HashMap<String, String> {
+    tags.into_iter().collect()
+}
+
+/// Tags as `k=v,k2=v2`, sorted by key; `-` for none.
+pub fn tags_text(tags: &HashMap<String, String>) -> String {
+    if tags.is_empty() {
+        return "-".into();
+    }
+    let sorted: BTreeMap<_, _> = tags.iter().collect();
+    sorted.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+}
+
+/// Tags as a JSON object, sorted by key.
+pub fn tags_json(tags: &HashMap<String, String>) -> Value {
+    let sorted: BTreeMap<_, _> = tags.iter().collect();
+    json!(sorted)
+}
+
 /// A quota period, any case on the command line, upper case on the wire.
 pub fn parse_period(s: &str) -> Result<String, String> {
     let p = s.to_ascii_uppercase();
@@ -318,6 +344,7 @@ pub fn key_json(k: &pb::ApiKey) -> Map<String, Value> {
         "expires_at_ms": (k.expires_at_ms != 0).then_some(k.expires_at_ms),
         "expires_at": ts_json(k.expires_at_ms),
         "usage_plan_ids": k.usage_plan_ids,
+        "tags": tags_json(&k.tags),
     });
     match v {
         Value::Object(m) => m,
@@ -363,6 +390,7 @@ pub fn plan_json(p: &pb::UsagePlan) -> Value {
         "shadow": p.shadow,
         "created_at_ms": p.created_at_ms,
         "created_at": ts_json(p.created_at_ms),
+        "tags": tags_json(&p.tags),
     })
 }
 

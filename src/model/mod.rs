@@ -330,6 +330,9 @@ pub struct UsagePlan {
     /// "Shadow plans").
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub shadow: bool,
+    /// Tags ([`validate_tags`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: Tags,
 }
 
 impl UsagePlan {
@@ -345,6 +348,7 @@ impl UsagePlan {
         if let Some(q) = &self.quota {
             q.validate().map_err(|e| e.within("quota"))?;
         }
+        validate_tags(&self.tags)?;
         let mut seen = std::collections::HashSet::new();
         for (i, s) in self.api_stages.iter().enumerate() {
             if !seen.insert(&s.stage) {
@@ -413,6 +417,58 @@ impl fmt::Debug for KeyHash {
     }
 }
 
+/// Tags of a key or plan (`key=value`, as API Gateway has): operator
+/// metadata, filterable in list calls, never used by decisions.
+pub type Tags = BTreeMap<String, String>;
+
+/// Most tags on one key or plan (API Gateway's limit).
+pub const TAGS_MAX: usize = 50;
+/// Longest tag key, in characters (API Gateway's limit).
+pub const TAG_KEY_MAX_CHARS: usize = 128;
+/// Longest tag value, in characters (API Gateway's limit).
+pub const TAG_VALUE_MAX_CHARS: usize = 256;
+
+/// Checks one tag: a key of 1–128 characters with no `=` (so `k=v` is
+/// unambiguous) and a value of 0–256 characters, neither with a control
+/// character. The error names the tag: `tags["env"]`.
+pub fn validate_tag(k: &str, v: &str) -> Result<(), Invalid> {
+    let field = || format!("tags[{k:?}]");
+    let n = k.chars().count();
+    if n == 0 || n > TAG_KEY_MAX_CHARS || k.trim().is_empty() {
+        return Err(Invalid::new(field(), format!("the tag key must be 1 to {TAG_KEY_MAX_CHARS} characters, got {n}")));
+    }
+    if k.contains('=') {
+        return Err(Invalid::new(field(), "the tag key may not contain `=`"));
+    }
+    if k.chars().chain(v.chars()).any(char::is_control) {
+        return Err(Invalid::new(field(), "tags may not contain control characters"));
+    }
+    let n = v.chars().count();
+    if n > TAG_VALUE_MAX_CHARS {
+        return Err(Invalid::new(
+            field(),
+            format!("the tag value must be at most {TAG_VALUE_MAX_CHARS} characters, got {n}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a set of tags: at most [`TAGS_MAX`], each by [`validate_tag`].
+pub fn validate_tags(tags: &Tags) -> Result<(), Invalid> {
+    if tags.len() > TAGS_MAX {
+        return Err(Invalid::new("tags", format!("at most {TAGS_MAX} tags, got {}", tags.len())));
+    }
+    tags.iter().try_for_each(|(k, v)| validate_tag(k, v))
+}
+
+/// Parses `KEY=VALUE` (the CLI's `--tag` and the HTTP API's `?tag=`): split
+/// at the first `=`; the value may be empty.
+pub fn parse_tag(field: &str, s: &str) -> Result<(String, String), Invalid> {
+    let (k, v) = s.split_once('=').ok_or_else(|| Invalid::new(field, format!("{s:?} is not KEY=VALUE")))?;
+    validate_tag(k, v).map_err(|e| Invalid::new(field, e.message))?;
+    Ok((k.to_string(), v.to_string()))
+}
+
 /// Minimum length of an API key value at creation (the seed's rule).
 pub const KEY_VALUE_MIN: usize = 30;
 /// Maximum length of an API key value.
@@ -471,6 +527,9 @@ pub struct ApiKey {
     pub updated_at_ms: u64,
     /// After this instant (ms since the Unix epoch) the key is refused.
     pub expires_at_ms: Option<u64>,
+    /// Tags ([`validate_tags`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: Tags,
 }
 
 impl ApiKey {
@@ -493,6 +552,32 @@ pub fn now_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tag_rules() {
+        assert!(validate_tag("env", "").is_ok());
+        assert!(validate_tag(&"k".repeat(128), &"v".repeat(256)).is_ok());
+        assert!(validate_tag("caf\u{e9}", "\u{e9}t\u{e9} / a:b @c").is_ok(), "letters, spaces, punctuation");
+        for (k, v, why) in [
+            ("", "v", "1 to 128"),
+            (" ", "v", "1 to 128"),
+            (&"k".repeat(129) as &str, "v", "1 to 128"),
+            ("a=b", "v", "`=`"),
+            ("k", &"v".repeat(257) as &str, "at most 256"),
+            ("k\0", "v", "control"),
+            ("k", "a\tb", "control"),
+        ] {
+            let e = validate_tag(k, v).unwrap_err();
+            assert_eq!(e.field, format!("tags[{k:?}]"));
+            assert!(e.message.contains(why), "{k:?}={v:?}: {e}");
+        }
+        let many: Tags = (0..51).map(|i| (format!("t{i}"), String::new())).collect();
+        assert_eq!(validate_tags(&many).unwrap_err().field, "tags");
+        assert_eq!(parse_tag("tag", "env=prod=x").unwrap(), ("env".into(), "prod=x".into()), "split at the first =");
+        assert_eq!(parse_tag("tag", "env=").unwrap(), ("env".into(), String::new()));
+        assert_eq!(parse_tag("tag", "env").unwrap_err().field, "tag");
+        assert_eq!(parse_tag("tag", "=v").unwrap_err().field, "tag");
+    }
 
     #[test]
     fn throttle_validation() {

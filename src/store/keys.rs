@@ -45,6 +45,7 @@
 //! | `P{cat}:hashes` | hash value-hash → key id | every value (current or in its grace period) and its key: unique values, lookups by value |
 //! | `P{cat}:key_ids` | sorted set of key ids | listing all keys, in pages |
 //! | `P{cat}:key_names`, `:key_customers` | sorted set of `NAME\0ID`, `CUSTOMER\0ID` | listing keys by name prefix or customer, in pages |
+//! | `P{cat}:key_tags` | sorted set of `TAGKEY\0TAGVALUE\0ID`, one per tag of each key | listing keys by tag, in pages |
 //! | `P{cat}:plan_keys:PLAN` | sorted set of key ids | a plan's keys, in pages (usage reports) |
 //! | `P{cat}:file_digests` | hash digest → ms | the catalog files applied (SHA-256 of their bytes, hex) and when; the last 100 |
 //! | `P{cat}:file_records` | hash record → fingerprint | for each record a catalog file applied (`api:ID`, `stage:API/STAGE`, `plan:ID`, `key:ID`, `sub:PLAN/KEY`), a hash of what the file last applied to it |

@@ -26,7 +26,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::{AdminErrors, HttpError};
-use super::json::{CsvBody, JsonBody, PathParams, QueryParams};
+use super::json::{CsvBody, JsonBody, PathParams, QueryParams, TaggedQuery};
 use super::HttpApi;
 use crate::api::admin::AdminService;
 use crate::api::pb;
@@ -106,16 +106,28 @@ fn deleted(_: pb::DeleteResponse) -> StatusCode {
 
 type Answer<T> = Result<Json<T>, HttpError>;
 
+/// The tag filter of the list routes, for the OpenAPI document.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // read by `TaggedQuery`, described here
+struct TagParam {
+    /// Only those with this tag, `KEY=VALUE` (e.g. `tag=env=prod`); repeat
+    /// it for several, all of which must match.
+    #[param(style = Form, explode)]
+    tag: Option<Vec<String>>,
+}
+
 // ---- API keys ----
 
-/// List API keys, by id, a page at a time; filter by name prefix or customer id.
+/// List API keys, by id, a page at a time; filter by name prefix, customer id or tags.
 #[utoipa::path(get, path = "/v1/keys", tag = "keys", security(("admin_token" = [])),
-    params(pb::ListApiKeysRequest),
+    params(pb::ListApiKeysRequest, TagParam),
     responses((status = 200, description = "A page of keys; `next_page_token` is empty on the last.", body = pb::ListApiKeysResponse), AdminErrors))]
 async fn list_keys(
     State(api): State<HttpApi>,
-    QueryParams(q): QueryParams<pb::ListApiKeysRequest>,
+    TaggedQuery(q, tags): TaggedQuery<pb::ListApiKeysRequest>,
 ) -> Answer<pb::ListApiKeysResponse> {
+    let q = pb::ListApiKeysRequest { tags, ..q };
     call(&api, q, |a, r| async move { a.list_api_keys(r).await }).await.map(Json)
 }
 
@@ -255,14 +267,15 @@ async fn delete_api(
 
 // ---- usage plans ----
 
-/// List usage plans, by id, a page at a time; `key_id` keeps one key's plans.
+/// List usage plans, by id, a page at a time; `key_id` keeps one key's plans, `tag` those with the tags.
 #[utoipa::path(get, path = "/v1/plans", tag = "plans", security(("admin_token" = [])),
-    params(pb::ListUsagePlansRequest),
+    params(pb::ListUsagePlansRequest, TagParam),
     responses((status = 200, description = "A page of plans; `next_page_token` is empty on the last.", body = pb::ListUsagePlansResponse), AdminErrors))]
 async fn list_plans(
     State(api): State<HttpApi>,
-    QueryParams(q): QueryParams<pb::ListUsagePlansRequest>,
+    TaggedQuery(q, tags): TaggedQuery<pb::ListUsagePlansRequest>,
 ) -> Answer<pb::ListUsagePlansResponse> {
+    let q = pb::ListUsagePlansRequest { tags, ..q };
     call(&api, q, |a, r| async move { a.list_usage_plans(r).await }).await.map(Json)
 }
 

@@ -164,6 +164,34 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for QueryParams<T>
     }
 }
 
+/// The query string read into `T`, but for the repeated `tag=KEY=VALUE`
+/// parameters (a tag filter), returned apart as a map; a malformed one is an
+/// error naming `tag`.
+pub struct TaggedQuery<T>(pub T, pub std::collections::HashMap<String, String>);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for TaggedQuery<T> {
+    type Rejection = HttpError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, HttpError> {
+        let query = parts.uri.query().unwrap_or_default();
+        let mut tags = std::collections::HashMap::new();
+        let mut rest = Vec::new();
+        for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+            if k == "tag" {
+                let (tk, tv) = crate::model::parse_tag("tag", &v)?;
+                tags.insert(tk, tv);
+            } else {
+                rest.push((k, v));
+            }
+        }
+        let rest = form_urlencoded::Serializer::new(String::new()).extend_pairs(rest).finish();
+        let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(rest.as_bytes()));
+        serde_path_to_error::deserialize(de)
+            .map(|t| TaggedQuery(t, tags))
+            .map_err(|e| invalid_at(e.path(), "query", e.inner()).into())
+    }
+}
+
 /// Path parameters (`{id}`), percent-decoded.
 pub struct PathParams<T>(pub T);
 

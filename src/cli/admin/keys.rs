@@ -12,7 +12,9 @@ use serde_json::{json, Value};
 
 use super::csv_chunks;
 use super::table::{kv, Table};
-use super::{client, emit_json, finish, key_json, parse_instant, AdminOpts, Failure, Outcome};
+use super::{
+    client, emit_json, finish, key_json, parse_instant, parse_tag, tags_map, tags_text, AdminOpts, Failure, Outcome,
+};
 use crate::api::pb;
 
 /// The largest CSV one import call sends (the server refuses bigger ones): a
@@ -44,7 +46,7 @@ pub enum KeysCommand {
         /// The key's id.
         id: String,
     },
-    /// Change a key's name, description, enabled flag, customer or expiry.
+    /// Change a key's name, description, enabled flag, customer, expiry or tags.
     Update(UpdateArgs),
     /// Delete a key: its value stops working at once.
     Delete {
@@ -79,6 +81,9 @@ pub struct CreateArgs {
     /// When the key stops working: RFC 3339 (2030-01-01T00:00:00Z) or a date.
     #[arg(long, value_name = "RFC3339")]
     pub expires_at: Option<String>,
+    /// A tag, KEY=VALUE (repeatable).
+    #[arg(long, value_name = "KEY=VALUE", value_parser = parse_tag)]
+    pub tag: Vec<(String, String)>,
 }
 
 /// Arguments of `keys list`.
@@ -90,6 +95,9 @@ pub struct ListArgs {
     /// Only keys of this customer.
     #[arg(long, default_value = "", hide_default_value = true)]
     pub customer_id: String,
+    /// Only keys with this tag, KEY=VALUE (repeatable: all must match).
+    #[arg(long, value_name = "KEY=VALUE", value_parser = parse_tag)]
+    pub tag: Vec<(String, String)>,
     /// Keys per page, 1 to 500 (server default 25).
     #[arg(long, value_name = "N")]
     pub page_size: Option<u32>,
@@ -121,6 +129,12 @@ pub struct UpdateArgs {
     /// A new expiry (RFC 3339 or a date), or `never`.
     #[arg(long, value_name = "RFC3339|never")]
     pub expires_at: Option<String>,
+    /// The key's tags, KEY=VALUE (repeatable): they replace all its tags.
+    #[arg(long, value_name = "KEY=VALUE", value_parser = parse_tag, conflicts_with = "clear_tags")]
+    pub tag: Vec<(String, String)>,
+    /// Remove all the key's tags.
+    #[arg(long)]
+    pub clear_tags: bool,
 }
 
 /// Arguments of `keys rotate`.
@@ -211,6 +225,7 @@ async fn create(opts: &AdminOpts, a: CreateArgs) -> Outcome {
         enabled: Some(!a.disabled),
         customer_id: a.customer_id,
         expires_at_ms,
+        tags: tags_map(a.tag),
     };
     let r = client(opts).await?.create_api_key(req).await?.into_inner();
     print_with_value(opts, r, "");
@@ -245,6 +260,7 @@ async fn list(opts: &AdminOpts, a: ListArgs) -> Outcome {
         page_token: a.page_token,
         name_prefix: a.name_prefix,
         customer_id: a.customer_id,
+        tags: tags_map(a.tag),
     };
     let (keys, next) = if a.all {
         let keys = super::all_pages(|token| {
@@ -278,7 +294,7 @@ pub fn keys_table(keys: &[pb::ApiKey]) -> String {
     if keys.is_empty() {
         return "no keys\n".into();
     }
-    let mut t = Table::new(&["ID", "NAME", "ENABLED", "VALUE", "CUSTOMER", "CREATED", "EXPIRES", "PLANS"]);
+    let mut t = Table::new(&["ID", "NAME", "ENABLED", "VALUE", "CUSTOMER", "CREATED", "EXPIRES", "PLANS", "TAGS"]);
     for k in keys {
         t.row(vec![
             k.id.clone(),
@@ -289,6 +305,7 @@ pub fn keys_table(keys: &[pb::ApiKey]) -> String {
             super::rfc3339_s(k.created_at_ms),
             expiry(k.expires_at_ms),
             k.usage_plan_ids.join(","),
+            tags_text(&k.tags),
         ]);
     }
     t.render()
@@ -322,6 +339,7 @@ fn key_pairs(k: &pb::ApiKey) -> Vec<(&'static str, String)> {
         ("updated at", if k.updated_at_ms == 0 { "-".into() } else { super::rfc3339_s(k.updated_at_ms) }),
         ("expires at", expiry(k.expires_at_ms)),
         ("usage plans", if k.usage_plan_ids.is_empty() { "-".into() } else { k.usage_plan_ids.join(", ") }),
+        ("tags", tags_text(&k.tags)),
     ]
 }
 
@@ -347,6 +365,8 @@ async fn update(opts: &AdminOpts, a: UpdateArgs) -> Outcome {
         enabled: a.enabled,
         customer_id: a.customer_id,
         expires_at_ms,
+        tags: tags_map(a.tag),
+        clear_tags: a.clear_tags,
     };
     let k = client(opts).await?.update_api_key(req).await?.into_inner();
     print_key(opts, &k);

@@ -6,8 +6,8 @@ use serde_json::{json, Value};
 
 use super::table::{kv, Table};
 use super::{
-    all_pages, client, emit_json, finish, parse_method_throttle, parse_period, parse_stage_method, plan_json,
-    throttle_text, AdminOpts, Outcome,
+    all_pages, client, emit_json, finish, parse_method_throttle, parse_period, parse_stage_method, parse_tag,
+    plan_json, tags_map, tags_text, throttle_text, AdminOpts, Outcome,
 };
 use crate::api::pb;
 
@@ -31,6 +31,9 @@ pub enum PlansCommand {
         /// Only the plans this key is in.
         #[arg(long, value_name = "K", default_value = "", hide_default_value = true)]
         key_id: String,
+        /// Only plans with this tag, KEY=VALUE (repeatable: all must match).
+        #[arg(long, value_name = "KEY=VALUE", value_parser = parse_tag)]
+        tag: Vec<(String, String)>,
     },
     /// Show a usage plan.
     Get {
@@ -84,6 +87,9 @@ pub struct CreateArgs {
     /// own limits; answers say `shadow_denied` (docs/semantics.md).
     #[arg(long)]
     pub shadow: bool,
+    /// A tag, KEY=VALUE (repeatable).
+    #[arg(long, value_name = "KEY=VALUE", value_parser = parse_tag)]
+    pub tag: Vec<(String, String)>,
 }
 
 /// Arguments of `plans update`.
@@ -137,6 +143,12 @@ pub struct UpdateArgs {
     /// Make it a shadow plan (true) or an enforcing one (false).
     #[arg(long, value_name = "true|false", action = clap::ArgAction::Set)]
     pub shadow: Option<bool>,
+    /// The plan's tags, KEY=VALUE (repeatable): they replace all its tags.
+    #[arg(long, value_name = "KEY=VALUE", value_parser = parse_tag, conflicts_with = "clear_tags")]
+    pub tag: Vec<(String, String)>,
+    /// Remove all the plan's tags.
+    #[arg(long)]
+    pub clear_tags: bool,
 }
 
 fn parse_admission(s: &str) -> Result<pb::Admission, String> {
@@ -184,13 +196,16 @@ async fn dispatch(opts: &AdminOpts, cmd: PlansCommand) -> Outcome {
                 id: a.id,
                 admission: a.admission as i32,
                 shadow: a.shadow,
+                tags: tags_map(a.tag),
             };
             let p = c.create_usage_plan(req).await?.into_inner();
             print_plan(opts, &p);
         }
-        PlansCommand::List { key_id } => {
+        PlansCommand::List { key_id, tag } => {
+            let tags = tags_map(tag);
             let plans = all_pages(|page_token| {
-                let req = pb::ListUsagePlansRequest { page_size: 0, page_token, key_id: key_id.clone() };
+                let req =
+                    pb::ListUsagePlansRequest { page_size: 0, page_token, key_id: key_id.clone(), tags: tags.clone() };
                 let mut c = c.clone();
                 async move {
                     let r = c.list_usage_plans(req).await?.into_inner();
@@ -204,7 +219,7 @@ async fn dispatch(opts: &AdminOpts, cmd: PlansCommand) -> Outcome {
             } else if plans.is_empty() {
                 crate::cli::emit("no usage plans\n");
             } else {
-                let mut t = Table::new(&["ID", "NAME", "THROTTLE", "QUOTA", "STAGES"]);
+                let mut t = Table::new(&["ID", "NAME", "THROTTLE", "QUOTA", "STAGES", "TAGS"]);
                 for p in &plans {
                     let stages: Vec<&str> = p.api_stages.iter().map(|s| s.stage.as_str()).collect();
                     t.row(vec![
@@ -213,6 +228,7 @@ async fn dispatch(opts: &AdminOpts, cmd: PlansCommand) -> Outcome {
                         throttle_text(p.throttle.as_ref()),
                         quota_text(p.quota.as_ref()),
                         stages.join(","),
+                        tags_text(&p.tags),
                     ]);
                 }
                 crate::cli::emit(&t.render());
@@ -237,6 +253,8 @@ async fn dispatch(opts: &AdminOpts, cmd: PlansCommand) -> Outcome {
                 remove_method_throttles: a.remove_method_throttle,
                 admission: a.admission.map(|a| a as i32),
                 shadow: a.shadow,
+                tags: tags_map(a.tag),
+                clear_tags: a.clear_tags,
             };
             let p = c.update_usage_plan(req).await?.into_inner();
             print_plan(opts, &p);
@@ -275,6 +293,7 @@ fn print_plan(opts: &AdminOpts, p: &pb::UsagePlan) {
         ("admission", super::admission_text(p.admission).into()),
         ("shadow", if p.shadow { "yes: never denies for its own limits" } else { "no" }.into()),
         ("created at", if p.created_at_ms == 0 { "-".into() } else { super::rfc3339_s(p.created_at_ms) }),
+        ("tags", tags_text(&p.tags)),
     ]);
     if p.api_stages.is_empty() {
         out.push_str("no stages\n");
