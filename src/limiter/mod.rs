@@ -9,7 +9,13 @@
 //!
 //! With a [`DenyCache`] (`deny.rs`; the Redis store, `--deny-cache`), a
 //! request that a live cached denial covers is answered here, with no store
-//! call, and every denial the store answers is learned.
+//! call, and every denial the store answers is learned. With a
+//! [`LeaseTable`] (`lease.rs`; Redis single/Sentinel, `--lease-max`), a
+//! request of a plan with `admission: leased` is admitted from this
+//! replica's lease when it holds enough tokens, before the deny cache is
+//! looked at. A plan with `shadow: true` turns a denial by its own limits
+//! into an allow that says so ([`Decision::shadow_denied`]), once the
+//! request's shared throttles pass.
 
 pub mod deny;
 
