@@ -26,11 +26,13 @@
 //! - [`store`]: limit storage ([`store::LimitStore`]), with `keys.rs`
 //!   naming every key and `redis/scripts/*.lua`.
 //! - [`calendar`]: UTC quota periods.
+//! - [`audit`]: the audit trail of Admin changes.
 //! - [`api`]: gRPC services; [`server`]: wiring, `run(listener, settings, shutdown)`.
 //! - [`config`]: the settings struct; [`cli`]: the command line; [`telemetry`]:
 //!   logs, traces (OTLP) and metrics.
 
 pub mod api;
+pub mod audit;
 pub mod calendar;
 pub mod catalog;
 pub mod cli;
