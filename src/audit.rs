@@ -129,10 +129,14 @@ impl AuditRecord {
 
     /// Adds the field changes of record `id` between `before` and `after`.
     pub fn add(&mut self, id: String, before: Option<Value>, after: Option<Value>) {
-        let obj = |v: Option<Value>| match v {
-            Some(Value::Object(m)) => m,
-            Some(other) => [("value".to_string(), other)].into_iter().collect(),
-            None => serde_json::Map::new(),
+        // A null field reads as an absent one (as it does once stored).
+        let obj = |v: Option<Value>| -> serde_json::Map<String, Value> {
+            let m = match v {
+                Some(Value::Object(m)) => m,
+                Some(other) => [("value".to_string(), other)].into_iter().collect(),
+                None => serde_json::Map::new(),
+            };
+            m.into_iter().filter(|(_, v)| !v.is_null()).collect()
         };
         let (b, a) = (obj(before), obj(after));
         let mut fields: Vec<&String> = b.keys().chain(a.keys()).collect();
