@@ -23,6 +23,9 @@
 //! | `tollgate_store_ready` | gauge | | 1 while the store and catalog can answer |
 //! | `tollgate_catalog_version` | gauge | | the catalog version this replica serves |
 //! | `tollgate_catalog_file_conflicts_total` | counter | | catalog file records not applied (`catalog::bootstrap`) |
+//! | `tollgate_admin_auth_failures_total` | counter | `reason` (`missing`, `malformed`, `invalid`, `forbidden`, `unconfigured`) | Admin calls refused for their credentials (`api::access`) |
+//! | `tollgate_admin_auth_throttled_total` | counter | | Admin calls made to wait after repeated failures of their peer |
+//! | `tollgate_admin_tokens_reload_errors_total` | counter | | changes of the tokens file refused |
 
 pub mod traces;
 

@@ -303,10 +303,22 @@ async fn the_trail_stays_capped() {
 }
 
 #[tokio::test]
-async fn the_cli_reads_the_trail_back() {
-    let (p, _d) = start(None, &[]);
+async fn the_cli_and_http_read_the_trail_back() {
+    let (p, _d) = start(None, &["--http-listen", "127.0.0.1:0"]);
     let (_, mut ci, _) = clients(&p).await;
     make_changes(&mut ci, 3).await;
+    // GET /v1/audit: the same records, in pages.
+    let auth = format!("Bearer {READ}");
+    let r = support::http::get(p.http_addr(), "/v1/audit?page_size=3", &[("authorization", &auth)]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let page = r.json();
+    assert_eq!(page["records"].as_array().unwrap().len(), 3, "{page}");
+    assert_eq!(page["records"][0]["operation"], "CreateApiKey");
+    let next = page["next_page_token"].as_str().unwrap().to_string();
+    let r = support::http::get(p.http_addr(), &format!("/v1/audit?page_token={next}"), &[("authorization", &auth)]);
+    let rest = r.json();
+    assert_eq!(rest["records"].as_array().unwrap().len(), 1, "{rest}");
+    assert_eq!(rest["records"][0]["token_name"], "ci");
     let run = |args: &[&str]| {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
             .args(["audit", "list", "--server", &p.admin_url()])
