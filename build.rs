@@ -46,6 +46,9 @@ const JSON_MESSAGES: &[&str] = &[
     "Usage",
     "UpdateUsageRequest",
     "UsageUpdated",
+    "AuditChange",
+    "AuditRecord",
+    "ListAuditRecordsResponse",
 ];
 
 /// Messages that are query strings (`?page_size=10&page_token=...`).
@@ -56,6 +59,7 @@ const QUERY_MESSAGES: &[&str] = &[
     "ListUsagePlanKeysRequest",
     "GetUsageRequest",
     "ImportApiKeysRequest",
+    "ListAuditRecordsRequest",
 ];
 
 /// Fields the HTTP API takes from the URL path (`PATCH /v1/keys/{id}`) or, for

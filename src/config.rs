@@ -242,6 +242,21 @@ pub struct Settings {
     #[arg(long, env = "TOLLGATE_ADMIN_TOKEN_FILE", conflicts_with = "admin_token")]
     pub admin_token_file: Option<PathBuf>,
 
+    /// A YAML file of named admin tokens, each with a role (`read`, `keys`
+    /// or `admin`) and the hex SHA-256 of the token (the file holds no
+    /// secret): `tokens: [{name, role, sha256}]`. Read again when it
+    /// changes; a bad new file keeps the tokens in force. May be given with
+    /// the single token above (named `admin`, role admin). docs/admin.md,
+    /// "Credentials and roles".
+    #[arg(long, env = "TOLLGATE_ADMIN_TOKENS_FILE")]
+    pub admin_tokens_file: Option<PathBuf>,
+
+    /// About how many audit records are kept (oldest dropped first): in
+    /// Redis, the stream `{cat}:audit` (`XADD MAXLEN ~`); in memory, a ring.
+    #[arg(long, env = "TOLLGATE_AUDIT_MAX_RECORDS", default_value_t = crate::audit::DEFAULT_MAX_RECORDS,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub audit_max_records: usize,
+
     /// Address of the Admin service (with health and reflection), apart from
     /// the data plane; loopback by default, so the network gateways reach
     /// never serves Admin. The --listen address serves Admin on the
@@ -392,6 +407,8 @@ impl Settings {
             api_key_metadata: None,
             admin_token: None,
             admin_token_file: None,
+            admin_tokens_file: None,
+            audit_max_records: crate::audit::DEFAULT_MAX_RECORDS,
             admin_listen: AdminListen::Addr(SocketAddr::from(([127, 0, 0, 1], 0))),
             reflection: true,
             max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
@@ -445,6 +462,14 @@ impl Settings {
             }
             _ => None,
         }
+    }
+
+    /// The admin tokens: those of --admin-tokens-file (checked now) and the
+    /// single token (TOLLGATE_ADMIN_TOKEN, --admin-token-file) as `admin`.
+    pub fn admin_tokens(&self) -> Result<crate::api::access::AdminTokens, Invalid> {
+        let token = self.admin_token()?;
+        crate::api::access::AdminTokens::load(self.admin_tokens_file.as_deref(), token.as_deref())
+            .map_err(|e| Invalid::new("admin_tokens_file", e))
     }
 
     /// Where Redis is, from --redis-url, --redis-mode, --redis-sentinel-master

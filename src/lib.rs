@@ -26,6 +26,7 @@
 //! - [`store`]: limit storage ([`store::LimitStore`]), with `keys.rs`
 //!   naming every key and `redis/scripts/*.lua`.
 //! - [`calendar`]: UTC quota periods.
+//! - [`audit`]: the audit trail of Admin changes.
 //! - [`api`]: gRPC services; [`server`]: wiring, `run(listener, settings, shutdown)`.
 //! - [`tls`]: TLS and mTLS on every listener, certificates reloaded when
 //!   their files change.
@@ -33,6 +34,7 @@
 //!   logs, traces (OTLP) and metrics.
 
 pub mod api;
+pub mod audit;
 pub mod calendar;
 pub mod catalog;
 pub mod cli;

@@ -35,14 +35,13 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::R
 use prost::Message;
 use prost_types::FileDescriptorSet;
 use tokio::net::TcpListener;
-use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::{Router, TcpIncoming};
 use tonic::transport::Server;
 use tonic_health::pb::health_server::HealthServer;
 use tonic_health::server::{HealthReporter, HealthService};
 use tonic_reflection::pb::{v1, v1alpha};
 
-use crate::api::admin::{AdminAuth, AdminService};
+use crate::api::admin::{AdminAuth, AdminGate, AdminService};
 use crate::api::authorizer::AuthorizerService;
 use crate::api::envoy_authz::EnvoyAuthzService;
 use crate::api::envoy_http::EnvoyOptions;
@@ -140,8 +139,8 @@ pub fn open_catalog(settings: &Settings, keys: &Keys) -> Result<Arc<CatalogServi
     })
 }
 
-/// The Admin service as served: behind its bearer-token check.
-type AdminSvc = InterceptedService<AdminServer<AdminService>, AdminAuth>;
+/// The Admin service as served: behind its credentials and roles check.
+type AdminSvc = AdminGate<AdminServer<AdminService>>;
 
 /// The proto file of `tollgate.v1.Authorizer` in [`pb::FILE_DESCRIPTOR_SET`].
 const AUTHORIZER_PROTO: &str = "tollgate/v1/authorizer.proto";
@@ -319,9 +318,10 @@ async fn bind_metrics(
 fn open_services(settings: &Settings) -> Result<Services, BoxError> {
     let account = settings.account_throttle()?;
     let envoy = Arc::new(EnvoyOptions::from_settings(settings)?);
-    let admin_token = settings.admin_token()?;
+    let admin_tokens = settings.admin_tokens()?;
     let keys = Keys::new(&settings.redis_prefix);
     let catalog = open_catalog(settings, &keys)?;
+    catalog.set_audit_max(settings.audit_max_records);
     if settings.config.is_none() && settings.redis_url.is_none() {
         tracing::warn!("no --config and no Redis: the catalog starts empty; add to it through the Admin service");
     }
@@ -348,19 +348,20 @@ fn open_services(settings: &Settings) -> Result<Services, BoxError> {
             }
         });
     }
-    let admin_auth = AdminAuth::new(admin_token.clone());
     let admin_service = match settings.admin_listen {
         AdminListen::Off => None,
         AdminListen::Addr(_) => {
-            if admin_token.is_none() {
-                tracing::warn!("no admin token configured (TOLLGATE_ADMIN_TOKEN or --admin-token-file): the Admin service refuses all calls");
+            if !admin_tokens.current().configured() {
+                tracing::warn!("no admin token configured (TOLLGATE_ADMIN_TOKEN, --admin-token-file or --admin-tokens-file): the Admin service refuses all calls");
             }
+            admin_tokens.watch();
             Some(Arc::new(AdminService::new(catalog.clone(), UsageService::new(store.clone(), keys))))
         }
     };
+    let admin_auth = AdminAuth::with_tokens(admin_tokens);
     let admin = admin_service.clone().map(|a| {
         let server = AdminServer::from_arc(a).max_decoding_message_size(ADMIN_MAX_MESSAGE_BYTES);
-        InterceptedService::new(server, admin_auth.clone())
+        AdminGate::new(server, admin_auth.clone())
     });
     let readiness = Readiness::new(store.clone(), catalog.clone());
 

@@ -32,6 +32,9 @@
 //! | `tollgate_tls_reload_errors_total` | counter | | certificate changes on disk that did not load; the previous certificate stays (`tls`) |
 //! | `tollgate_tls_cert_not_after_seconds` | gauge | | when the certificate served expires, Unix seconds (`tls`) |
 //! | `tollgate_tls_handshake_failures_total` | counter | | TLS handshakes that failed or timed out, on any listener (`tls`) |
+//! | `tollgate_admin_auth_failures_total` | counter | `reason` (`missing`, `malformed`, `invalid`, `forbidden`, `unconfigured`) | Admin calls refused for their credentials (`api::access`) |
+//! | `tollgate_admin_auth_throttled_total` | counter | | Admin calls made to wait after repeated failures of their peer |
+//! | `tollgate_admin_tokens_reload_errors_total` | counter | | changes of the tokens file refused |
 
 pub mod traces;
 

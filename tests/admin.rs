@@ -85,7 +85,7 @@ async fn admin_credentials() {
         "TOLLGATE_ADMIN_TOKEN",
     );
     let mut wrong = support::admin_client(p.admin_addr(), Some("not-the-right-token-000")).await;
-    assert_status(wrong.list_api_keys(pb::ListApiKeysRequest::default()).await, Code::PermissionDenied, "not valid");
+    assert_status(wrong.list_api_keys(pb::ListApiKeysRequest::default()).await, Code::Unauthenticated, "not valid");
     assert!(p.admin().await.list_api_keys(pb::ListApiKeysRequest::default()).await.is_ok());
     assert!(!p.log().contains(ADMIN_TOKEN), "the token is never logged");
 

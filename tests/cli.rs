@@ -560,7 +560,7 @@ fn failures_exit_2_with_code_and_message() {
     let out = run_with(&p, None, &["keys", "list"]);
     out.failed("UNAUTHENTICATED");
     let out = run_with(&p, Some("wrong-token-456"), &["keys", "list"]);
-    out.failed("PERMISSION_DENIED");
+    out.failed("UNAUTHENTICATED");
     assert!(!out.stderr.contains("wrong-token-456") && !out.stdout.contains("wrong-token-456"));
     let out = run_with(&p, None, &["keys", "list", "--admin-token", TOKEN, "--json"]);
     assert_eq!(out.json()["keys"], serde_json::json!([]), "--admin-token works like the variable");

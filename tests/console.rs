@@ -339,7 +339,7 @@ async fn console_in_a_browser_signs_in_creates_a_key_charts_its_usage_and_disabl
     page.screenshot("signin").await;
     page.click("#signin-button").await;
     let error = page.text_when("#signin-error", |t| !t.is_empty()).await;
-    assert!(error.contains("403") && error.contains("PERMISSION_DENIED"), "{error}");
+    assert!(error.contains("401") && error.contains("UNAUTHENTICATED"), "{error}");
 
     // The right one opens the overview: live counts, store and catalog.
     page.fill("#token", ADMIN_TOKEN).await;

@@ -246,7 +246,7 @@ fn admin_credentials_are_the_grpc_ones() {
     let api = Api::new(&p);
     expect_error(&api.with_token(None).get("/v1/keys"), 401, "UNAUTHENTICATED", None, "TOLLGATE_ADMIN_TOKEN");
     let wrong = api.with_token(Some("not-the-right-token-000"));
-    expect_error(&wrong.get("/v1/keys"), 403, "PERMISSION_DENIED", None, "not valid");
+    expect_error(&wrong.get("/v1/keys"), 401, "UNAUTHENTICATED", None, "not valid");
     // Credentials are checked before the body is read.
     let r = api.with_token(None).call("POST", "/v1/plans", json!({"throttle": "fast"}));
     expect_error(&r, 401, "UNAUTHENTICATED", None, "authorization");
@@ -272,7 +272,13 @@ fn stats_count_decisions_as_the_metrics_do() {
     let p = start(&["--metrics-listen", "127.0.0.1:0"]);
     let api = Api::new(&p);
     expect_error(&api.with_token(None).get("/v1/stats"), 401, "UNAUTHENTICATED", None, "TOLLGATE_ADMIN_TOKEN");
-    expect_error(&api.with_token(Some("not-the-right-token-000")).get("/v1/stats"), 403, "PERMISSION_DENIED", None, "");
+    expect_error(
+        &api.with_token(Some("not-the-right-token-000")).get("/v1/stats"),
+        401,
+        "UNAUTHENTICATED",
+        None,
+        "not valid",
+    );
 
     let before = expect(&api.get("/v1/stats"), 200);
     let zeros = json!({"OK": 0, "THROTTLED": 0, "QUOTA_EXCEEDED": 0, "INVALID_API_KEY": 0, "NOT_SUBSCRIBED": 0, "UNKNOWN_STAGE": 0});

@@ -19,13 +19,16 @@ export class ApiError extends Error {
     this.field = field || "";
   }
 
-  /** Whether the token itself was refused (no token, a wrong one). */
+  /**
+   * Whether the token itself was refused (no token, a wrong one: 401). A 403
+   * is a known token whose role does not allow the call: shown, not signed out.
+   */
   get credentials() {
-    return this.status === 401 || this.status === 403;
+    return this.status === 401;
   }
 }
 
-/** One line for a person: "403 PERMISSION_DENIED: the admin token is wrong". */
+/** One line for a person: "401 UNAUTHENTICATED: the admin token is not valid: ...". */
 export function describe(err) {
   if (!(err instanceof ApiError)) return String(err && err.message ? err.message : err);
   const head = [err.status || "", err.code].filter(Boolean).join(" ");

@@ -1,13 +1,23 @@
 //! `tollgate.v1.Admin`: the control plane over gRPC. Each call checks its
 //! input, runs one catalog transaction (`CatalogService::update`) or reads
-//! the snapshot, and answers; the bearer-token check is an interceptor
-//! ([`AdminAuth`]) in front of every call.
+//! the snapshot, and answers. In front of every call, [`AdminGate`] checks
+//! the caller's token and role ([`AdminAuth`], the one table of
+//! `api::access`) and runs the call as that caller, so that the changes it
+//! makes are audited (`crate::audit`).
 
+use std::convert::Infallible;
+use std::net::IpAddr;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
+use tonic::codegen::{BoxFuture, Service};
+use tonic::server::NamedService;
 use tonic::{Request, Response, Status};
 
+use super::access;
+pub use super::access::AdminAuth;
 use super::pb;
+use crate::audit::{self, AuditRecord};
 use crate::catalog::admin::{self as ops, AdminError, KeyPatch, NewKey, NewPlan, PlanPatch};
 use crate::catalog::csv_import;
 use crate::catalog::records::{KeyRecord, Want};
@@ -19,49 +29,67 @@ use crate::model::{
 };
 use crate::usage::UsageService;
 
-/// Checks `authorization: Bearer TOKEN` on every Admin call.
+/// The Admin service behind its credentials check: finds the operation of
+/// the called method in [`access::OPERATIONS`], lets [`AdminAuth`] admit the
+/// caller (or answers its refusal), and runs the call inside
+/// [`audit::scope`].
 #[derive(Clone)]
-pub struct AdminAuth {
-    token: Option<Arc<str>>,
+pub struct AdminGate<S> {
+    inner: S,
+    auth: AdminAuth,
 }
 
-impl AdminAuth {
-    /// Accepts `token`; with `None`, refuses every call and says how to set one.
-    pub fn new(token: Option<String>) -> Self {
-        Self { token: token.map(Arc::from) }
+impl<S> AdminGate<S> {
+    /// `inner` behind `auth`.
+    pub fn new(inner: S, auth: AdminAuth) -> Self {
+        Self { inner, auth }
     }
 }
 
-/// Compares in time that does not depend on where the inputs differ.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+impl<S: NamedService> NamedService for AdminGate<S> {
+    const NAME: &'static str = S::NAME;
 }
 
-impl tonic::service::Interceptor for AdminAuth {
-    fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
-        let Some(expected) = &self.token else {
-            return Err(Status::failed_precondition(
-                "the Admin service is disabled because no admin token is configured: start tollgate with \
-                 TOLLGATE_ADMIN_TOKEN=<secret> or --admin-token-file FILE",
-            ));
-        };
-        let Some(header) = req.metadata().get("authorization") else {
-            return Err(Status::unauthenticated(
-                "missing `authorization: Bearer TOKEN` metadata: pass --admin-token or set TOLLGATE_ADMIN_TOKEN",
-            ));
-        };
-        let given = header
-            .to_str()
-            .ok()
-            .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
-            .ok_or_else(|| Status::unauthenticated("the authorization metadata must be `Bearer TOKEN`"))?;
-        if !constant_time_eq(given.trim().as_bytes(), expected.as_bytes()) {
-            return Err(Status::permission_denied("the admin token is not valid"));
-        }
-        Ok(req)
+/// The peer's IP address, as tonic's server records it in a request's
+/// extensions (plaintext or TLS).
+pub fn peer_ip(extensions: &http::Extensions) -> Option<IpAddr> {
+    let mut probe = http::Request::new(());
+    *probe.extensions_mut() = extensions.clone();
+    Request::from_http(probe).remote_addr().map(|a| a.ip())
+}
+
+impl<S, B> Service<http::Request<B>> for AdminGate<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Infallible>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        // The service polled ready is the one that takes the call.
+        let ready = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, ready);
+        let auth = self.auth.clone();
+        Box::pin(async move {
+            let method = req.uri().path().rsplit('/').next().unwrap_or_default();
+            let op = access::by_rpc(method).unwrap_or(&access::UNLISTED);
+            let peer = peer_ip(req.extensions());
+            let authorization = req.headers().get(http::header::AUTHORIZATION).map(|v| v.as_bytes().to_vec());
+            match auth.admit(op, authorization.as_deref(), peer).await {
+                Ok(caller) => audit::scope(caller, inner.call(req)).await,
+                Err(status) => Ok(status.into_http()),
+            }
+        })
     }
 }
 
@@ -598,6 +626,53 @@ impl pb::admin_server::Admin for AdminService {
 
     async fn update_usage(&self, req: Request<pb::UpdateUsageRequest>) -> Res<pb::UsageUpdated> {
         let r = req.into_inner();
-        Ok(Response::new(self.usage.update_usage(&self.catalog, r).await?))
+        let done = self.usage.update_usage(&self.catalog, r).await?;
+        // The limit store changed, not the catalog: audited here, after it.
+        if let Some(caller) = audit::current() {
+            let mut record = AuditRecord::of(&caller, crate::model::now_ms());
+            let after = serde_json::json!({ "remaining": done.remaining, "period_end_ms": done.period_end_ms });
+            record.add(format!("usage:{}/{}", done.usage_plan_id, done.key_id), None, Some(after));
+            self.catalog.append_audit(record).await.map_err(|e| {
+                AdminError::Unavailable(format!(
+                    "the remaining quota is set, but its audit record could not be written ({e})"
+                ))
+            })?;
+        }
+        Ok(Response::new(done))
+    }
+
+    async fn list_audit_records(&self, req: Request<pb::ListAuditRecordsRequest>) -> Res<pb::ListAuditRecordsResponse> {
+        let r = req.into_inner();
+        let size = match r.page_size {
+            0 => 100,
+            n @ 1..=1000 => n as usize,
+            n => return Err(Invalid::new("page_size", format!("must be 1 to 1000, got {n}")).into()),
+        };
+        let after = decode_token(&r.page_token)?;
+        if after.as_deref().is_some_and(|a| crate::catalog::memory::parse_audit_id(a).is_none()) {
+            return Err(Invalid::new("page_token", "is not a token from a previous answer").into());
+        }
+        let (records, next) = self.catalog.audit_records(r.since_ms, after.as_deref(), size).await?;
+        Ok(Response::new(pb::ListAuditRecordsResponse {
+            records: records.into_iter().map(audit_to).collect(),
+            next_page_token: encode_token(next),
+        }))
+    }
+}
+
+fn audit_to(r: AuditRecord) -> pb::AuditRecord {
+    let text = |v: Option<serde_json::Value>| v.map(|v| v.to_string()).unwrap_or_default();
+    pb::AuditRecord {
+        id: r.id,
+        time_ms: r.time_ms,
+        token_name: r.token,
+        peer: r.peer,
+        operation: r.operation,
+        record_ids: r.ids,
+        changes: r
+            .changes
+            .into_iter()
+            .map(|c| pb::AuditChange { record: c.record, field: c.field, before: text(c.before), after: text(c.after) })
+            .collect(),
     }
 }

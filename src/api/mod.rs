@@ -2,6 +2,8 @@
 //! back into each protocol's shape.
 //!
 //! - [`authorizer`]: `tollgate.v1.Authorizer` (native).
+//! - [`admin`]: `tollgate.v1.Admin`, behind [`access`]: admin tokens, roles,
+//!   and the one table of the role each Admin operation needs.
 //! - [`envoy_authz`]: Envoy's `envoy.service.auth.v3.Authorization` (ext_authz).
 //! - [`envoy_rls`]: Envoy's `envoy.service.ratelimit.v3.RateLimitService`.
 //! - [`envoy_http`]: what those two share (request → method, headers).
@@ -13,6 +15,7 @@
 //! - [`readiness`]: whether the store and the catalog are ready (gRPC health
 //!   and `/readyz`).
 
+pub mod access;
 pub mod admin;
 pub mod authorizer;
 pub mod envoy_authz;

@@ -3,11 +3,12 @@
 //! a listing cost the same O(1) / O(log n) here as there. Changes are lost
 //! when the process stops (the catalog file is loaded again at start).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use super::admin::AdminError;
 use super::records::{Change, ChangeSet, KeyRecord, Position};
 use super::redis::{index_member, tag_member};
+use crate::audit::AuditRecord;
 use crate::model::{Api, KeyHash, Stage, UsagePlan};
 
 /// The records and their indexes.
@@ -33,9 +34,35 @@ pub struct MemoryRecords {
     plan_keys: HashMap<String, BTreeSet<String>>,
     /// Where the catalog stands.
     pub at: Position,
+    /// The audit trail: the last records, with their ids (`MS-SEQ`).
+    audit: VecDeque<AuditRecord>,
 }
 
 impl MemoryRecords {
+    /// Appends an audit record, keeping the last `max`. Its id is `MS-SEQ`
+    /// like a Redis stream's: its time, and a sequence within that ms.
+    pub fn append_audit(&mut self, mut record: AuditRecord, max: usize) {
+        let (ms, seq) = match self.audit.back().and_then(|r| parse_audit_id(&r.id)) {
+            Some((last, seq)) if last >= record.time_ms => (last, seq + 1),
+            _ => (record.time_ms, 0),
+        };
+        record.id = format!("{ms}-{seq}");
+        self.audit.push_back(record);
+        while self.audit.len() > max {
+            self.audit.pop_front();
+        }
+    }
+
+    /// Up to `limit` audit records after the one with id `after`, or else
+    /// from `since_ms`, oldest first.
+    pub fn audit_records(&self, since_ms: u64, after: Option<&str>, limit: usize) -> Vec<AuditRecord> {
+        let start = match after.and_then(parse_audit_id) {
+            Some(a) => self.audit.partition_point(|r| parse_audit_id(&r.id).is_some_and(|id| id <= a)),
+            None => self.audit.partition_point(|r| parse_audit_id(&r.id).is_some_and(|(ms, _)| ms < since_ms)),
+        };
+        self.audit.iter().skip(start).take(limit).cloned().collect()
+    }
+
     /// The key ids that own these value hashes.
     pub fn owners(&self, hashes: &[KeyHash]) -> Vec<Option<String>> {
         hashes.iter().map(|h| self.hashes.get(h).cloned()).collect()
@@ -189,4 +216,10 @@ impl MemoryRecords {
     pub fn plan_key_count(&self, plan: &str) -> u64 {
         self.plan_keys.get(plan).map_or(0, |s| s.len() as u64)
     }
+}
+
+/// An audit record's id (`MS-SEQ`) as numbers, to order by.
+pub fn parse_audit_id(id: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = id.split_once('-')?;
+    Some((ms.parse().ok()?, seq.parse().ok()?))
 }

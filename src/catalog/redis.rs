@@ -33,6 +33,7 @@ use serde::de::DeserializeOwned;
 use super::admin::AdminError;
 use super::bootstrap::FileState;
 use super::records::{Change, ChangeSet, KeyRecord, Position};
+use crate::audit::AuditRecord;
 use crate::model::{Api, KeyHash, Stage, UsagePlan};
 use crate::store::keys::Keys;
 use crate::store::redis::target::{slot_of, Mode, Target};
@@ -382,6 +383,7 @@ impl RedisRecords {
         set: &ChangeSet,
         plans: &BTreeMap<String, UsagePlan>,
         file: &FileDelta,
+        audit: Option<(&AuditRecord, usize)>,
     ) -> Result<Committed, AdminError> {
         match self.check(&mut tx, set, plans).await {
             Ok(true) => {}
@@ -413,6 +415,9 @@ impl RedisRecords {
             .arg(format!("0-{}", change.version))
             .arg(change.fields())
             .ignore();
+        if let Some((record, max)) = audit {
+            self.xadd_audit(&mut pipe, record, max);
+        }
         let done: Option<()> = pipe.query_async(&mut tx.conn).await.map_err(|e| self.err(e))?;
         if done.is_none() {
             return Ok(Committed::Retry);
@@ -529,6 +534,61 @@ impl RedisRecords {
                 None => pipe.hdel(self.keys.catalog_file_digests(), digest).ignore(),
             };
         }
+    }
+
+    /// Adds an audit record to the capped stream `{cat}:audit` (id `*`: the
+    /// time of Redis; `MAXLEN ~ max`).
+    fn xadd_audit(&self, pipe: &mut redis::Pipeline, record: &AuditRecord, max: usize) {
+        pipe.cmd("XADD")
+            .arg(self.keys.catalog_audit())
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(max)
+            .arg("*")
+            .arg("record")
+            .arg(record.to_json())
+            .ignore();
+    }
+
+    /// Appends an audit record on its own (a change outside the catalog).
+    pub async fn append_audit(&self, record: &AuditRecord, max: usize) -> Result<(), AdminError> {
+        let mut conn = self.conn().await?;
+        let mut pipe = redis::pipe();
+        self.xadd_audit(&mut pipe, record, max);
+        pipe.query_async::<()>(&mut conn).await.map_err(|e| self.err(e))
+    }
+
+    /// Up to `limit` audit records after the one with id `after`, or else
+    /// from `since_ms`, oldest first (`XRANGE`).
+    pub async fn audit_records(
+        &self,
+        since_ms: u64,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<AuditRecord>, AdminError> {
+        let start = match after {
+            Some(a) => format!("({a}"),
+            None => format!("{since_ms}-0"),
+        };
+        let mut conn = self.conn().await?;
+        let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(self.keys.catalog_audit())
+            .arg(start)
+            .arg("+")
+            .arg("COUNT")
+            .arg(limit)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.err(e))?;
+        let mut out = Vec::with_capacity(reply.ids.len());
+        for entry in reply.ids {
+            let json: String = entry.get("record").unwrap_or_default();
+            let mut r: AuditRecord =
+                serde_json::from_str(&json).map_err(|e| internal("an audit record cannot be read", e))?;
+            r.id = entry.id;
+            out.push(r);
+        }
+        Ok(out)
     }
 
     /// Reads one key record.

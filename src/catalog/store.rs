@@ -30,7 +30,7 @@
 //! never keeps a replica from serving the catalog Redis has.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -44,6 +44,7 @@ use super::records::{add_keys, check_partial, Change, ChangeSet, KeyRecord, Posi
 use super::redis::{Committed, FileDelta, Index, RedisRecords, RedisTx, CHUNK, FOLLOW_BLOCK, TX_KEYS};
 use super::snapshot::{self, entries_of, Catalog, KeyLean, Small};
 use super::{CatalogData, CatalogHandle, PlanKey};
+use crate::audit::AuditRecord;
 use crate::model::{Api, Stage, Tags, UsagePlan};
 use crate::store::keys::Keys;
 
@@ -69,6 +70,8 @@ pub struct CatalogService {
     writer: tokio::sync::Mutex<()>,
     ready: AtomicBool,
     backend: Backend,
+    /// About how many audit records are kept (`--audit-max-records`).
+    audit_max: AtomicUsize,
 }
 
 enum Backend {
@@ -183,6 +186,7 @@ impl CatalogService {
             writer: tokio::sync::Mutex::new(()),
             ready: AtomicBool::new(false),
             backend,
+            audit_max: AtomicUsize::new(crate::audit::DEFAULT_MAX_RECORDS),
         }
     }
 
@@ -417,7 +421,11 @@ impl CatalogService {
             return Err(e.into());
         }
         let set = ChangeSet::diff(&w.before, after);
-        self.commit_set(w, &set, &after.plans, file).await
+        // A change made by an Admin call is audited in its own transaction.
+        let audit = crate::audit::current()
+            .filter(|_| !set.is_empty())
+            .map(|caller| crate::audit::record(&caller, &w.before, &set, w.now));
+        self.commit_set(w, &set, &after.plans, file, audit.as_ref()).await
     }
 
     /// Writes `set` (checked) after `w`, and applies it to the snapshot.
@@ -427,26 +435,72 @@ impl CatalogService {
         set: &ChangeSet,
         plans: &BTreeMap<String, UsagePlan>,
         file: &FileDelta,
+        audit: Option<&AuditRecord>,
     ) -> Result<Done, AdminError> {
         if set.is_empty() && file.fingerprints.is_empty() && file.applied.is_empty() {
             abort(w.tx).await;
             return Ok(Done::Yes);
         }
+        let max = self.audit_max.load(Ordering::Relaxed);
         let (change, at) = match w.tx {
             Tx::Memory(mut g) => match g.commit(set)? {
-                Some(change) => (change, g.at.clone()),
+                Some(change) => {
+                    if let Some(a) = audit {
+                        g.append_audit(a.clone(), max);
+                    }
+                    (change, g.at.clone())
+                }
                 None => return Ok(Done::Retry),
             },
             Tx::Redis(tx) => {
                 let Backend::Redis(r) = &self.backend else { unreachable!("a Redis transaction") };
-                match r.records.commit(tx, set, plans, file).await? {
+                match r.records.commit(tx, set, plans, file, audit.map(|a| (a, max))).await? {
                     Committed::Done(done) => *done,
                     Committed::Retry => return Ok(Done::Retry),
                 }
             }
         };
+        if let Some(a) = audit {
+            a.log();
+        }
         self.apply_local(set, &change, at).await;
         Ok(Done::Yes)
+    }
+
+    // ---- the audit trail ----
+
+    /// Keeps about `n` audit records (`--audit-max-records`).
+    pub fn set_audit_max(&self, n: usize) {
+        self.audit_max.store(n.max(1), Ordering::Relaxed);
+    }
+
+    /// Appends an audit record of a change made outside the catalog
+    /// (UpdateUsage), and logs it.
+    pub async fn append_audit(&self, record: AuditRecord) -> Result<(), AdminError> {
+        let max = self.audit_max.load(Ordering::Relaxed);
+        match &self.backend {
+            Backend::Memory(m) => m.lock().await.append_audit(record.clone(), max),
+            Backend::Redis(r) => r.records.append_audit(&record, max).await?,
+        }
+        record.log();
+        Ok(())
+    }
+
+    /// Up to `limit` audit records, oldest first: those after the record
+    /// `after` (an id from a previous page), or else from `since_ms`. Also
+    /// the id to continue from, when there may be more.
+    pub async fn audit_records(
+        &self,
+        since_ms: u64,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<AuditRecord>, Option<String>), AdminError> {
+        let records = match &self.backend {
+            Backend::Memory(m) => m.lock().await.audit_records(since_ms, after, limit),
+            Backend::Redis(r) => r.records.audit_records(since_ms, after, limit).await?,
+        };
+        let next = (records.len() == limit).then(|| records.last().map(|r| r.id.clone())).flatten();
+        Ok((records, next))
     }
 
     /// Tells every replica that UpdateUsage set the remaining quota of key
@@ -469,7 +523,7 @@ impl CatalogService {
                 continue;
             };
             let plans = w.before.plans.clone();
-            match self.commit_set(w, &set, &plans, &FileDelta::default()).await? {
+            match self.commit_set(w, &set, &plans, &FileDelta::default(), None).await? {
                 Done::Yes => return Ok(()),
                 Done::Retry => backoff().await,
             }

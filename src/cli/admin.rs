@@ -1,4 +1,4 @@
-//! The admin commands (`keys`, `stages`, `plans`, `plan-keys`, `usage`):
+//! The admin commands (`keys`, `stages`, `plans`, `plan-keys`, `usage`, `audit`):
 //! clients of the `tollgate.v1.Admin` service, one file per command group.
 //!
 //! What they share lives here: the options every admin command takes
@@ -9,6 +9,7 @@
 //! shapes of the things the service returns ([`key_json`], [`plan_json`],
 //! [`stage_json`]), so that every command prints a key or a plan the same way.
 
+pub mod audit;
 pub mod csv_chunks;
 pub mod keys;
 pub mod plan_keys;
@@ -142,9 +143,12 @@ pub fn finish(opts: &AdminOpts, outcome: Outcome) -> ExitCode {
             let cause = super::status_cause(&s, &opts.server, &opts.tls);
             let mut line = format!("error: {}: {}{cause}", code_name(s.code()), s.message());
             match s.code() {
-                Code::PermissionDenied => line.push_str(
-                    "\nhint: the admin token is not the server's (TOLLGATE_ADMIN_TOKEN or --admin-token-file there)",
+                Code::Unauthenticated if s.message().contains("not valid") => line.push_str(
+                    "\nhint: the admin token is none of the server's (its TOLLGATE_ADMIN_TOKEN, --admin-token-file \
+                     or --admin-tokens-file)",
                 ),
+                Code::PermissionDenied => line
+                    .push_str("\nhint: this token's role does not allow the command; use a token with the role named"),
                 Code::Unimplemented => line.push_str(&format!(
                     "\nhint: {} serves no tollgate.v1.Admin: give --server the server's --admin-listen address \
                      (default {}), not its data-plane --listen one",

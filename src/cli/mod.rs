@@ -50,6 +50,8 @@ pub enum Command {
     PlanKeys(admin::plan_keys::PlanKeysArgs),
     /// Read daily usage and grant quota (Admin service).
     Usage(admin::usage::UsageArgs),
+    /// Read the audit trail of Admin changes (Admin service).
+    Audit(admin::audit::AuditArgs),
     /// Load-test a server: Authorize throughput and latency, as a ratio to
     /// health checks measured in the same run.
     Bench(bench::BenchArgs),
@@ -132,6 +134,7 @@ pub fn main(cli: Cli) -> ExitCode {
             Command::Plans(args) => admin::plans::run(args).await,
             Command::PlanKeys(args) => admin::plan_keys::run(args).await,
             Command::Usage(args) => admin::usage::run(args).await,
+            Command::Audit(args) => admin::audit::run(args).await,
         }
     })
 }

@@ -47,6 +47,7 @@
 //! | `P{cat}:key_names`, `:key_customers` | sorted set of `NAME\0ID`, `CUSTOMER\0ID` | listing keys by name prefix or customer, in pages |
 //! | `P{cat}:key_tags` | sorted set of `TAGKEY\0TAGVALUE\0ID`, one per tag of each key | listing keys by tag, in pages |
 //! | `P{cat}:plan_keys:PLAN` | sorted set of key ids | a plan's keys, in pages (usage reports) |
+//! | `P{cat}:audit` | stream, entry `MS-SEQ` with field `record` (JSON) | the audit trail: one record per Admin change (`crate::audit`), written in the change's transaction; about `--audit-max-records` kept (`MAXLEN ~`) |
 //! | `P{cat}:file_digests` | hash digest → ms | the catalog files applied (SHA-256 of their bytes, hex) and when; the last 100 |
 //! | `P{cat}:file_records` | hash record → fingerprint | for each record a catalog file applied (`api:ID`, `stage:API/STAGE`, `plan:ID`, `key:ID`, `sub:PLAN/KEY`), a hash of what the file last applied to it |
 //!
@@ -112,6 +113,12 @@ impl Keys {
         self.catalog("file_records")
     }
 
+    /// The audit trail, a capped stream beside the catalog (one slot with
+    /// it, so a change and its record are one transaction).
+    pub fn catalog_audit(&self) -> String {
+        self.catalog("audit")
+    }
+
     /// Account throttle.
     pub fn account_bucket(&self) -> String {
         format!("{}{{acct}}:tb", self.prefix)
@@ -142,6 +149,7 @@ mod tests {
         assert_eq!(k.catalog("version"), "tg:{cat}:version");
         assert_eq!(k.catalog_file_digests(), "tg:{cat}:file_digests");
         assert_eq!(k.catalog_file_records(), "tg:{cat}:file_records");
+        assert_eq!(k.catalog_audit(), "tg:{cat}:audit");
     }
 
     /// A key's state carries its hash tag (one cluster slot).

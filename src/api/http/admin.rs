@@ -5,8 +5,10 @@
 //! message and calls [`AdminService`] in-process, so validation, messages
 //! and effects are the gRPC API's own. [`require_admin`] runs first, on
 //! every Admin route: the Admin service must be on, and [`AdminAuth`] (the
-//! gRPC interceptor itself) must accept the `Authorization: Bearer TOKEN`
-//! header; so, as over gRPC, credentials are checked before the body is read.
+//! check the gRPC service uses) must accept the `Authorization: Bearer TOKEN`
+//! header for the route's operation (`api::access::OPERATIONS`, the one
+//! table of roles); so, as over gRPC, credentials are checked before the
+//! body is read.
 //!
 //! Answers: the gRPC answer message as JSON; 201 (with `Location` when the
 //! new thing has a URL) for a POST that creates; 204 with no body for a
@@ -15,12 +17,13 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use tonic::service::Interceptor;
 use tonic::Code;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -28,9 +31,11 @@ use utoipa_axum::routes;
 use super::error::{AdminErrors, HttpError};
 use super::json::{CsvBody, JsonBody, PathParams, QueryParams, TaggedQuery};
 use super::HttpApi;
+use crate::api::access;
 use crate::api::admin::AdminService;
 use crate::api::pb;
 use crate::api::pb::admin_server::Admin;
+use crate::audit;
 
 /// The Admin routes.
 pub(super) fn routes() -> OpenApiRouter<HttpApi> {
@@ -48,26 +53,24 @@ pub(super) fn routes() -> OpenApiRouter<HttpApi> {
         .routes(routes!(remove_plan_key))
         .routes(routes!(get_usage))
         .routes(routes!(update_usage))
+        .routes(routes!(list_audit))
 }
 
 /// Refuses an Admin call when the Admin service is off (501) or when
-/// [`AdminAuth`](crate::api::admin::AdminAuth) refuses its credentials (401,
-/// 403; 409 when the server has no token), before the body is read.
+/// [`AdminAuth`](crate::api::admin::AdminAuth) refuses its credentials for
+/// the route's operation (the table of `api::access`: 401, 403; 409 when
+/// the server has no token), before the body is read; runs the call as its
+/// caller, so that the changes it makes are audited.
 pub(super) async fn require_admin(State(api): State<HttpApi>, req: Request, next: Next) -> Result<Response, HttpError> {
     if api.admin.is_none() {
         return Err(admin_off());
     }
-    let mut only_credentials = HeaderMap::new();
-    if let Some(v) = req.headers().get(header::AUTHORIZATION) {
-        only_credentials.insert(header::AUTHORIZATION, v.clone());
-    }
-    let grpc = tonic::Request::from_parts(
-        tonic::metadata::MetadataMap::from_headers(only_credentials),
-        tonic::Extensions::default(),
-        (),
-    );
-    api.auth.clone().call(grpc)?;
-    Ok(next.run(req).await)
+    let route = req.extensions().get::<MatchedPath>().map_or("", |p| p.as_str());
+    let op = access::by_route(req.method().as_str(), route).unwrap_or(&access::UNLISTED);
+    let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+    let authorization = req.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes().to_vec());
+    let caller = api.auth.admit(op, authorization.as_deref(), peer).await?;
+    Ok(audit::scope(caller, next.run(req)).await)
 }
 
 fn admin_off() -> HttpError {
@@ -391,4 +394,18 @@ async fn update_usage(
 ) -> Answer<pb::UsageUpdated> {
     let msg = pb::UpdateUsageRequest { usage_plan_id, key_id, ..b };
     call(&api, msg, |a, r| async move { a.update_usage(r).await }).await.map(Json)
+}
+
+// ---- the audit trail ----
+
+/// The audit trail: every Admin change, oldest first, from `since_ms`, a
+/// page at a time (docs/admin.md, "Audit trail").
+#[utoipa::path(get, path = "/v1/audit", tag = "audit", security(("admin_token" = [])),
+    params(pb::ListAuditRecordsRequest),
+    responses((status = 200, description = "A page of records; `next_page_token` is empty when there are no more now.", body = pb::ListAuditRecordsResponse), AdminErrors))]
+async fn list_audit(
+    State(api): State<HttpApi>,
+    QueryParams(q): QueryParams<pb::ListAuditRecordsRequest>,
+) -> Answer<pb::ListAuditRecordsResponse> {
+    call(&api, q, |a, r| async move { a.list_audit_records(r).await }).await.map(Json)
 }

@@ -172,12 +172,15 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     use axum::serve::ListenerExt;
+    // The peer's address reaches the Admin routes (the failure throttle and
+    // the audit trail) as `ConnectInfo`, with and without TLS.
+    let app = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
     match tls {
         None => {
             let listener = listener.tap_io(|tcp| {
                 let _ = tcp.set_nodelay(true);
             });
-            axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+            axum::serve(listener, app).with_graceful_shutdown(shutdown).await
         }
         Some(tls) => {
             let local = listener.local_addr()?;
@@ -185,7 +188,7 @@ pub async fn serve(
             // tap_io (doing nothing: TCP_NODELAY is set above) so that the
             // peer address works as ConnectInfo, as on the plaintext path.
             let listener = TlsListener::new(TlsIncoming::new(tcp, tls, Alpn::Http), local).tap_io(|_| {});
-            axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+            axum::serve(listener, app).with_graceful_shutdown(shutdown).await
         }
     }
 }
@@ -247,5 +250,35 @@ mod tests {
         }
         assert!(served.len() >= 17, "axum's Debug output changed; read the paths anew: {served:?}");
         assert_eq!(served, documented, "a route is served but not in the OpenAPI document (or the reverse)");
+    }
+
+    /// Every Admin route has its row in the one table of roles
+    /// (`api::access::OPERATIONS`), and every row's route is served.
+    #[test]
+    fn every_admin_route_has_a_role() {
+        use crate::api::access;
+        let doc = api().openapi();
+        let mut seen = BTreeSet::new();
+        for (path, item) in &doc.paths.paths {
+            let methods = [
+                ("GET", item.get.is_some()),
+                ("POST", item.post.is_some()),
+                ("PUT", item.put.is_some()),
+                ("PATCH", item.patch.is_some()),
+                ("DELETE", item.delete.is_some()),
+            ];
+            for (method, _) in methods.iter().filter(|(_, has)| *has) {
+                if !path.starts_with("/v1/") || path == "/v1/authorize" {
+                    continue;
+                }
+                let op = access::by_route(method, path);
+                assert!(op.is_some(), "{method} {path} has no row in api::access::OPERATIONS");
+                seen.insert((*method, path.as_str()));
+            }
+        }
+        for o in access::OPERATIONS {
+            let (m, p) = o.http.unwrap();
+            assert!(seen.contains(&(m, p)), "{} names the route {m} {p}, which is not served", o.name);
+        }
     }
 }
