@@ -192,11 +192,13 @@ async fn slot_call(
             for c in pipe.cmd_iter() {
                 p.add_command(c.clone());
             }
-            conn.route_pipeline(p, 1, n, route.clone()).await?
+            conn.route_pipeline(p, 1, n, route.clone()).await
         } else {
-            conn.route_pipeline(pipe.clone(), 0, n, route.clone()).await?
+            conn.route_pipeline(pipe.clone(), 0, n, route.clone()).await
         };
-        let e = match answers(subs.len(), sent, wait) {
+        // A refusal comes back either as the pipeline's error or as its
+        // first value, depending on the connection: both are handled alike.
+        let e = match sent.and_then(|sent| answers(subs.len(), sent, wait)) {
             Err(e) => e,
             ok => return ok,
         };

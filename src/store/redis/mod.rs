@@ -209,7 +209,10 @@ pub fn classify(e: redis::RedisError) -> StoreError {
         || e.is_connection_dropped()
         || e.is_connection_refusal()
         || matches!(e.kind(), redis::ErrorKind::ClusterConnectionNotFound)
-        || matches!(e.kind(), Server(S::BusyLoading | S::TryAgain | S::ClusterDown | S::MasterDown));
+        || matches!(
+            e.kind(),
+            Server(S::BusyLoading | S::TryAgain | S::ClusterDown | S::MasterDown | S::Moved | S::Ask)
+        );
     if transient {
         StoreError::Unavailable(e.to_string())
     } else {
