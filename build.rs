@@ -17,6 +17,8 @@ const JSON_MESSAGES: &[&str] = &[
     "AuthorizeRequest",
     "AuthorizeResponse",
     "RateLimitInfo",
+    "OwnUsage",
+    "OwnPlanUsage",
     // Admin: things, as answered and as written.
     "Throttle",
     "Quota",

@@ -379,7 +379,8 @@ fn open_services(settings: &Settings) -> Result<Services, BoxError> {
         admin_max_body_bytes: ADMIN_MAX_MESSAGE_BYTES,
     };
     Ok(Services {
-        http: HttpApi::new(authorizer.clone(), admin_service, admin_auth, readiness, http_limits),
+        http: HttpApi::new(authorizer.clone(), admin_service, admin_auth, readiness, http_limits)
+            .with_api_key_header(&envoy.api_key_header),
         authorizer: AuthorizerServer::from_arc(authorizer).max_decoding_message_size(max),
         authz: AuthorizationServer::new(EnvoyAuthzService::new(limiter.clone(), envoy.clone()))
             .max_decoding_message_size(max),

@@ -1,13 +1,17 @@
 //! `tollgate.v1.Authorizer`: the native data-plane RPC.
 
 use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
 
 use tonic::{Request, Response, Status};
 
 use super::pb;
+use crate::calendar::{period_bounds_ms, DAY_MS};
 use crate::config::OnStoreError;
 use crate::limiter::{AuthorizeError, Decision, LimitKind, Limiter, Reason};
-use crate::store::Store;
+use crate::model::{KeyHash, Period, UsagePlan};
+use crate::store::keys::QUOTA_FIELD;
+use crate::store::{Check, LeaseOp, Limit, LimitStore, Rule, Store};
 
 /// The Authorizer service.
 pub struct AuthorizerService {
@@ -97,8 +101,95 @@ impl AuthorizerService {
     }
 }
 
+impl AuthorizerService {
+    /// GetOwnUsage and `GET /v1/self`: the key's own view of itself and its
+    /// plans (docs/usage.md, "Self-service usage"). Consumes nothing: each
+    /// plan's quota is read with a check of cost 0 (the store's clock picks
+    /// the period, and nothing is taken or counted as usage).
+    pub async fn own_usage(&self, api_key: &str) -> Result<pb::OwnUsage, Status> {
+        // One answer for every bad key, well formed or not: no hint whether
+        // it exists.
+        let denied = || Status::unauthenticated("the API key is missing, unknown, disabled or expired");
+        if api_key.is_empty() || api_key.len() > 128 || !api_key.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(denied());
+        }
+        if !self.limiter.catalog().is_loaded() {
+            return Err(Status::unavailable("the catalog is not loaded from Redis yet"));
+        }
+        let now = crate::model::now_ms();
+        let (key_id, until_ms, plans) = {
+            let catalog = self.limiter.catalog().load();
+            let entry = catalog.key_by_hash(&KeyHash::of(api_key)).filter(|e| e.usable_at(now)).ok_or_else(denied)?;
+            let small = catalog.small();
+            let plans: Vec<UsagePlan> =
+                entry.plans.as_slice().iter().filter_map(|p| small.plan_records.get(&**p).cloned()).collect();
+            (entry.id.to_string(), entry.until_ms, plans)
+        };
+        let today = (now / DAY_MS) as i64;
+        let store = self.limiter.store();
+        let keys = self.limiter.keys();
+        let usage_keys: Vec<_> = plans.iter().map(|p| keys.usage(&key_id, &p.id)).collect();
+        let days = store.read_usage(usage_keys.clone(), vec![today]).await.map_err(Status::from)?;
+        let mut out = Vec::with_capacity(plans.len());
+        for (i, plan) in plans.iter().enumerate() {
+            let mut p = pb::OwnPlanUsage {
+                plan_id: plan.id.clone(),
+                plan_name: plan.name.clone(),
+                throttle_rate_limit: plan.throttle.map_or(0.0, |t| t.rate_limit),
+                throttle_burst_limit: plan.throttle.map_or(0, |t| t.burst_limit),
+                used_today: days.get(i).copied().flatten().map_or(0, |d| d.n.max(0) as u64),
+                stages: plan.api_stages.iter().map(|s| format!("{}/{}", s.stage.api_id, s.stage.stage)).collect(),
+                ..Default::default()
+            };
+            if let Some(q) = plan.quota {
+                let check = Check {
+                    limits: vec![Limit {
+                        key: usage_keys[i].state.clone(),
+                        field: Some(QUOTA_FIELD.to_string()),
+                        rule: Rule::Quota { quota: q, created_at_ms: plan.created_at_ms },
+                    }],
+                    cost: 0,
+                    usage: None,
+                    lease: LeaseOp::None,
+                };
+                let v = store.check(check).await.map_err(Status::from)?;
+                // The store measured `reset_ms` by its own clock: the period
+                // it is in ends then. Named as that period's exact end (the
+                // one containing the middle of the wait), so that a few ms of
+                // skew between this server's clock and the store's do not
+                // show as 23:59:59.999.
+                let reset_ms = period_bounds_ms(q.period, now + v.reset_ms / 2).1;
+                p.has_quota = true;
+                p.quota_limit = v.limit;
+                p.quota_period = match q.period {
+                    Period::Day => "DAY",
+                    Period::Week => "WEEK",
+                    Period::Month => "MONTH",
+                }
+                .to_string();
+                p.quota_remaining = v.remaining;
+                p.quota_used = v.limit.saturating_sub(v.remaining);
+                p.quota_reset_ms = reset_ms;
+                p.quota_reset_at =
+                    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(reset_ms)).to_string();
+            }
+            out.push(p);
+        }
+        Ok(pb::OwnUsage {
+            key_id,
+            usable_until_ms: if until_ms == u64::MAX { 0 } else { until_ms },
+            plans: out,
+            now_ms: now,
+        })
+    }
+}
+
 #[tonic::async_trait]
 impl pb::authorizer_server::Authorizer for AuthorizerService {
+    async fn get_own_usage(&self, request: Request<pb::GetOwnUsageRequest>) -> Result<Response<pb::OwnUsage>, Status> {
+        Ok(Response::new(self.own_usage(&request.get_ref().api_key).await?))
+    }
+
     async fn authorize(
         &self,
         request: Request<pb::AuthorizeRequest>,

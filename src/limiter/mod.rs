@@ -365,6 +365,11 @@ impl<S: LimitStore> Limiter<S> {
         &self.counts
     }
 
+    /// Where the limiter keeps its state in the store.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
     /// The store.
     pub fn store(&self) -> &S {
         &self.store

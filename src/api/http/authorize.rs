@@ -8,7 +8,7 @@
 //! that cannot decide is 503, unless `--on-store-error` says otherwise.
 
 use axum::extract::State;
-use axum::http::{HeaderName, HeaderValue};
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::response::{AppendHeaders, IntoResponse, Response};
 use axum::Json;
 use utoipa_axum::router::OpenApiRouter;
@@ -23,7 +23,7 @@ use crate::limiter::Decision;
 
 /// The data-plane route.
 pub(super) fn routes() -> OpenApiRouter<HttpApi> {
-    OpenApiRouter::new().routes(routes!(authorize))
+    OpenApiRouter::new().routes(routes!(authorize)).routes(routes!(own_usage))
 }
 
 /// Decide one request: may this API key call this method of this stage now?
@@ -54,6 +54,27 @@ async fn authorize(
     let decision = api.authorizer.decide(&req).await?;
     let headers = decision_headers(&decision);
     Ok((AppendHeaders(headers), Json(pb::AuthorizeResponse::from(decision))).into_response())
+}
+
+/// The calling key's own usage: its plans, each plan's quota left in the
+/// current period and when it resets, and today's use (docs/usage.md,
+/// "Self-service usage"). The key comes in the API key header (Envoy's,
+/// `--api-key-header`, default `x-api-key`); no admin token. Consumes
+/// nothing.
+#[utoipa::path(
+    get,
+    path = "/v1/self",
+    tag = "authorize",
+    params(("x-api-key" = String, Header, description = "The API key (the header named by `--api-key-header`).")),
+    responses(
+        (status = 200, description = "The key's usage.", body = pb::OwnUsage),
+        (status = 401, description = "The key is missing, unknown, disabled or expired.", body = super::error::ApiError),
+        DataPlaneErrors,
+    )
+)]
+async fn own_usage(State(api): State<HttpApi>, headers: HeaderMap) -> Result<Json<pb::OwnUsage>, HttpError> {
+    let key = headers.get(&*api.api_key_header).and_then(|v| v.to_str().ok()).unwrap_or("");
+    Ok(Json(api.authorizer.own_usage(key).await?))
 }
 
 /// The RateLimit headers of a decision, and `Retry-After` when it has one.

@@ -76,6 +76,9 @@ pub struct HttpApi {
     started_at_ms: u64,
     /// `/openapi.json`, rendered once the router is built.
     openapi_json: Arc<OnceLock<String>>,
+    /// The header `GET /v1/self` reads the API key from: Envoy's
+    /// (`--api-key-header`), lowercase.
+    api_key_header: Arc<str>,
 }
 
 impl HttpApi {
@@ -89,7 +92,14 @@ impl HttpApi {
         limits: HttpLimits,
     ) -> Self {
         let started_at_ms = crate::model::now_ms();
-        Self { authorizer, admin, auth, readiness, limits, started_at_ms, openapi_json: Arc::default() }
+        let api_key_header = Arc::from("x-api-key");
+        Self { authorizer, admin, auth, readiness, limits, started_at_ms, openapi_json: Arc::default(), api_key_header }
+    }
+
+    /// The same API, reading `GET /v1/self`'s key from `header` (lowercase).
+    pub fn with_api_key_header(mut self, header: &str) -> Self {
+        self.api_key_header = Arc::from(header);
+        self
     }
 
     /// Every route, and the web console, with JSON answers for unknown paths
