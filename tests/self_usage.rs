@@ -78,6 +78,17 @@ async fn start(redis: Option<&RedisServer>) -> (tempfile::TempDir, TollgateProce
     (dir, p)
 }
 
+/// Whether it is within a minute of midnight UTC, when the DAY quota would
+/// reset between the calls of a test (which then skips, saying so).
+fn near_midnight() -> bool {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let near = 86_400_000 - now % 86_400_000 < Duration::from_secs(60).as_millis() as u64;
+    if near {
+        eprintln!("skipped: within a minute of midnight UTC");
+    }
+    near
+}
+
 async fn own(p: &TollgateProcess, key: &str) -> Result<pb::OwnUsage, tonic::Status> {
     let mut c = p.authorizer().await;
     c.get_own_usage(pb::GetOwnUsageRequest { api_key: key.to_string() }).await.map(|r| r.into_inner())
@@ -100,10 +111,7 @@ async fn call(p: &TollgateProcess, key_id: &str, n: u64) {
 /// The whole scenario on one server: numbers after calls, isolation, bad
 /// keys, no plans, reset time, HTTP and gRPC agreeing.
 async fn scenario(p: &TollgateProcess) {
-    // Skip near midnight UTC: the DAY quota would reset between the calls.
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
-    if 86_400_000 - now % 86_400_000 < Duration::from_secs(60).as_millis() as u64 {
-        eprintln!("skipped: within a minute of midnight UTC");
+    if near_midnight() {
         return;
     }
     // Before any call: the whole quota.
@@ -196,4 +204,35 @@ async fn the_openapi_document_has_v1_self() {
     let r = support::http::get(p.http_addr.unwrap(), "/openapi.json", &[]);
     let doc: Value = r.json();
     assert!(doc["paths"]["/v1/self"]["get"].is_object(), "{}", r.text());
+}
+
+#[tokio::test]
+async fn the_cli_prints_the_same_answer() {
+    if near_midnight() {
+        return;
+    }
+    let (_dir, p) = start(None).await;
+    call(&p, "k1", 2).await;
+    let run = |key: &str, json: bool| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"));
+        cmd.args(["self", "--server", &p.url()]).env("TOLLGATE_API_KEY", key);
+        if json {
+            cmd.arg("--json");
+        }
+        cmd.output().expect("tollgate self runs")
+    };
+    let out = run(&value("k1"), true);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let j: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(j["key_id"], "k1");
+    let gold = j["plans"].as_array().unwrap().iter().find(|p| p["plan_id"] == "gold").unwrap().clone();
+    assert_eq!((gold["quota_remaining"].as_u64(), gold["used_today"].as_u64()), (Some(8), Some(2)), "{j}");
+
+    let out = run(&value("k1"), false);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("plan gold (Gold)") && text.contains("2 used, 8 left"), "{text}");
+
+    let out = run(&value("nokey"), false);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("UNAUTHENTICATED"));
 }

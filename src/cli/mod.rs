@@ -5,6 +5,7 @@ pub mod admin;
 pub mod authorize;
 pub mod bench;
 pub mod bench_catalog;
+pub mod self_usage;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -39,6 +40,10 @@ pub enum Command {
     Serve(Box<Settings>),
     /// Ask a server whether a key may call a method of a stage now.
     Authorize(authorize::AuthorizeArgs),
+    /// A key's own usage: its plans, quota left and today's use (no admin
+    /// token; the key itself authenticates).
+    #[command(name = "self")]
+    OwnUsage(self_usage::SelfArgs),
     /// Manage API keys (Admin service).
     Keys(admin::keys::KeysArgs),
     /// Manage APIs, stages and their method settings (Admin service).
@@ -126,6 +131,7 @@ pub fn main(cli: Cli) -> ExitCode {
         match cli.command {
             Command::Serve(settings) => serve(*settings).await,
             Command::Authorize(args) => authorize::run(args).await,
+            Command::OwnUsage(args) => self_usage::run(args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::BenchCatalog(args) => bench_catalog::run(args).await,
             Command::CheckConfig(args) => check_config(args),
