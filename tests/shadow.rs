@@ -108,6 +108,12 @@ async fn scenario(redis: Option<&RedisServer>) {
     assert_eq!(v["shadow_reason"], "THROTTLED", "{auth}");
     let text = p.metrics_text().await;
     assert!(text.lines().any(|l| l == "tollgate_shadow_denials_total{reason=\"THROTTLED\"} 2"), "{text}");
+    if redis.is_some() {
+        // The second would-be denial came from the deny cache: counted as
+        // the denial it was, not as the allow it became.
+        assert!(text.lines().any(|l| l == "tollgate_deny_cache_hits_total{reason=\"THROTTLED\"} 1"), "{text}");
+        assert!(!text.contains("tollgate_deny_cache_hits_total{reason=\"OK\"}"), "{text}");
+    }
 
     cli(&["plans", "update", "trial", "--shadow", "false", "--server", &admin]);
     let plan: serde_json::Value =

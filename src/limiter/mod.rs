@@ -584,7 +584,10 @@ impl<S: LimitStore> Limiter<S> {
         decision.retry_after_ms = if verdict.allowed { None } else { verdict.retry_after_ms };
         if cached.is_some() {
             traces::record_deny_cache_hit(span);
-            metrics::counter!("tollgate_deny_cache_hits_total", "reason" => decision.reason.as_str()).increment(1);
+            // (a shadow plan's cached denial is answered as an allow: counted
+            // by the denial it was)
+            let reason = decision.shadow_denied.unwrap_or(decision.reason);
+            metrics::counter!("tollgate_deny_cache_hits_total", "reason" => reason.as_str()).increment(1);
         }
         Ok(decision)
     }
