@@ -78,7 +78,9 @@ pub struct AuditRecord {
     /// The record's id (`MS-SEQ`, the stream's); set when read back.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub id: String,
-    /// When the change was committed (ms since the epoch, the replica's clock).
+    /// When the change was committed (ms since the epoch): read back from
+    /// Redis, the stream entry's time (Redis's clock, which `since` selects
+    /// by); in memory and in the log, the replica's clock.
     pub time_ms: u64,
     /// The name of the token that made it.
     pub token: String,

@@ -585,6 +585,12 @@ impl RedisRecords {
             let json: String = entry.get("record").unwrap_or_default();
             let mut r: AuditRecord =
                 serde_json::from_str(&json).map_err(|e| internal("an audit record cannot be read", e))?;
+            // The time shown is the entry's, Redis's clock at the commit:
+            // the one `since_ms` selects by (the replica's clock, taken
+            // before the transaction, may be a millisecond or more behind).
+            if let Some((ms, _)) = super::memory::parse_audit_id(&entry.id) {
+                r.time_ms = ms;
+            }
             r.id = entry.id;
             out.push(r);
         }
