@@ -95,7 +95,7 @@ enum Mode {
     Rls,
 }
 
-/// The shipped config `deploy/envoy/FILE` with its fixed ports replaced
+/// The shipped config of `mode` ([`support::envoy::shipped_config`]): its fixed ports replaced
 /// (listener and admin: 0, i.e. free ones; tollgate's and the upstream's),
 /// a timeout that a busy CI machine meets, and `edits` (each `from` must
 /// occur exactly once, so a change of the shipped file fails loudly here).
@@ -104,23 +104,7 @@ fn envoy_config(mode: Mode, tollgate: SocketAddr, upstream: SocketAddr, edits: &
         Mode::ExtAuthz => "ext_authz.yaml",
         Mode::Rls => "ratelimit.yaml",
     };
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/envoy").join(file);
-    let mut text = std::fs::read_to_string(&path).expect("read the shipped Envoy config");
-    let tollgate_port = format!("port_value: {}", tollgate.port());
-    let upstream_port = format!("port_value: {}", upstream.port());
-    let mut all: Vec<(&str, &str)> = vec![
-        ("port_value: 9901", "port_value: 0"),
-        ("port_value: 10000", "port_value: 0"),
-        ("port_value: 50051", &tollgate_port),
-        ("port_value: 8080", &upstream_port),
-        (" timeout: 0.5s ", " timeout: 2s "),
-    ];
-    all.extend_from_slice(edits);
-    for (from, to) in all {
-        assert_eq!(text.matches(from).count(), 1, "{from:?} should occur once in {}", path.display());
-        text = text.replace(from, to);
-    }
-    text
+    support::envoy::shipped_config(file, tollgate, upstream, edits)
 }
 
 /// Everything one test runs: Redis, tollgate, the upstream and Envoy.

@@ -9,9 +9,6 @@
 
 mod support;
 
-use std::net::SocketAddr;
-use std::path::Path;
-
 use support::envoy::EnvoyProcess;
 use support::http::{self, Response, Upstream};
 use support::redis::RedisServer;
@@ -81,7 +78,7 @@ impl Stack {
         all.extend_from_slice(args);
         let tollgate = TollgateProcess::start(&all);
         let upstream = Upstream::start();
-        let envoy = EnvoyProcess::start(&envoy_config(file, tollgate.addr, upstream.addr, edits));
+        let envoy = EnvoyProcess::start(&support::envoy::shipped_config(file, tollgate.addr, upstream.addr, edits));
         Self { envoy, upstream, tollgate, _redis: redis, _catalog: dir }
     }
 
@@ -92,26 +89,6 @@ impl Stack {
     fn logs(&self) -> String {
         format!("--- tollgate ---\n{}\n{}", self.tollgate.log(), self.envoy.log())
     }
-}
-
-fn envoy_config(file: &str, tollgate: SocketAddr, upstream: SocketAddr, edits: &[(&str, &str)]) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/envoy").join(file);
-    let mut text = std::fs::read_to_string(&path).expect("read the shipped Envoy config");
-    let tollgate_port = format!("port_value: {}", tollgate.port());
-    let upstream_port = format!("port_value: {}", upstream.port());
-    let mut all: Vec<(&str, &str)> = vec![
-        ("port_value: 9901", "port_value: 0"),
-        ("port_value: 10000", "port_value: 0"),
-        ("port_value: 50051", &tollgate_port),
-        ("port_value: 8080", &upstream_port),
-        (" timeout: 0.5s ", " timeout: 2s "),
-    ];
-    all.extend_from_slice(edits);
-    for (from, to) in all {
-        assert_eq!(text.matches(from).count(), 1, "{from:?} should occur once in {}", path.display());
-        text = text.replace(from, to);
-    }
-    text
 }
 
 #[track_caller]

@@ -6,8 +6,6 @@
 
 mod support;
 
-use std::path::Path;
-
 use support::envoy::EnvoyProcess;
 use support::http::{self, Upstream};
 use support::redis::RedisServer;
@@ -156,20 +154,7 @@ fn envoy_passes_shadow_denials_upstream_with_a_header() {
     let redis = RedisServer::start();
     let (_dir, p) = start(Some(&redis));
     let upstream = Upstream::start();
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/envoy/ext_authz.yaml");
-    let mut config = std::fs::read_to_string(path).unwrap();
-    let tollgate_port = format!("port_value: {}", p.addr.port());
-    let upstream_port = format!("port_value: {}", upstream.addr.port());
-    for (from, to) in [
-        ("port_value: 9901", "port_value: 0"),
-        ("port_value: 10000", "port_value: 0"),
-        ("port_value: 50051", tollgate_port.as_str()),
-        ("port_value: 8080", upstream_port.as_str()),
-        (" timeout: 0.5s ", " timeout: 2s "),
-    ] {
-        assert_eq!(config.matches(from).count(), 1, "{from}");
-        config = config.replace(from, to);
-    }
+    let config = support::envoy::shipped_config("ext_authz.yaml", p.addr, upstream.addr, &[]);
     let envoy = EnvoyProcess::start(&config);
     let get = |forged: bool| {
         let mut h = vec![("x-api-key", KEY)];

