@@ -47,17 +47,6 @@ fn replicas(redis: &RedisServer, yaml: &str, n: usize, extra: &[&str]) -> (tempf
     (dir, procs)
 }
 
-/// Script calls Redis has run (decisions and UpdateUsage): EVALSHA, and EVAL
-/// should a client ever send the script itself.
-async fn script_calls(redis: &RedisServer) -> u64 {
-    let mut c = redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
-    let info: String = redis::cmd("INFO").arg("commandstats").query_async(&mut c).await.unwrap();
-    info.lines()
-        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
-        .filter_map(|l| l.split("calls=").nth(1)?.split(',').next()?.parse::<u64>().ok())
-        .sum()
-}
-
 type Client = pb::authorizer_client::AuthorizerClient<tonic::transport::Channel>;
 
 async fn ask(c: &mut Client, stage: &str, cost: u64) -> pb::AuthorizeResponse {
@@ -101,7 +90,7 @@ async fn a_flood_costs_redis_one_call_per_replica_per_retry_window() {
         assert!(ask(&mut c, "live", 1).await.allowed);
         clients.push(c);
     }
-    let before = script_calls(&redis).await;
+    let before = redis.script_calls().await;
     let start = Instant::now();
     let per_replica = 200;
     let tasks: Vec<_> = clients
@@ -138,7 +127,7 @@ async fn a_flood_costs_redis_one_call_per_replica_per_retry_window() {
         denied += d;
     }
     let elapsed = start.elapsed();
-    let calls = script_calls(&redis).await - before;
+    let calls = redis.script_calls().await - before;
     let windows = (elapsed.as_millis() / 200) as u64 + 2;
     let bound = allowed + 2 * 3 * windows;
     eprintln!(
@@ -165,9 +154,9 @@ async fn a_quota_denial_is_cached_until_update_usage_through_another_replica() {
     for _ in 0..3 {
         assert!(ask(&mut a, "q", 1).await.allowed);
     }
-    let before = script_calls(&redis).await;
+    let before = redis.script_calls().await;
     let first = ask(&mut a, "q", 1).await;
-    assert_eq!(script_calls(&redis).await, before + 1, "the first denial is Redis's");
+    assert_eq!(redis.script_calls().await, before + 1, "the first denial is Redis's");
     assert_eq!(first.reason(), pb::Reason::QuotaExceeded);
     for _ in 0..5 {
         let again = ask(&mut a, "q", 1).await;
@@ -183,7 +172,7 @@ async fn a_quota_denial_is_cached_until_update_usage_through_another_replica() {
     }
     // A larger cost too.
     assert_eq!(ask(&mut a, "q", 2).await.reason(), pb::Reason::QuotaExceeded);
-    assert_eq!(script_calls(&redis).await, before + 1, "later denials are the cache's");
+    assert_eq!(redis.script_calls().await, before + 1, "later denials are the cache's");
 
     // UpdateUsage through the other replica.
     let mut admin = procs[1].admin().await;
@@ -208,11 +197,11 @@ async fn a_catalog_change_clears_the_cache() {
     }
     let mut a = procs[0].authorizer().await;
     assert!(ask(&mut a, "slow", 1).await.allowed);
-    let before = script_calls(&redis).await;
+    let before = redis.script_calls().await;
     let denied = ask(&mut a, "slow", 1).await;
     assert!(denied.retry_after_ms.unwrap() > 90_000, "{denied:?}");
     assert!(!ask(&mut a, "slow", 1).await.allowed);
-    assert_eq!(script_calls(&redis).await, before + 1, "the second denial is the cache's");
+    assert_eq!(redis.script_calls().await, before + 1, "the second denial is the cache's");
 
     let mut admin = procs[1].admin().await;
     admin
@@ -240,7 +229,7 @@ async fn a_smaller_cost_still_goes_to_redis_and_can_pass() {
     let p = &procs[0];
     p.wait_serving().await;
     let mut c = p.authorizer().await;
-    let calls = || script_calls(&redis);
+    let calls = || redis.script_calls();
 
     // The bucket: 3 of 5, then 3 more denied (2 left), 4 denied locally.
     assert!(ask(&mut c, "bucket", 3).await.allowed);

@@ -306,15 +306,6 @@ async fn ask(c: &mut Client, stage: &str) -> pb::AuthorizeResponse {
     c.authorize(req(Some(KEY), &format!("api/{stage}"), "/things/GET", None)).await.expect("authorize").into_inner()
 }
 
-/// Script calls Redis has run.
-async fn script_calls(c: &mut redis::aio::MultiplexedConnection) -> u64 {
-    let info: String = redis::cmd("INFO").arg("commandstats").query_async(c).await.unwrap();
-    info.lines()
-        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
-        .filter_map(|l| l.split("calls=").nth(1)?.split(',').next()?.parse::<u64>().ok())
-        .sum()
-}
-
 async fn redis_us(c: &mut redis::aio::MultiplexedConnection) -> u64 {
     let (s, us): (u64, u64) = redis::cmd("TIME").query_async(c).await.unwrap();
     s * 1_000_000 + us
@@ -385,9 +376,9 @@ async fn leased_replicas_admit_exactly_the_limits_with_few_redis_calls() {
 
     // The quota: 2,400 requests against 3,000 (what the leases hold at the
     // end goes back).
-    let calls_before = script_calls(&mut conn).await;
+    let calls_before = redis.script_calls().await;
     let allowed = hammer(&clients, "q", 50).await;
-    let calls = script_calls(&mut conn).await - calls_before;
+    let calls = redis.script_calls().await - calls_before;
     assert!(allowed <= 3000, "{allowed} admitted, over the quota of 3,000");
     let local = counter(&procs, "tollgate_lease_admissions_total", "").await;
     eprintln!("quota: 2400 requests, {allowed} allowed ({local} from leases), {calls} script calls");

@@ -231,6 +231,18 @@ impl RedisServer {
         self.addr
     }
 
+    /// Script calls this Redis has run (decisions, settles, UpdateUsage),
+    /// from `INFO commandstats`: EVALSHA, and EVAL should a client ever send
+    /// the script itself. Counted, never timed.
+    pub async fn script_calls(&self) -> u64 {
+        let mut c = redis::Client::open(self.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+        let info: String = redis::cmd("INFO").arg("commandstats").query_async(&mut c).await.unwrap();
+        info.lines()
+            .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+            .filter_map(|l| l.split("calls=").nth(1)?.split(',').next()?.parse::<u64>().ok())
+            .sum()
+    }
+
     /// The TLS files (CA, client certificate), if the server speaks TLS.
     pub fn tls(&self) -> Option<&TlsFiles> {
         self.tls.as_deref()
