@@ -52,10 +52,9 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
 
 use crate::store::bucket::NANO;
-use crate::store::clock::Clock;
+use crate::store::clock::{Clock, Monotonic};
 use crate::store::{Limit, Rule, Verdict};
 
 /// How many entries a cache holds by default: about 100 bytes each
@@ -160,16 +159,6 @@ impl Entry {
     }
 }
 
-/// The monotonic clock of a cache in production: µs since the cache was
-/// made.
-struct Monotonic(Instant);
-
-impl Clock for Monotonic {
-    fn now_us(&self) -> u64 {
-        self.0.elapsed().as_micros() as u64
-    }
-}
-
 /// The cache (see the module's documentation).
 pub struct DenyCache {
     shards: Box<[Mutex<HashMap<u64, Entry>>]>,
@@ -189,7 +178,7 @@ impl std::fmt::Debug for DenyCache {
 impl DenyCache {
     /// A cache of at most `capacity` entries, on the monotonic clock.
     pub fn new(capacity: usize) -> Self {
-        Self::on_clock(capacity, Arc::new(Monotonic(Instant::now())))
+        Self::on_clock(capacity, Arc::new(Monotonic::start()))
     }
 
     /// A cache on a test clock (µs): the model-based suite drives the Redis

@@ -42,9 +42,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, Hash, Hasher, RandomState};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
 
-use crate::store::clock::Clock;
+use crate::store::clock::{Clock, Monotonic};
 use crate::store::{Check, LeaseOp, Limit, UsageKeys, Verdict};
 
 /// A lease slot's length in Redis, ms (`state.lua`, `LEASE_MS`): a lease's
@@ -141,19 +140,10 @@ impl std::fmt::Debug for LeaseTable {
     }
 }
 
-/// The monotonic clock of a table in production: µs since it was made.
-struct Monotonic(Instant);
-
-impl Clock for Monotonic {
-    fn now_us(&self) -> u64 {
-        self.0.elapsed().as_micros() as u64
-    }
-}
-
 impl LeaseTable {
     /// A table asking leases of at most `max_lease` tokens.
     pub fn new(max_lease: u64) -> Self {
-        Self::on_clock(max_lease, Arc::new(Monotonic(Instant::now())))
+        Self::on_clock(max_lease, Arc::new(Monotonic::start()))
     }
 
     /// A table on a test clock (µs): the model-based suite drives the Redis
