@@ -250,6 +250,14 @@ impl LeaseTable {
         self.due.lock().unwrap_or_else(|p| p.into_inner()).push_back((end_us, id, sig as usize % SHARDS, sig));
     }
 
+    /// The lease asked for `sig` was not asked after all (a cached denial
+    /// answered the request): another request may ask.
+    pub fn unask(&self, sig: u64) {
+        if let Some(e) = self.shard(sig as usize % SHARDS).entries.get_mut(&sig) {
+            e.asking = false;
+        }
+    }
+
     /// The settles due now: pools whose use has ended, and pools replaced;
     /// and forgets idle entries. The settler calls it every few ms.
     pub fn due(&self) -> Vec<Check> {

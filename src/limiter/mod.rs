@@ -523,7 +523,7 @@ impl<S: LimitStore> Limiter<S> {
             v
         } else if let Some(v) = cached {
             if let (Some(t), Admit::Ask(_)) = (table, admit) {
-                t.granted(sig, 0, check.clone(), None);
+                t.unask(sig);
             }
             v
         } else {
