@@ -47,7 +47,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 
-use super::{Check, DayUsage, Grant, LeaseOp, Limit, LimitStore, Rule, StoreError, UsageKeys, Verdict};
+use super::{
+    Check, DayUsage, Grant, LeaseOp, Limit, LimitStore, Refund, RefundOutcome, Rule, StoreError, UsageKeys, Verdict,
+};
 use link::{Conn, Link};
 
 mod cluster;
@@ -415,6 +417,38 @@ impl LimitStore for RedisStore {
         };
         r.map_err(|e| self.failed(e))
     }
+
+    async fn refund(&self, refund: Refund) -> Result<RefundOutcome, StoreError> {
+        let clock = self.settings.clock_arg();
+        match self.link.conn().await? {
+            Conn::Node { mut conn, .. } => {
+                let sub = Sub::give_back(&refund, refund.limits.iter().collect());
+                let mut out =
+                    script_call(&mut conn, &[sub], &clock, self.settings.wait).await.map_err(|e| self.failed(e))?;
+                refund_outcome(out.pop().unwrap_or_else(|| Err(StoreError::Internal("no answer".into())))?)
+            }
+            Conn::Cluster(conn) => cluster::refund(conn, &refund, &clock, self.settings.wait).await,
+        }
+    }
+}
+
+impl RedisStore {
+    /// The secret every replica signs decision ids with (docs/semantics.md,
+    /// "Refunds"): `fresh` is stored at `key` unless a secret is there
+    /// already (the first replica to start wins), and the stored one is
+    /// returned. Never logged.
+    pub async fn shared_secret(&self, key: &str, fresh: &str) -> Result<String, StoreError> {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg("redis.call('SET', KEYS[1], ARGV[1], 'NX'); return redis.call('GET', KEYS[1])")
+            .arg(1)
+            .arg(key)
+            .arg(fresh);
+        let r: redis::RedisResult<String> = match self.link.conn().await? {
+            Conn::Node { mut conn, .. } => cmd.query_async(&mut conn).await,
+            Conn::Cluster(mut conn) => cmd.query_async(&mut conn).await,
+        };
+        r.map_err(|e| self.failed(e))
+    }
 }
 
 impl RedisStore {
@@ -692,6 +726,16 @@ pub(crate) enum Op {
         /// Its slot.
         slot: u64,
     },
+    /// Give an earlier decision's cost back, once (a [`Refund`]; the sub's
+    /// `marker` names its marker key).
+    GiveBack {
+        /// The refund window's end, ms.
+        until_ms: u64,
+        /// The start day of the decision's quota period; -1: none.
+        period_day: i64,
+        /// The day whose usage counted the decision.
+        usage_day: i64,
+    },
 }
 
 /// One request as one script call sees it: some or all of a check's limits.
@@ -700,6 +744,8 @@ pub(crate) struct Sub<'a> {
     pub cost: u64,
     pub usage: Option<&'a UsageKeys>,
     pub op: Op,
+    /// With [`Op::GiveBack`]: the refund's marker key.
+    pub marker: Option<&'a str>,
 }
 
 impl<'a> Sub<'a> {
@@ -710,7 +756,27 @@ impl<'a> Sub<'a> {
             LeaseOp::Ask(n) => Op::Lease(n),
             LeaseOp::Settle { leased, slot } => Op::Settle { leased, slot },
         };
-        Sub { limits: c.limits.iter().collect(), cost: c.cost, usage: c.usage.as_ref(), op }
+        Sub { limits: c.limits.iter().collect(), cost: c.cost, usage: c.usage.as_ref(), op, marker: None }
+    }
+
+    /// Some of a refund's limits (those in the marker's slot: all of them
+    /// on one node) given back once, with its usage.
+    pub(crate) fn give_back(r: &'a Refund, limits: Vec<&'a Limit>) -> Self {
+        let op = Op::GiveBack { until_ms: r.until_ms, period_day: r.period_day.unwrap_or(-1), usage_day: r.usage_day };
+        Sub { limits, cost: r.cost, usage: r.usage.as_ref(), op, marker: Some(&r.marker) }
+    }
+}
+
+/// A refund's outcome from the answer of its "F" request (`decide.lua`:
+/// what it did in `limit`, the quota left in `remaining`, whether a limit
+/// is a quota in `reset_ms`).
+pub(crate) fn refund_outcome(v: Verdict) -> Result<RefundOutcome, StoreError> {
+    match v.limit {
+        1 => Ok(RefundOutcome::Refunded { quota_remaining: (v.reset_ms == 1).then_some(v.remaining) }),
+        2 => Ok(RefundOutcome::AlreadyRefunded),
+        3 => Ok(RefundOutcome::WindowPassed),
+        4 => Ok(RefundOutcome::PeriodPassed),
+        other => Err(StoreError::Internal(format!("decide.lua answered a refund with {other}"))),
     }
 }
 
@@ -741,10 +807,12 @@ pub(crate) fn decide_cmd<'a>(subs: &[Sub<'a>], clock: &str) -> redis::Cmd {
     };
     // (key and rule index of each limit, and the usage's state hash) per sub
     let mut named: Vec<Named> = Vec::with_capacity(subs.len());
+    let mut markers: Vec<usize> = Vec::new();
     for c in subs {
         let limits = c.limits.iter().map(|&l: &&'a Limit| (key(l.key.as_str()), rule(&l.rule))).collect();
-        let counts = matches!(c.op, Op::Take | Op::Lease(_) | Op::Settle { .. });
+        let counts = matches!(c.op, Op::Take | Op::Lease(_) | Op::Settle { .. } | Op::GiveBack { .. });
         let usage = c.usage.filter(|_| counts).map(|u: &'a UsageKeys| key(&u.state));
+        markers.push(c.marker.map_or(0, &mut key));
         named.push((limits, usage));
     }
     let mut cmd = redis::cmd("EVALSHA");
@@ -756,8 +824,10 @@ pub(crate) fn decide_cmd<'a>(subs: &[Sub<'a>], clock: &str) -> redis::Cmd {
     for (kind, a, b, c) in &rules {
         cmd.arg(*kind).arg(*a).arg(*b).arg(*c);
     }
-    for (c, (limits, usage)) in subs.iter().zip(&named) {
+    for ((c, (limits, usage)), marker) in subs.iter().zip(&named).zip(&markers) {
         let op = match (c.op, usage.is_some()) {
+            (Op::GiveBack { .. }, true) => "FU",
+            (Op::GiveBack { .. }, false) => "F",
             (Op::Take, true) => "TU",
             (Op::Take, false) => "T",
             (Op::Lease(_), true) => "LU",
@@ -777,6 +847,9 @@ pub(crate) fn decide_cmd<'a>(subs: &[Sub<'a>], clock: &str) -> redis::Cmd {
             }
             Op::Settle { leased, slot } => {
                 cmd.arg(leased).arg(slot);
+            }
+            Op::GiveBack { until_ms, period_day, usage_day } => {
+                cmd.arg(*marker).arg(until_ms).arg(period_day).arg(usage_day);
             }
             _ => {}
         }
