@@ -41,7 +41,7 @@ impl AuthorizerService {
         let ticket = self.limiter.open_decision_id(decision_id.trim())?;
         if let Some(catalog) = &self.catalog {
             let key = catalog.key(&ticket.key_id).await.map_err(Status::from)?;
-            if !key.is_some_and(|k| k.plans.iter().any(|p| *p == ticket.plan_id)) {
+            if !key.is_some_and(|k| k.plans.contains(&ticket.plan_id)) {
                 return Err(Status::not_found(format!(
                     "key {} no longer exists or is no longer in usage plan {}: the decision cannot be refunded",
                     ticket.key_id, ticket.plan_id

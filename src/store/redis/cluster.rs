@@ -336,35 +336,6 @@ fn answer(
     Ok(best.map(|b| Verdict { allowed: true, retry_after_ms: None, ..b }).unwrap_or(Verdict::UNLIMITED))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::Throttle;
-    use crate::store::keys::Keys;
-    use crate::store::Rule;
-
-    #[test]
-    fn a_keyed_request_has_its_plan_limits_and_usage_in_one_group() {
-        let k = Keys::default();
-        let t = Rule::Bucket(Throttle { rate_limit: 1.0, burst_limit: 1 });
-        let stage = crate::model::StageRef::parse("a/b").unwrap();
-        let c = Check {
-            limits: vec![
-                Limit { key: k.state("key1", "p"), field: Some("b".into()), rule: t },
-                Limit { key: k.stage_bucket(&stage, "/x/GET"), field: None, rule: t },
-                Limit { key: k.account_bucket(), field: None, rule: t },
-            ],
-            cost: 1,
-            usage: Some(k.usage("key1", "p")),
-            lease: Default::default(),
-        };
-        let p = plan(&c);
-        assert_eq!(p.groups.len(), 3);
-        assert_eq!(p.groups[p.main].limits, vec![0]);
-        assert!(p.groups[p.main].usage);
-    }
-}
-
 /// A refund on a cluster (docs/semantics.md, "Refunds"): the limits in the
 /// slot of the refund's marker (the key's: its plan's throttles, quota and
 /// usage) are given back with the marker in ONE script call, exact and
@@ -409,4 +380,33 @@ pub(super) async fn refund(
         }
     }
     Ok(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Throttle;
+    use crate::store::keys::Keys;
+    use crate::store::Rule;
+
+    #[test]
+    fn a_keyed_request_has_its_plan_limits_and_usage_in_one_group() {
+        let k = Keys::default();
+        let t = Rule::Bucket(Throttle { rate_limit: 1.0, burst_limit: 1 });
+        let stage = crate::model::StageRef::parse("a/b").unwrap();
+        let c = Check {
+            limits: vec![
+                Limit { key: k.state("key1", "p"), field: Some("b".into()), rule: t },
+                Limit { key: k.stage_bucket(&stage, "/x/GET"), field: None, rule: t },
+                Limit { key: k.account_bucket(), field: None, rule: t },
+            ],
+            cost: 1,
+            usage: Some(k.usage("key1", "p")),
+            lease: Default::default(),
+        };
+        let p = plan(&c);
+        assert_eq!(p.groups.len(), 3);
+        assert_eq!(p.groups[p.main].limits, vec![0]);
+        assert!(p.groups[p.main].usage);
+    }
 }
