@@ -55,9 +55,11 @@ const NONCE_LEN: usize = 12;
 /// The longest id accepted (a payload's strings are bounded by the catalog).
 const MAX_ID_LEN: usize = 2048;
 
-/// The secret that signs decision ids (never logged: no `Debug`).
+/// The secret that signs decision ids (never logged: no `Debug`). Kept as
+/// the HMAC state already keyed with it (and fed the domain prefix), which
+/// each id clones: two SHA-256 blocks fewer per decision than keying anew.
 pub struct DecisionSigner {
-    secret: OnceLock<Vec<u8>>,
+    keyed: OnceLock<Hmac<Sha256>>,
 }
 
 impl Default for DecisionSigner {
@@ -69,7 +71,7 @@ impl Default for DecisionSigner {
 impl DecisionSigner {
     /// A signer whose secret is not known yet ([`DecisionSigner::set`]).
     pub fn new() -> Self {
-        Self { secret: OnceLock::new() }
+        Self { keyed: OnceLock::new() }
     }
 
     /// A signer with `secret`.
@@ -86,19 +88,20 @@ impl DecisionSigner {
 
     /// Sets the secret (the first call wins).
     pub fn set(&self, secret: &[u8]) {
-        let _ = self.secret.set(secret.to_vec());
+        // (HMAC takes a key of any length: this cannot fail)
+        if let Ok(mut m) = Hmac::<Sha256>::new_from_slice(secret) {
+            m.update(b"tollgate decision id v1\0");
+            let _ = self.keyed.set(m);
+        }
     }
 
     /// Whether the secret is known.
     pub fn is_ready(&self) -> bool {
-        self.secret.get().is_some()
+        self.keyed.get().is_some()
     }
 
     fn mac(&self) -> Option<Hmac<Sha256>> {
-        let key = self.secret.get()?;
-        let mut m = Hmac::<Sha256>::new_from_slice(key).ok()?;
-        m.update(b"tollgate decision id v1\0");
-        Some(m)
+        self.keyed.get().cloned()
     }
 
     /// The id of `ticket`; `None` while the secret is unknown.
