@@ -134,6 +134,7 @@ on_every_store!(
     concurrent_refunds_of_one_id_give_back_once,
     a_refund_past_its_window_is_refused,
     a_refund_of_a_plan_gone_is_not_found,
+    a_refund_in_another_quota_period_is_refused,
 );
 
 const SECRET: &[u8] = b"the test's decision secret";
@@ -286,6 +287,37 @@ async fn a_refund_of_a_plan_gone_is_not_found(b: Backend) {
         Err(e @ RefundError::NotFound(_)) => assert_eq!(tonic::Status::from(e).code(), Code::NotFound),
         other => panic!("{other:?}"),
     }
+}
+
+/// Ids signed with this limiter's secret for a decision of an earlier
+/// month, and for one made in the first second of this month: both
+/// FAILED_PRECONDITION, nothing given back. (The store's refusal of a past
+/// period at the instant it passes is in tests/model_refunds.rs, on a test
+/// clock.)
+async fn a_refund_in_another_quota_period_is_refused(b: Backend) {
+    let l = b.limiter(&catalog(10), SECRET, 90 * 86_400_000);
+    let d = ask(&l, K1, "shop/prod", 2).await;
+    let mut t = l.open_decision_id(&d.decision_id.expect("an id")).expect("opens");
+    let signer = DecisionSigner::with_secret(SECRET);
+    let this_month = t.period_day.expect("the plan has a quota");
+    // The month before this one started at least 28 days earlier.
+    t.period_day = Some(this_month - 28);
+    t.at_ms = (this_month as u64 - 28) * 86_400_000 + 5_000;
+    match refund(&l, &signer.sign(&t).unwrap()).await {
+        Err(e @ RefundError::TooLate(_)) => {
+            assert!(e.to_string().contains("quota period that has ended"), "{e}");
+            assert_eq!(tonic::Status::from(e).code(), Code::FailedPrecondition);
+        }
+        other => panic!("{other:?}"),
+    }
+    t.period_day = Some(this_month);
+    t.at_ms = this_month as u64 * 86_400_000 + 10;
+    t.nonce[0] ^= 1;
+    match refund(&l, &signer.sign(&t).unwrap()).await {
+        Err(e @ RefundError::TooLate(_)) => assert!(e.to_string().contains("first second"), "{e}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(usage_today(&l, "k1", "p1").await, Some(DayUsage { n: 2, q: Some(2) }), "nothing given back");
 }
 
 // ---------------------------------------------------------------------------

@@ -1028,6 +1028,76 @@ fn verdict(r: &[redis::Value]) -> Result<Verdict, StoreError> {
 mod tests {
     use super::redact_url;
 
+    /// A refund's request in `decide.lua`'s ARGV, exactly as the script's
+    /// header says: cost, "FU", the number of limits, the usage hash's
+    /// index, the marker's index, the window's end, the period's start day,
+    /// the usage day, then the limits.
+    #[test]
+    fn a_refund_call_has_the_documented_layout() {
+        use super::{decide_cmd, Sub};
+        use crate::model::{Period, Quota, Throttle};
+        use crate::store::{Limit, Refund, Rule, UsageKeys};
+        let r = Refund {
+            limits: vec![
+                Limit {
+                    key: "tg:{k:a}:s:p".into(),
+                    field: Some("b".into()),
+                    rule: Rule::Bucket(Throttle { rate_limit: 2.0, burst_limit: 5 }),
+                },
+                Limit {
+                    key: "tg:{k:a}:s:p".into(),
+                    field: Some("q".into()),
+                    rule: Rule::Quota { quota: Quota { limit: 9, period: Period::Day, offset: 0 }, created_at_ms: 7 },
+                },
+            ],
+            cost: 3,
+            usage: Some(UsageKeys { state: "tg:{k:a}:s:p".into() }),
+            usage_day: 20_001,
+            period_day: Some(20_000),
+            until_ms: 123,
+            marker: "tg:{k:a}:r:ff".into(),
+        };
+        let cmd = decide_cmd(&[Sub::give_back(&r, r.limits.iter().collect())], "");
+        let args: Vec<String> = cmd
+            .args_iter()
+            .map(|a| match a {
+                redis::Arg::Simple(b) => String::from_utf8_lossy(b).into_owned(),
+                _ => "<other>".into(),
+            })
+            .collect();
+        let want = [
+            "2",
+            "tg:{k:a}:s:p",
+            "tg:{k:a}:r:ff",
+            "",
+            "1",
+            "2",
+            "B",
+            "2000",
+            "5",
+            "0",
+            "D",
+            "9",
+            "0",
+            "7",
+            "3",
+            "FU",
+            "2",
+            "1",
+            "2",
+            "123",
+            "20000",
+            "20001",
+            "1",
+            "b",
+            "1",
+            "1",
+            "q",
+            "2",
+        ];
+        assert_eq!(args[2..], want, "{args:?}");
+    }
+
     #[test]
     fn redacts_userinfo_passwords() {
         assert_eq!(redact_url("redis://u:secret@h:6379/0"), "redis://u:***@h:6379/0");
