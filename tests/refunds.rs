@@ -431,3 +431,65 @@ async fn two_replicas_refund_each_others_ids_over_grpc_http_and_the_cli() {
     assert_eq!(secret.len(), 64, "a 256-bit secret in hex");
     assert!(!a.log().contains(&secret) && !b.log().contains(&secret), "the secret is never logged");
 }
+
+/// A leased plan (`admission: leased`): decisions admitted from this
+/// replica's lease carry ids too, and their refunds go to Redis directly.
+/// Once every lease is settled, every admission refunded leaves the quota
+/// whole again: exactly what was taken came back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leased_plans_local_admissions_are_refunded_exactly() {
+    use tollgate::limiter::LeaseTable;
+    use tollgate::model::{Period, Quota};
+    use tollgate::store::{Check, Limit, Rule};
+    let b = Backend::redis().await;
+    let yaml = catalog(1000)
+        .replace(
+            "    quota: { limit: 1000, period: MONTH }\n",
+            "    quota: { limit: 1000, period: MONTH }\n    admission: leased\n",
+        )
+        .replace("    throttle: { rate_limit: 0.001, burst_limit: 6 }\n", "");
+    let data = file::parse("test.yaml", &yaml, tollgate::model::now_ms()).unwrap_or_else(|e| panic!("{e}"));
+    let table = Arc::new(LeaseTable::new(1000));
+    let l = Arc::new(
+        Limiter::new(CatalogHandle::new(Catalog::compile(data).unwrap()), b.store.clone(), Keys::default(), None)
+            .with_leases(table.clone())
+            .with_refunds(Refunds { signer: Arc::new(DecisionSigner::with_secret(SECRET)), window_ms: 3_600_000 }),
+    );
+    let tasks: Vec<_> = (0..4)
+        .map(|_| {
+            let l = l.clone();
+            tokio::spawn(async move {
+                let mut ids = Vec::new();
+                for _ in 0..50 {
+                    // (shop/prod's /x/GET: no stage throttle; no account throttle)
+                    let req = Request { api_key: Some(K1), stage: "shop/prod", method: "/x/GET", cost: 1 };
+                    let d = l.authorize(req).await.expect("answers");
+                    assert!(d.allowed, "{d:?}");
+                    ids.push(d.decision_id.expect("every allowed decision has an id, local ones too"));
+                }
+                ids
+            })
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for t in tasks {
+        ids.extend(t.await.unwrap());
+    }
+    assert!(table.pools() > 0, "the sequence was admitted from leases");
+    for id in &ids {
+        refund(&l, id).await.expect("refunded");
+    }
+    l.settle_all().await;
+    let quota = Check {
+        limits: vec![Limit {
+            key: l.keys().state("k1", "p1"),
+            field: Some("q".into()),
+            rule: Rule::Quota { quota: Quota { limit: 1000, period: Period::Month, offset: 0 }, created_at_ms: 0 },
+        }],
+        cost: 0,
+        usage: None,
+        lease: Default::default(),
+    };
+    let v = l.store().check(quota).await.expect("read the quota");
+    assert_eq!(v.remaining, 1000, "200 admitted, 200 refunded, every lease settled: the quota is whole");
+}
