@@ -518,15 +518,9 @@ impl<S: LimitStore> Limiter<S> {
             (Check { limits, cost: req.cost, usage, lease: LeaseOp::None }, kinds, decision, (leased, shadow))
         };
         let mut check = check;
-        // What a decision id needs (`refund.rs`): only when something is
-        // consumed, of a key's plan.
-        let refundable = (self.refunds.is_some() && !check.limits.is_empty() && check.usage.is_some()).then(|| {
-            let quota = kinds.iter().find_map(|(_, r)| match r {
-                Rule::Quota { quota, .. } => Some(quota.period),
-                Rule::Bucket(_) => None,
-            });
-            (req.stage.to_string(), req.method.as_str().to_string(), quota)
-        });
+        // Whether an allow gets a decision id (`refund.rs`): only when
+        // something is consumed, of a key's plan.
+        let refundable = self.refunds.is_some() && !check.limits.is_empty() && check.usage.is_some();
         // A shadow plan's request, denied by one of the plan's own limits,
         // still passes the shared throttles: kept here to ask them alone.
         let shared: Option<Vec<(usize, Limit)>> = shadow.then(|| {
@@ -608,10 +602,14 @@ impl<S: LimitStore> Limiter<S> {
             Reason::Throttled
         };
         decision.retry_after_ms = if verdict.allowed { None } else { verdict.retry_after_ms };
-        if let (true, None, Some((stage, method, quota)), Some(key_id), Some(plan_id)) =
-            (decision.allowed, decision.shadow_denied, refundable, &decision.key_id, &decision.plan_id)
+        if let (true, true, None, Some(key_id), Some(plan_id)) =
+            (refundable, decision.allowed, decision.shadow_denied, &decision.key_id, &decision.plan_id)
         {
-            decision.decision_id = self.decision_id(key_id, plan_id, &stage, &method, req.cost, quota);
+            let quota = kinds.iter().find_map(|(_, r)| match r {
+                Rule::Quota { quota, .. } => Some(quota.period),
+                Rule::Bucket(_) => None,
+            });
+            decision.decision_id = self.decision_id(key_id, plan_id, req.stage, req.method.as_str(), req.cost, quota);
         }
         if cached.is_some() {
             traces::record_deny_cache_hit(span);
