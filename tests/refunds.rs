@@ -135,6 +135,7 @@ on_every_store!(
     a_refund_past_its_window_is_refused,
     a_refund_of_a_plan_gone_is_not_found,
     a_refund_in_another_quota_period_is_refused,
+    the_shared_secret_is_created_once,
 );
 
 const SECRET: &[u8] = b"the test's decision secret";
@@ -318,6 +319,15 @@ async fn a_refund_in_another_quota_period_is_refused(b: Backend) {
         other => panic!("{other:?}"),
     }
     assert_eq!(usage_today(&l, "k1", "p1").await, Some(DayUsage { n: 2, q: Some(2) }), "nothing given back");
+}
+
+/// With Redis (single or cluster), the first replica's secret is the one
+/// every replica reads.
+async fn the_shared_secret_is_created_once(b: Backend) {
+    let Store::Redis(r) = &b.store else { return };
+    let key = Keys::default().decision_secret();
+    assert_eq!(r.shared_secret(&key, "first-replica-secret").await.unwrap(), "first-replica-secret");
+    assert_eq!(r.shared_secret(&key, "second-replica-secret").await.unwrap(), "first-replica-secret");
 }
 
 // ---------------------------------------------------------------------------
