@@ -341,7 +341,7 @@ fn server_catalog() -> String {
 async fn start(dir: &std::path::Path, redis: &RedisServer) -> TollgateProcess {
     let path = dir.join("catalog.yaml");
     let args = ["--config", path.to_str().unwrap(), "--redis-url", &redis.url(), "--http-listen", "127.0.0.1:0"];
-    let p = TollgateProcess::start(&args);
+    let p = TollgateProcess::start_with_env(&args, &[("TOLLGATE_ADMIN_TOKEN", support::ADMIN_TOKEN)]);
     p.wait_serving().await;
     p
 }
@@ -434,6 +434,14 @@ async fn two_replicas_refund_each_others_ids_over_grpc_http_and_the_cli() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+
+    // The key deleted (through A's Admin): its decisions are NOT_FOUND on B.
+    let id4 = an_allowed_id(&a, 1).await;
+    let mut admin = a.admin().await;
+    admin.delete_api_key(pb::DeleteApiKeyRequest { id: "k1".into() }).await.expect("delete k1");
+    let gone = cb.refund(pb::RefundRequest { decision_id: id4 }).await.unwrap_err();
+    assert_eq!(gone.code(), Code::NotFound, "{gone:?}");
+    assert!(gone.message().contains("key k1 no longer exists"), "{}", gone.message());
 
     // The secret is never logged.
     let mut conn = ::redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
