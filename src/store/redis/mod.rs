@@ -408,7 +408,17 @@ impl LimitStore for RedisStore {
         let mut inv = SET_REMAINING.prepare_invoke();
         inv.key(&usage.state);
         inv.arg(self.settings.clock_arg());
-        inv.arg(quota.limit).arg(quota.offset).arg(created_at_ms).arg(quota.period.code()).arg(remaining);
+        inv.arg(quota.limit).arg(quota.offset).arg(created_at_ms);
+        if quota.is_utc_plain() {
+            inv.arg(quota.period.code());
+        } else {
+            let clock = self.settings.clock_arg();
+            inv.arg(quota.calendar().cached_table(replica_now_ms(&clock)).code.as_str());
+        }
+        inv.arg(remaining);
+        if let Some(z) = quota.time_zone {
+            inv.arg(crate::localtime::day_table(z, replica_now_ms(&self.settings.clock_arg()) as u64).code.as_str());
+        }
         let r: Result<(u64, u64), redis::RedisError> = match self.link.conn().await? {
             Conn::Node { mut conn, .. } => inv.invoke_async(&mut conn).await,
             Conn::Cluster(mut conn) => inv.invoke_async(&mut conn).await,
@@ -729,12 +739,15 @@ pub(crate) fn decide_cmd<'a>(subs: &[Sub<'a>], clock: &str) -> redis::Cmd {
             keys.len()
         })
     };
-    // Each rule once: its kind and three numbers.
+    // Each rule once: its kind and three numbers. (A local-time quota's
+    // kind is its period table around this replica's clock.)
+    let now_ms = std::cell::OnceCell::new();
+    let now = || *now_ms.get_or_init(|| replica_now_ms(clock));
     let mut rules: Vec<RuleArgs> = Vec::with_capacity(4);
     let mut rule_index: HashMap<RuleArgs, usize> = HashMap::with_capacity(4);
     let mut rule = |r: &Rule| -> usize {
-        let args = rule_args(r);
-        *rule_index.entry(args).or_insert_with(|| {
+        let args = rule_args(r, now);
+        *rule_index.entry(args.clone()).or_insert_with(|| {
             rules.push(args);
             rules.len()
         })
@@ -754,7 +767,7 @@ pub(crate) fn decide_cmd<'a>(subs: &[Sub<'a>], clock: &str) -> redis::Cmd {
     }
     cmd.arg(clock).arg(subs.len()).arg(rules.len());
     for (kind, a, b, c) in &rules {
-        cmd.arg(*kind).arg(*a).arg(*b).arg(*c);
+        cmd.arg(kind.as_str()).arg(*a).arg(*b).arg(*c);
     }
     for (c, (limits, usage)) in subs.iter().zip(&named) {
         let op = match (c.op, usage.is_some()) {
@@ -767,9 +780,17 @@ pub(crate) fn decide_cmd<'a>(subs: &[Sub<'a>], clock: &str) -> redis::Cmd {
             (Op::Dry, _) => "D",
             (Op::Refund, _) => "R",
         };
-        cmd.arg(c.cost).arg(op).arg(c.limits.len());
+        // usage counted by local days: "Z" after the op, and the day table
+        let zone = c.usage.and_then(|u| u.zone).filter(|_| usage.is_some());
+        match zone {
+            Some(_) => cmd.arg(c.cost).arg(format!("{op}Z")).arg(c.limits.len()),
+            None => cmd.arg(c.cost).arg(op).arg(c.limits.len()),
+        };
         if let Some(state) = usage {
             cmd.arg(*state);
+        }
+        if let Some(z) = zone {
+            cmd.arg(crate::localtime::day_table(z, now() as u64).code.as_str());
         }
         match c.op {
             Op::Lease(ask) => {
@@ -792,12 +813,45 @@ pub(crate) fn decide_cmd<'a>(subs: &[Sub<'a>], clock: &str) -> redis::Cmd {
 type Named = (Vec<(usize, usize)>, Option<usize>);
 
 /// A rule as `decide.lua` reads it: its kind and three numbers.
-type RuleArgs = (&'static str, u64, u64, u64);
+type RuleArgs = (RuleKind, u64, u64, u64);
 
-fn rule_args(r: &Rule) -> RuleArgs {
+/// A rule's kind: a fixed code, or a local-time quota's period table.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum RuleKind {
+    Code(&'static str),
+    Table(Arc<crate::localtime::PeriodTable>),
+}
+
+impl RuleKind {
+    fn as_str(&self) -> &str {
+        match self {
+            RuleKind::Code(c) => c,
+            RuleKind::Table(t) => &t.code,
+        }
+    }
+}
+
+/// `now_ms`: the replica's clock, asked only for a local-time quota.
+fn rule_args(r: &Rule, now_ms: impl FnOnce() -> i64) -> RuleArgs {
     match r {
-        Rule::Bucket(t) => ("B", t.rate_milli(), u64::from(t.burst_limit), 0),
-        Rule::Quota { quota, created_at_ms } => (quota.period.code(), quota.limit, quota.offset, *created_at_ms),
+        Rule::Bucket(t) => (RuleKind::Code("B"), t.rate_milli(), u64::from(t.burst_limit), 0),
+        Rule::Quota { quota, created_at_ms } if quota.is_utc_plain() => {
+            (RuleKind::Code(quota.period.code()), quota.limit, quota.offset, *created_at_ms)
+        }
+        Rule::Quota { quota, created_at_ms } => {
+            let table = quota.calendar().cached_table(now_ms());
+            (RuleKind::Table(table), quota.limit, quota.offset, *created_at_ms)
+        }
+    }
+}
+
+/// The replica's clock in ms, around which local-time period tables are
+/// computed: the scripts' test clock when there is one (`clock.lua`), else
+/// the system clock.
+fn replica_now_ms(clock: &str) -> i64 {
+    match clock.parse::<i64>() {
+        Ok(us) => us.div_euclid(1000),
+        Err(_) => crate::model::now_ms().min(i64::MAX as u64) as i64,
     }
 }
 
