@@ -166,6 +166,7 @@ impl UsageService {
             end_date: end.to_string(),
             items,
             position: next,
+            time_zone: plan.quota.and_then(|q| q.time_zone).map_or("UTC", |z| z.name()).to_string(),
         })
     }
 

@@ -140,6 +140,7 @@ async fn scenario(p: &TollgateProcess) {
     let u = admin.get_usage(usage(local)).await.unwrap().into_inner();
     let day = &u.items["k1"].days[0];
     assert_eq!((day.used, day.remaining), (3, Some(2)), "{zone}: local date {local}");
+    assert_eq!(u.time_zone, zone, "the answer names the zone of its dates");
     let u = admin.get_usage(usage(utc)).await.unwrap().into_inner();
     assert_eq!(u.items["k1"].days[0].used, 0, "{zone}: nothing on the UTC date {utc}");
 
@@ -295,6 +296,11 @@ async fn the_cli_takes_and_shows_zones_and_anchors() {
     let (_, out, _) = tg(&p, &["plans", "get", "tokyo", "--json"]);
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["quota"], json!({ "limit": 50, "period": "MONTH", "offset": 0, "anchor_day": 15 }), "UTC again");
+
+    let today = Timestamp::now().to_zoned_datetime(TimeZone::get("Asia/Tokyo").unwrap()).date().to_string();
+    let (code, out, err) = tg(&p, &["usage", "get", "local", "--start", &today, "--end", &today]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with(&format!("usage plan local, {today} to {today} (Asia/Tokyo)")), "{out}");
 
     let (code, _, err) = tg(
         &p,
