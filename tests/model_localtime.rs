@@ -650,3 +650,47 @@ fn bad_zones_and_anchors_are_refused() {
     assert!(q(Period::Day, 1).validate().unwrap_err().message.contains("MONTH quotas only"));
     assert!(q(Period::Week, 15).validate().is_err());
 }
+
+/// Redis's clock decides, whatever the replica's: the replica sends the
+/// periods around ITS clock and the script picks the one containing Redis's
+/// time. A replica an hour ahead (already in the next local day) still
+/// counts in Redis's day; a replica two days off gets a clear error and
+/// nothing is counted. (One process per test under nextest: the skew is
+/// this process's.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_clock_decides_and_a_replica_a_period_off_is_refused() {
+    use std::sync::atomic::Ordering;
+    use tollgate::store::redis::REPLICA_SKEW_MS;
+    let server = RedisServer::start();
+    let clock = Arc::new(ManualClock::new(0));
+    let redis = redis_store(&server, &clock).await;
+    let q = quota(1, Period::Day, Some("America/New_York"), 0);
+    let check = |state: &str| Check {
+        limits: vec![Limit {
+            key: state.into(),
+            field: Some("q".into()),
+            rule: Rule::Quota { quota: q, created_at_ms: 0 },
+        }],
+        cost: 1,
+        usage: Some(UsageKeys { state: state.into(), zone: q.time_zone }),
+        lease: Default::default(),
+    };
+    // Redis: 23:30 local on 2026-03-08 (03:30Z on the 9th); the replica is an
+    // hour ahead, in the 9th already.
+    clock.set_us((ts_ms("2026-03-09T03:30:00Z") * 1000) as u64);
+    REPLICA_SKEW_MS.store(3_600_000, Ordering::Relaxed);
+    let v = redis.check(check("skew")).await.unwrap();
+    assert!(v.allowed);
+    assert_eq!(v.reset_ms, 30 * 60 * 1000, "Redis's day (the 8th) ends in 30 minutes");
+    assert!(!redis.check(check("skew")).await.unwrap().allowed, "counted in Redis's day");
+    let day8 = tollgate::calendar::Date::parse("2026-03-08").unwrap().days();
+    let read = redis.read_usage(vec![UsageKeys { state: "skew".into(), zone: None }], vec![day8]).await.unwrap();
+    assert_eq!(read[0].map(|u| u.n), Some(1), "usage on Redis's local date");
+
+    // Two days off: no period of the table contains Redis's time.
+    REPLICA_SKEW_MS.store(2 * 86_400_000, Ordering::Relaxed);
+    let e = redis.check(check("far")).await.unwrap_err();
+    assert!(e.to_string().contains("a whole period away from Redis's"), "{e}");
+    REPLICA_SKEW_MS.store(0, Ordering::Relaxed);
+    assert!(redis.check(check("far")).await.unwrap().allowed, "nothing was counted by the refused request");
+}

@@ -849,11 +849,21 @@ fn rule_args(r: &Rule, now_ms: impl FnOnce() -> i64) -> RuleArgs {
 /// computed: the scripts' test clock when there is one (`clock.lua`), else
 /// the system clock.
 fn replica_now_ms(clock: &str) -> i64 {
-    match clock.parse::<i64>() {
+    let now = match clock.parse::<i64>() {
         Ok(us) => us.div_euclid(1000),
         Err(_) => crate::model::now_ms().min(i64::MAX as u64) as i64,
-    }
+    };
+    #[cfg(feature = "test-clock")]
+    let now = now + REPLICA_SKEW_MS.load(Ordering::Relaxed);
+    now
 }
+
+/// Test-clock builds only: how far this process's replica clock is from the
+/// scripts' clock, in ms, so that tests can show that Redis's clock decides
+/// local-time periods (and what a replica a whole period off gets). One per
+/// process: nextest runs each test in a process of its own.
+#[cfg(feature = "test-clock")]
+pub static REPLICA_SKEW_MS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
 
 /// Decides `checks`: one script call on one node, or the cluster protocol.
 async fn run_batch(
