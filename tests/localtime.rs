@@ -148,7 +148,7 @@ async fn scenario(p: &TollgateProcess) {
     let own = a.get_own_usage(pb::GetOwnUsageRequest { api_key: value("k1") }).await.unwrap().into_inner();
     let plan = |id: &str| own.plans.iter().find(|p| p.plan_id == id).unwrap().clone();
     let l = plan("local");
-    assert_eq!((l.used_today, l.quota_remaining), (3, 2));
+    assert_eq!((l.used_today, l.quota_remaining, l.quota_time_zone.as_str()), (3, 2, zone));
     assert_eq!(l.quota_reset_ms as i64, next_midnight, "{zone}: the next local midnight");
     let m = plan("monthly");
     assert_eq!((m.quota_used, m.quota_reset_ms as i64), (1, next_tokyo_15th()), "the next 15th, 00:00 JST");

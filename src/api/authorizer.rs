@@ -174,6 +174,7 @@ impl AuthorizerService {
                 // show as 23:59:59.999.
                 let reset_ms = quota_period(&q, now + v.reset_ms / 2).2;
                 p.has_quota = true;
+                p.quota_time_zone = q.time_zone.map(|z| z.name().to_string()).unwrap_or_default();
                 p.quota_limit = v.limit;
                 p.quota_period = match q.period {
                     Period::Day => "DAY",
