@@ -25,7 +25,8 @@
 //! - [`limiter`]: the decision.
 //! - [`store`]: limit storage ([`store::LimitStore`]), with `keys.rs`
 //!   naming every key and `redis/scripts/*.lua`.
-//! - [`calendar`]: UTC quota periods.
+//! - [`calendar`]: UTC quota periods; [`localtime`]: periods in a time zone
+//!   or from an anchor day.
 //! - [`audit`]: the audit trail of Admin changes.
 //! - [`api`]: gRPC services; [`server`]: wiring, `run(listener, settings, shutdown)`.
 //! - [`tls`]: TLS and mTLS on every listener, certificates reloaded when
@@ -40,6 +41,7 @@ pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod limiter;
+pub mod localtime;
 pub mod model;
 pub mod server;
 pub mod store;

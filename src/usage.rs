@@ -2,7 +2,9 @@
 //! (docs/semantics.md, "Usage").
 //!
 //! Decisions count usage in the same atomic step that consumes the limits
-//! (`decide.lua`): per key, per plan, per UTC day, a record of the units
+//! (`decide.lua`): per key, per plan, per UTC day (per local date for a plan
+//! whose quota has a time zone: docs/semantics.md, "Local-time quotas"), a
+//! record of the units
 //! used that day and of the quota used in the period after the day's last
 //! call. GetUsage reads those records; for a day with no record, the quota
 //! used carries over from the previous day of the same period (or is 0 at a
@@ -10,9 +12,10 @@
 //! that day within its period".
 
 use crate::api::pb;
-use crate::calendar::{period_days, Date, DAY_MS};
+use crate::calendar::Date;
 use crate::catalog::admin::AdminError;
 use crate::catalog::store::CatalogService;
+use crate::localtime::day_start_ms;
 use crate::model::{Invalid, UsagePlan};
 use crate::store::keys::Keys;
 use crate::store::{LimitStore, Store, StoreError};
@@ -120,7 +123,9 @@ impl UsageService {
 
         // Read from the start of the period containing `start`, to carry the
         // quota used into the first days of the range.
-        let from = plan.quota.map(|q| period_days(q.period, s).0).unwrap_or(s);
+        // (Days are local dates of the quota's time zone when it has one:
+        // its usage records are kept per local date.)
+        let from = plan.quota.map(|q| q.calendar().period_days(s).0).unwrap_or(s);
         let days: Vec<i64> = (from..=e).collect();
         let keys = key_ids.iter().map(|k| self.keys.usage(k, &plan.id)).collect();
         let records = self.store.read_usage(keys, days.clone()).await?;
@@ -133,7 +138,7 @@ impl UsageService {
             for (j, &day) in days.iter().enumerate() {
                 let rec = recs[j];
                 let remaining = plan.quota.map(|q| {
-                    let (ps, pe) = period_days(q.period, day);
+                    let (ps, pe) = q.calendar().period_days(day);
                     if period_start != Some(ps) {
                         period_start = Some(ps);
                         used_in_period = 0;
@@ -144,7 +149,8 @@ impl UsageService {
                     // The offset belongs to the one period containing the
                     // plan's creation: not to the periods before it (the plan
                     // did not exist), nor after.
-                    let created_in_period = (ps as u64 * DAY_MS..pe as u64 * DAY_MS).contains(&plan.created_at_ms);
+                    let (ps_ms, pe_ms) = (day_start_ms(q.time_zone, ps), day_start_ms(q.time_zone, pe));
+                    let created_in_period = (ps_ms..pe_ms).contains(&(plan.created_at_ms as i64));
                     let eff = (if created_in_period { q.limit - q.offset } else { q.limit }) as i64;
                     (eff - used_in_period).max(0) as u64
                 });
@@ -160,6 +166,7 @@ impl UsageService {
             end_date: end.to_string(),
             items,
             position: next,
+            time_zone: plan.quota.and_then(|q| q.time_zone).map_or("UTC", |z| z.name()).to_string(),
         })
     }
 

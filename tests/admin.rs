@@ -46,7 +46,7 @@ async fn create_plan(
         .create_usage_plan(pb::CreateUsagePlanRequest {
             name: name.into(),
             throttle: t,
-            quota: quota.map(|l| pb::Quota { limit: l, period: "DAY".into(), offset: 0 }),
+            quota: quota.map(|l| pb::Quota { limit: l, period: "DAY".into(), offset: 0, ..Default::default() }),
             api_stages: stages.iter().map(|s| pb::PlanStage { stage: s.to_string(), ..Default::default() }).collect(),
             ..Default::default()
         })
@@ -241,11 +241,15 @@ async fn validation_errors_name_the_field() {
         Code::InvalidArgument,
         "burst_limit",
     );
-    let quota = |limit, offset| Some(pb::Quota { limit, period: "DAY".into(), offset });
+    let quota = |limit, offset| Some(pb::Quota { limit, period: "DAY".into(), offset, ..Default::default() });
     assert_status(a.create_usage_plan(plan(None, quota(0, 5))).await, Code::InvalidArgument, "quota.limit");
     assert_status(a.create_usage_plan(plan(None, quota(5, 6))).await, Code::InvalidArgument, "quota.offset");
     assert_status(
-        a.create_usage_plan(plan(None, Some(pb::Quota { limit: 5, period: "YEAR".into(), offset: 0 }))).await,
+        a.create_usage_plan(plan(
+            None,
+            Some(pb::Quota { limit: 5, period: "YEAR".into(), offset: 0, ..Default::default() }),
+        ))
+        .await,
         Code::InvalidArgument,
         "period",
     );

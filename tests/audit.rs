@@ -88,7 +88,7 @@ async fn every_change(ci: &mut AdminClient, ops: &mut AdminClient) -> Vec<String
     ops.create_usage_plan(pb::CreateUsagePlanRequest {
         id: Some("gold".into()),
         name: "gold plan".into(),
-        quota: Some(pb::Quota { limit: 100, period: "DAY".into(), offset: 0 }),
+        quota: Some(pb::Quota { limit: 100, period: "DAY".into(), offset: 0, ..Default::default() }),
         api_stages: vec![pb::PlanStage { stage: "shop/prod".into(), ..Default::default() }],
         ..Default::default()
     })

@@ -155,6 +155,7 @@ conformance!(
     cost_above_one,
     cost_above_burst_never_passes,
     quota_is_shared_by_the_stages_of_a_plan,
+    local_time_quota_counts_on_the_local_date,
     disabled_and_expired_keys,
     method_without_key_requirement,
     quota_offset_applies_in_the_first_period,
@@ -539,5 +540,62 @@ async fn redis_noscript_and_ttls() {
     for k in keys {
         let ttl: i64 = ::redis::cmd("PTTL").arg(&k).query_async(&mut conn).await.unwrap();
         assert!(ttl > 0, "{k} has no TTL ({ttl})");
+    }
+}
+
+/// Local-time quotas (docs/semantics.md, "Local-time quotas"): a DAY quota
+/// in a zone whose date is not UTC's now (UTC+14 or UTC-11: one of them at
+/// every hour) counts the request's usage on the local date, and its window
+/// is the local day; a MONTH quota from an anchor day has that month's
+/// length. Skipped within two minutes of a midnight.
+async fn local_time_quota_counts_on_the_local_date(b: Backend) {
+    use jiff::{tz::TimeZone, Timestamp, ToSpan};
+    let now = Timestamp::now();
+    let utc = now.to_zoned_datetime(TimeZone::UTC).date();
+    let first =
+        |d: jiff::civil::Date, tz: &TimeZone| d.to_zoned_datetime(tz.clone()).unwrap().timestamp().as_millisecond();
+    let near = |d: jiff::civil::Date, tz: &TimeZone| {
+        let ms = now.as_millisecond();
+        first(d.checked_add(1.day()).unwrap(), tz) - ms < 120_000 || ms - first(d, tz) < 120_000
+    };
+    let picked = ["Pacific/Kiritimati", "Pacific/Pago_Pago"].into_iter().find_map(|name| {
+        let tz = TimeZone::get(name).unwrap();
+        let local = now.to_zoned_datetime(tz.clone()).date();
+        (local != utc).then_some((name, tz, local))
+    });
+    let Some((zone, tz, local)) = picked.filter(|(_, tz, local)| !near(*local, tz) && !near(utc, &TimeZone::UTC))
+    else {
+        eprintln!("skipped: within two minutes of a midnight");
+        return;
+    };
+    let l = b.limiter(&catalog(&format!("    quota: {{ limit: 2, period: DAY, time_zone: {zone} }}"), ""));
+    let d = ask(&l, Some(K1), "shop/prod", "/items/GET", 1).await;
+    assert!(d.allowed);
+    let r = d.rate.expect("the quota");
+    assert_eq!((r.kind, r.limit, r.remaining), (LimitKind::PlanQuota, 2, 1));
+    let day_len = first(local.checked_add(1.day()).unwrap(), &tz) - first(local, &tz);
+    assert_eq!(r.window_secs as i64, day_len / 1000, "the window is the local day");
+    assert!(ask(&l, Some(K1), "shop/prod", "/items/GET", 1).await.allowed);
+    assert_eq!(ask(&l, Some(K1), "shop/prod", "/items/GET", 1).await.reason, Reason::QuotaExceeded);
+    let key_id = d.key_id.expect("the key's id");
+    let day = |d: jiff::civil::Date| d.duration_since(jiff::civil::date(1970, 1, 1)).as_secs() / 86_400;
+    let got = b.store.read_usage(vec![b.keys.usage(&key_id, "p1")], vec![day(local), day(utc)]).await.unwrap();
+    assert_eq!(
+        got.iter().map(|u| u.map(|u| u.n)).collect::<Vec<_>>(),
+        vec![Some(2), None],
+        "{zone}: {local}, not {utc}"
+    );
+
+    let l = b.limiter(&catalog("    quota: { limit: 5, period: MONTH, anchor_day: 28 }", ""));
+    let d = ask(&l, Some(K3), "shop/prod", "/items/GET", 1).await;
+    let today = now.to_zoned_datetime(TimeZone::UTC).date();
+    let start = if today.day() >= 28 {
+        today.with().day(28).build().unwrap()
+    } else {
+        today.checked_sub(1.month()).unwrap().with().day(28).build().unwrap()
+    };
+    let len = start.checked_add(1.month()).unwrap().duration_since(start).as_secs();
+    if !near(utc, &TimeZone::UTC) {
+        assert_eq!(d.rate.expect("the quota").window_secs as i64, len, "the month from the 28th");
     }
 }

@@ -146,12 +146,12 @@ async fn run(seq: &Sequence, store: &RedisStore, clock: &Arc<ManualClock>) -> Re
     let case = CASE.fetch_add(1, Ordering::Relaxed);
     let state = format!("lease{case}:{{k:x}}:s");
     let throttle = Throttle { rate_limit: seq.rate_milli as f64 / 1000.0, burst_limit: seq.burst };
-    let quota = Quota { limit: seq.quota, period: Period::Month, offset: 0 };
+    let quota = Quota { limit: seq.quota, period: Period::Month, offset: 0, time_zone: None, anchor_day: 0 };
     let limits = vec![
         Limit { key: state.clone(), field: Some("b".into()), rule: Rule::Bucket(throttle) },
         Limit { key: state.clone(), field: Some("q".into()), rule: Rule::Quota { quota, created_at_ms: 0 } },
     ];
-    let usage = UsageKeys { state: state.clone() };
+    let usage = UsageKeys { state: state.clone(), zone: None };
     let check = |cost: u64| Check { limits: limits.clone(), cost, usage: Some(usage.clone()), lease: LeaseOp::None };
     let new_replica = || Replica { table: LeaseTable::with_clock(1_000, clock.clone()) };
     let mut replicas: Vec<Replica> = (0..3).map(|_| new_replica()).collect();

@@ -59,9 +59,10 @@ impl Spec {
             Spec::Bucket { rate_milli, burst } => {
                 Rule::Bucket(Throttle { rate_limit: rate_milli as f64 / 1000.0, burst_limit: burst })
             }
-            Spec::Quota { limit, period, offset, created_ms } => {
-                Rule::Quota { quota: Quota { limit, period, offset }, created_at_ms: created_ms }
-            }
+            Spec::Quota { limit, period, offset, created_ms } => Rule::Quota {
+                quota: Quota { limit, period, offset, time_zone: None, anchor_day: 0 },
+                created_at_ms: created_ms,
+            },
         }
     }
 }
@@ -475,7 +476,8 @@ async fn run(seq: &Sequence, subject: &Subject<'_>, clock: &Arc<ManualClock>) ->
     // own, a quota in the field `q`, the first quota of each hash) or as keys
     // of their own (stage and account throttles). The model knows each by
     // one name.
-    let usage_bases: Vec<UsageKeys> = (0..3).map(|u| UsageKeys { state: format!("m{case}:{{k:x}}:s{u}") }).collect();
+    let usage_bases: Vec<UsageKeys> =
+        (0..3).map(|u| UsageKeys { state: format!("m{case}:{{k:x}}:s{u}"), zone: None }).collect();
     let mut quotas = 0;
     let places: Vec<(String, Option<String>)> = (0..seq.specs.len())
         .map(|i| match seq.specs[i] {
@@ -606,7 +608,7 @@ async fn run(seq: &Sequence, subject: &Subject<'_>, clock: &Arc<ManualClock>) ->
                 let _ = usage;
                 let (_, s) = &specs[*spec];
                 let Spec::Quota { limit, period, offset, created_ms } = *s else { unreachable!() };
-                let quota = Quota { limit, period, offset };
+                let quota = Quota { limit, period, offset, time_zone: None, anchor_day: 0 };
                 let Some(u) = usage_bases.iter().position(|u| places[*spec].0 == u.state) else { continue };
                 let keys = &usage_bases[u];
                 // UpdateUsage moves the generation on (after the store).
@@ -811,7 +813,10 @@ async fn concurrent_callers_never_exceed_the_limits() {
         limits: vec![Limit {
             key: "q".into(),
             field: Some("q".into()),
-            rule: Rule::Quota { quota: Quota { limit: 500, period: Period::Month, offset: 0 }, created_at_ms: 0 },
+            rule: Rule::Quota {
+                quota: Quota { limit: 500, period: Period::Month, offset: 0, time_zone: None, anchor_day: 0 },
+                created_at_ms: 0,
+            },
         }],
         cost: 1,
         usage: None,

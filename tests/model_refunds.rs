@@ -202,7 +202,7 @@ async fn run(seq: &Sequence, subject: &Subject<'_>, clock: &Arc<ManualClock>) ->
     let memory = MemoryStore::with_clock(clock.clone());
     let case = CASE.fetch_add(1, Ordering::Relaxed);
     let state = format!("r{case}:{{k:x}}:s");
-    let usage = UsageKeys { state: state.clone() };
+    let usage = UsageKeys { state: state.clone(), zone: None };
     let l = seq.limits;
     let bucket =
         |(rate, burst): (u64, u32)| Rule::Bucket(Throttle { rate_limit: rate as f64 / 1000.0, burst_limit: burst });
@@ -211,7 +211,10 @@ async fn run(seq: &Sequence, subject: &Subject<'_>, clock: &Arc<ManualClock>) ->
         Limit {
             key: state.clone(),
             field: Some("q".into()),
-            rule: Rule::Quota { quota: Quota { limit: l.quota, period: l.period, offset: 0 }, created_at_ms: 0 },
+            rule: Rule::Quota {
+                quota: Quota { limit: l.quota, period: l.period, offset: 0, time_zone: None, anchor_day: 0 },
+                created_at_ms: 0,
+            },
         },
         Limit { key: format!("r{case}:{{s:x}}:tb"), field: None, rule: bucket(l.stage) },
     ];

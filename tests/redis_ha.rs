@@ -419,7 +419,10 @@ fn quota_check(key: &str) -> Check {
         limits: vec![Limit {
             key: keys.state(key, "p"),
             field: Some("q".into()),
-            rule: Rule::Quota { quota: Quota { limit: 1_000_000, period: Period::Day, offset: 0 }, created_at_ms: 0 },
+            rule: Rule::Quota {
+                quota: Quota { limit: 1_000_000, period: Period::Day, offset: 0, time_zone: None, anchor_day: 0 },
+                created_at_ms: 0,
+            },
         }],
         cost: 1,
         usage: Some(keys.usage(key, "p")),

@@ -48,7 +48,10 @@ fn quota_check(k: &str, limit: u64) -> Check {
         limits: vec![Limit {
             key: keys.state(k, "p"),
             field: Some("q".into()),
-            rule: Rule::Quota { quota: Quota { limit, period: Period::Day, offset: 0 }, created_at_ms: 0 },
+            rule: Rule::Quota {
+                quota: Quota { limit, period: Period::Day, offset: 0, time_zone: None, anchor_day: 0 },
+                created_at_ms: 0,
+            },
         }],
         cost: 1,
         usage: Some(keys.usage(k, "p")),

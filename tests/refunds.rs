@@ -502,7 +502,10 @@ async fn a_leased_plans_local_admissions_are_refunded_exactly() {
         limits: vec![Limit {
             key: l.keys().state("k1", "p1"),
             field: Some("q".into()),
-            rule: Rule::Quota { quota: Quota { limit: 1000, period: Period::Month, offset: 0 }, created_at_ms: 0 },
+            rule: Rule::Quota {
+                quota: Quota { limit: 1000, period: Period::Month, offset: 0, time_zone: None, anchor_day: 0 },
+                created_at_ms: 0,
+            },
         }],
         cost: 0,
         usage: None,

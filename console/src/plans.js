@@ -6,7 +6,9 @@ import { showError, showNotice } from "./ui.js";
 
 export const throttleText = (t) => (t ? `${fmt(t.rate_limit)}/s, bursts of ${fmt(t.burst_limit)}` : "none");
 export const quotaText = (q) =>
-  q ? `${fmt(q.limit)} requests a ${String(q.period).toLowerCase()} (UTC)${q.offset ? `, ${fmt(q.offset)} fewer in the first period` : ""}` : "none";
+  q
+    ? `${fmt(q.limit)} requests a ${String(q.period).toLowerCase()}${q.anchor_day > 1 ? ` from day ${q.anchor_day}` : ""} (${q.time_zone || "UTC"})${q.offset ? `, ${fmt(q.offset)} fewer in the first period` : ""}`
+    : "none";
 
 export async function plans(main) {
   const list = h("div", { id: "plans" });

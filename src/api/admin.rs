@@ -172,13 +172,23 @@ fn throttle_to(t: &Throttle) -> pb::Throttle {
 
 fn quota_from(q: &pb::Quota) -> Result<Quota, Invalid> {
     let period: Period = q.period.parse().map_err(|e: Invalid| e.within("quota"))?;
-    let quota = Quota { limit: q.limit, period, offset: q.offset };
+    let time_zone = match q.time_zone.as_str() {
+        "" => None,
+        name => Some(crate::localtime::Zone::parse(name).map_err(|e| e.within("quota"))?),
+    };
+    let quota = Quota { limit: q.limit, period, offset: q.offset, time_zone, anchor_day: q.anchor_day };
     quota.validate().map_err(|e| e.within("quota"))?;
     Ok(quota)
 }
 
 fn quota_to(q: &Quota) -> pb::Quota {
-    pb::Quota { limit: q.limit, period: q.period.to_string(), offset: q.offset }
+    pb::Quota {
+        limit: q.limit,
+        period: q.period.to_string(),
+        offset: q.offset,
+        time_zone: q.time_zone.map(|z| z.name().to_string()).unwrap_or_default(),
+        anchor_day: q.anchor_day,
+    }
 }
 
 fn key_to(k: &ApiKey, plans: &[String]) -> pb::ApiKey {

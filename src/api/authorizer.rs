@@ -6,13 +6,13 @@ use std::time::{Duration, UNIX_EPOCH};
 use tonic::{Request, Response, Status};
 
 use super::pb;
-use crate::calendar::{period_bounds_ms, DAY_MS};
 use crate::catalog::store::CatalogService;
 use crate::config::OnStoreError;
 use crate::limiter::{AuthorizeError, Decision, LimitKind, Limiter, Reason};
+use crate::localtime::{quota_period, usage_day};
 use crate::model::{KeyHash, Period, UsagePlan};
 use crate::store::keys::QUOTA_FIELD;
-use crate::store::{Check, LeaseOp, Limit, LimitStore, Rule, Store};
+use crate::store::{Check, DayUsage, LeaseOp, Limit, LimitStore, Rule, Store};
 
 /// The Authorizer service.
 pub struct AuthorizerService {
@@ -159,11 +159,25 @@ impl AuthorizerService {
                 entry.plans.as_slice().iter().filter_map(|p| small.plan_records.get(&**p).cloned()).collect();
             (entry.id.to_string(), entry.until_ms, plans)
         };
-        let today = (now / DAY_MS) as i64;
         let store = self.limiter.store();
         let keys = self.limiter.keys();
         let usage_keys: Vec<_> = plans.iter().map(|p| keys.usage(&key_id, &p.id)).collect();
-        let days = store.read_usage(usage_keys.clone(), vec![today]).await.map_err(Status::from)?;
+        // Each plan's today: the local date of its quota's time zone
+        // (docs/semantics.md, "Local-time quotas"), else the UTC date. One
+        // read per distinct day (almost always one).
+        let today = |p: &UsagePlan| usage_day(p.quota.and_then(|q| q.time_zone), now);
+        let mut wanted: Vec<i64> = plans.iter().map(today).collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let read = store.read_usage(usage_keys.clone(), wanted.clone()).await.map_err(Status::from)?;
+        let days: Vec<Option<DayUsage>> = plans
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let j = wanted.iter().position(|&d| d == today(p)).unwrap_or(0);
+                read.get(i * wanted.len() + j).copied().flatten()
+            })
+            .collect();
         let mut out = Vec::with_capacity(plans.len());
         for (i, plan) in plans.iter().enumerate() {
             let mut p = pb::OwnPlanUsage {
@@ -192,8 +206,9 @@ impl AuthorizerService {
                 // one containing the middle of the wait), so that a few ms of
                 // skew between this server's clock and the store's do not
                 // show as 23:59:59.999.
-                let reset_ms = period_bounds_ms(q.period, now + v.reset_ms / 2).1;
+                let reset_ms = quota_period(&q, now + v.reset_ms / 2).2;
                 p.has_quota = true;
+                p.quota_time_zone = q.time_zone.map(|z| z.name().to_string()).unwrap_or_default();
                 p.quota_limit = v.limit;
                 p.quota_period = match q.period {
                     Period::Day => "DAY",

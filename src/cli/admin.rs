@@ -388,7 +388,7 @@ pub fn plan_json(p: &pb::UsagePlan) -> Value {
         "name": p.name,
         "description": p.description,
         "throttle": throttle_json(p.throttle.as_ref()),
-        "quota": p.quota.as_ref().map(|q| json!({ "limit": q.limit, "period": q.period, "offset": q.offset })),
+        "quota": p.quota.as_ref().map(quota_json),
         "api_stages": stages,
         "admission": admission_text(p.admission),
         "shadow": p.shadow,
@@ -396,6 +396,19 @@ pub fn plan_json(p: &pb::UsagePlan) -> Value {
         "created_at": ts_json(p.created_at_ms),
         "tags": tags_json(&p.tags),
     })
+}
+
+/// A quota in JSON; `time_zone` and `anchor_day` only when set (a UTC quota
+/// from the 1st reads as it always did).
+fn quota_json(q: &pb::Quota) -> Value {
+    let mut v = json!({ "limit": q.limit, "period": q.period, "offset": q.offset });
+    if !q.time_zone.is_empty() {
+        v["time_zone"] = json!(q.time_zone);
+    }
+    if q.anchor_day > 0 {
+        v["anchor_day"] = json!(q.anchor_day);
+    }
+    v
 }
 
 /// A stage with its method settings.

@@ -67,8 +67,17 @@ pub async fn run(args: SelfArgs) -> ExitCode {
         if p.has_quota {
             let _ = writeln!(
                 s,
-                "    quota: {} per {}, {} used, {} left, resets {}",
-                p.quota_limit, p.quota_period, p.quota_used, p.quota_remaining, p.quota_reset_at
+                "    quota: {} per {}, {} used, {} left, resets {}{}",
+                p.quota_limit,
+                p.quota_period,
+                p.quota_used,
+                p.quota_remaining,
+                p.quota_reset_at,
+                if p.quota_time_zone.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (periods in {})", p.quota_time_zone)
+                }
             );
         }
         let _ = writeln!(s, "    used today: {}", p.used_today);

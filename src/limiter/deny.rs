@@ -368,7 +368,7 @@ mod tests {
     }
 
     fn quota(key: &str) -> Limit {
-        let quota = Quota { limit: 10, period: Period::Day, offset: 0 };
+        let quota = Quota { limit: 10, period: Period::Day, offset: 0, time_zone: None, anchor_day: 0 };
         Limit { key: key.into(), field: Some("q".into()), rule: Rule::Quota { quota, created_at_ms: 0 } }
     }
 

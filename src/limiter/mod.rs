@@ -485,7 +485,8 @@ impl<S: LimitStore> Limiter<S> {
                 shadow = plan.shadow;
                 // 6 a. the plan's per-method throttle
                 // (a–c and the usage share the key's state hash in the plan)
-                let keys = self.keys.usage(key_id, &plan.id);
+                let mut keys = self.keys.usage(key_id, &plan.id);
+                keys.zone = plan.quota.and_then(|q| q.time_zone);
                 if let Some((p, t)) = sp.method_throttles.lookup(req.method) {
                     let field = method_field(&stage.stage, p.as_str());
                     add(LimitKind::PlanMethodThrottle, keys.state.clone(), Some(field), Rule::Bucket(*t));
@@ -606,7 +607,7 @@ impl<S: LimitStore> Limiter<S> {
             (refundable, decision.allowed, decision.shadow_denied, &decision.key_id, &decision.plan_id)
         {
             let quota = kinds.iter().find_map(|(_, r)| match r {
-                Rule::Quota { quota, .. } => Some(quota.period),
+                Rule::Quota { quota, .. } => Some(*quota),
                 Rule::Bucket(_) => None,
             });
             decision.decision_id = self.decision_id(key_id, plan_id, req.stage, req.method.as_str(), req.cost, quota);
@@ -658,7 +659,7 @@ fn window_secs(rule: &Rule) -> u64 {
     match rule {
         Rule::Bucket(t) => t.window_secs(),
         Rule::Quota { quota, .. } => {
-            let (s, e) = crate::calendar::period_bounds_ms(quota.period, crate::model::now_ms());
+            let (_, s, e) = crate::localtime::quota_period(quota, crate::model::now_ms());
             (e - s) / 1000
         }
     }

@@ -30,9 +30,9 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use super::{LimitKind, Limiter};
-use crate::calendar::{period_bounds_ms, DAY_MS};
+use crate::localtime::{quota_period, usage_day};
 use crate::model::method::canonical_method;
-use crate::model::Period;
+use crate::model::Quota;
 use crate::store::keys::{method_field, PLAN_BUCKET_FIELD, QUOTA_FIELD};
 use crate::store::{Limit, LimitStore, Refund, RefundOutcome, Rule, StoreError};
 
@@ -327,7 +327,8 @@ impl<S: LimitStore> Limiter<S> {
 
     /// The id of an allowed decision that consumed a limit (`None` when
     /// refunds are off or the secret is not known yet). `quota`: the plan's
-    /// quota period, if it has a quota.
+    /// quota, if it has one (its period, and the time zone its usage days
+    /// are counted in).
     pub(super) fn decision_id(
         &self,
         key_id: &str,
@@ -335,7 +336,7 @@ impl<S: LimitStore> Limiter<S> {
         stage: &str,
         method: &str,
         cost: u64,
-        quota: Option<Period>,
+        quota: Option<Quota>,
     ) -> Option<String> {
         let refunds = self.refunds.as_ref()?;
         let now = crate::model::now_ms();
@@ -343,8 +344,8 @@ impl<S: LimitStore> Limiter<S> {
             at_ms: now,
             nonce: rand::random(),
             cost,
-            period_day: quota.map(|p| (period_bounds_ms(p, now).0 / DAY_MS) as i64),
-            usage_day: (now / DAY_MS) as i64,
+            period_day: quota.map(|q| quota_period(&q, now).0),
+            usage_day: usage_day(quota.and_then(|q| q.time_zone), now),
             key_id: key_id.to_string(),
             plan_id: plan_id.to_string(),
             stage: stage.to_string(),
@@ -369,14 +370,20 @@ impl<S: LimitStore> Limiter<S> {
             return Err(RefundError::Unavailable("the catalog is not loaded from Redis yet".into()));
         }
         let nonce = ticket.nonce_hex();
-        if let Some(day) = ticket.period_day {
-            if ticket.at_ms.saturating_sub(day as u64 * DAY_MS) < PERIOD_START_GUARD_MS {
+        let (limits, usage) = self.refund_limits(ticket)?;
+        // The quota's period as the plan says now, at the decision's instant.
+        let quota = limits.iter().find_map(|l| match l.rule {
+            Rule::Quota { quota, .. } => Some(quota),
+            Rule::Bucket(_) => None,
+        });
+        if let (Some(q), Some(_)) = (quota, ticket.period_day) {
+            let (_, start_ms, _) = quota_period(&q, ticket.at_ms);
+            if ticket.at_ms.saturating_sub(start_ms) < PERIOD_START_GUARD_MS {
                 return Err(RefundError::TooLate(format!(
                     "decision {nonce} was made in the first second of its quota period, which the replicas' and the store's clocks may disagree on: it cannot be refunded"
                 )));
             }
         }
-        let (limits, usage) = self.refund_limits(ticket)?;
         let refund = Refund {
             limits,
             cost: ticket.cost,
@@ -428,7 +435,8 @@ impl<S: LimitStore> Limiter<S> {
             None => ("*/*", Default::default()),
         };
         let plan = &sp.plan;
-        let usage = self.keys.usage(&t.key_id, &plan.id);
+        let mut usage = self.keys.usage(&t.key_id, &plan.id);
+        usage.zone = plan.quota.and_then(|q| q.time_zone);
         let mut limits = Vec::with_capacity(5);
         let mut add =
             |_: LimitKind, key: String, field: Option<String>, rule: Rule| limits.push(Limit { key, field, rule });

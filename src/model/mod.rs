@@ -183,6 +183,18 @@ pub struct Quota {
     /// created (API Gateway's `offset`).
     #[serde(default)]
     pub offset: u64,
+    /// The IANA time zone whose local midnight starts its periods
+    /// (docs/semantics.md, "Local-time quotas"); `None`: UTC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<crate::localtime::Zone>,
+    /// MONTH only: the day of the month its periods start on, 1–28; 0: the
+    /// 1st.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub anchor_day: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl Quota {
@@ -201,7 +213,34 @@ impl Quota {
                 format!("must be below the limit ({}), got {}", self.limit, self.offset),
             ));
         }
+        match (self.period, self.anchor_day) {
+            (_, 0) => {}
+            (Period::Month, 1..=28) => {}
+            (Period::Month, a) => {
+                return Err(Invalid::new(
+                    "anchor_day",
+                    format!("must be 1 to 28 (a day every month has), got {a}; 0 or 1 starts months on the 1st"),
+                ))
+            }
+            (p, a) => {
+                return Err(Invalid::new(
+                    "anchor_day",
+                    format!("applies to MONTH quotas only, got {a} on a {p} quota; leave it 0"),
+                ))
+            }
+        }
         Ok(())
+    }
+
+    /// A quota in UTC starting on the 1st: decided by the scripts' own
+    /// calendar arithmetic, with no period table.
+    pub fn is_utc_plain(&self) -> bool {
+        self.time_zone.is_none() && self.anchor_day <= 1
+    }
+
+    /// Its calendar (zone, period, anchor).
+    pub fn calendar(&self) -> crate::localtime::Calendar {
+        crate::localtime::Calendar { zone: self.time_zone, period: self.period, anchor: self.anchor_day.min(28) as u8 }
     }
 }
 
@@ -604,11 +643,17 @@ mod tests {
 
     #[test]
     fn quota_validation() {
-        assert!(Quota { limit: 0, period: Period::Day, offset: 0 }.validate().is_err());
-        assert!(Quota { limit: 10, period: Period::Day, offset: 10 }.validate().is_err());
-        assert!(Quota { limit: 10, period: Period::Day, offset: 9 }.validate().is_ok());
-        assert!(Quota { limit: MAX_QUOTA_LIMIT, period: Period::Day, offset: 0 }.validate().is_ok());
-        assert!(Quota { limit: MAX_QUOTA_LIMIT + 1, period: Period::Day, offset: 0 }.validate().is_err());
+        assert!(Quota { limit: 0, period: Period::Day, offset: 0, time_zone: None, anchor_day: 0 }.validate().is_err());
+        assert!(Quota { limit: 10, period: Period::Day, offset: 10, time_zone: None, anchor_day: 0 }
+            .validate()
+            .is_err());
+        assert!(Quota { limit: 10, period: Period::Day, offset: 9, time_zone: None, anchor_day: 0 }.validate().is_ok());
+        assert!(Quota { limit: MAX_QUOTA_LIMIT, period: Period::Day, offset: 0, time_zone: None, anchor_day: 0 }
+            .validate()
+            .is_ok());
+        assert!(Quota { limit: MAX_QUOTA_LIMIT + 1, period: Period::Day, offset: 0, time_zone: None, anchor_day: 0 }
+            .validate()
+            .is_err());
     }
 
     #[test]

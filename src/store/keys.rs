@@ -90,7 +90,7 @@ impl Keys {
 
     /// Where one key's usage in one plan is counted.
     pub fn usage(&self, key_id: &str, plan_id: &str) -> UsageKeys {
-        UsageKeys { state: self.state(key_id, plan_id) }
+        UsageKeys { state: self.state(key_id, plan_id), zone: None }
     }
 
     /// The marker of one refunded decision (`nonce` in hex) of key `key_id`.

@@ -14,15 +14,17 @@ use super::bucket::{self, BucketState, Take};
 pub use super::clock::{Clock, ManualClock, SystemClock};
 use super::keys::QUOTA_FIELD;
 use super::{Check, DayUsage, LeaseOp, LimitStore, Refund, RefundOutcome, Rule, StoreError, UsageKeys, Verdict};
-use crate::calendar::{period_bounds_ms, DAY_MS};
+use crate::calendar::DAY_MS;
+use crate::localtime::{quota_period, usage_day};
 use crate::model::Quota;
 
 #[derive(Debug, Clone, Copy)]
 enum Value {
     /// A token bucket (`bucket.rs`).
     Bucket(BucketState),
-    /// Quota used in the period starting at `start_ms`.
-    Quota { start_ms: u64, used: i64 },
+    /// Quota used in the period starting on local date `start_day` (days
+    /// since 1970-01-01), as `decide.lua`'s `STARTDAY`.
+    Quota { start_day: i64, used: i64 },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -161,7 +163,6 @@ impl MemoryStore {
     pub fn decide(&self, check: &Check) -> Verdict {
         let now_us = self.clock.now_us();
         let now_ms = now_us / 1000;
-        let today = (now_ms / DAY_MS) as i64;
         let cost = check.cost;
         if let LeaseOp::Settle { .. } = check.lease {
             // (this store never leases: there is nothing to settle)
@@ -208,11 +209,11 @@ impl MemoryStore {
                     }
                 }
                 Rule::Quota { quota, created_at_ms } => {
-                    let (start, end) = period_bounds_ms(quota.period, now_ms);
+                    let (start_day, start, end) = quota_period(quota, now_ms);
                     let first = (start..end).contains(created_at_ms);
                     let eff = if first { quota.limit - quota.offset } else { quota.limit } as i64;
                     let used = match st.get(&limit.key, limit.field.as_deref(), now_us) {
-                        Some(Value::Quota { start_ms, used }) if start_ms == start => used,
+                        Some(Value::Quota { start_day: d, used }) if d == start_day => used,
                         _ => 0,
                     };
                     let reset = end - now_ms;
@@ -230,7 +231,7 @@ impl MemoryStore {
                     }
                     let rem = (eff - used - cost as i64) as u64;
                     quota_used = Some(used + cost as i64);
-                    let value = Value::Quota { start_ms: start, used: used + cost as i64 };
+                    let value = Value::Quota { start_day, used: used + cost as i64 };
                     writes.push(Write { limit, value, expires_us: end * 1000 });
                     if best.is_none() || rem < best_rem {
                         (best, best_limit, best_rem, best_reset) = (Some(i), eff as u64, rem, reset);
@@ -243,6 +244,7 @@ impl MemoryStore {
             st.put(&w.limit.key, w.limit.field.as_deref(), w.value, w.expires_us);
         }
         if let Some(u) = &check.usage {
+            let today = usage_day(u.zone, now_ms);
             let Usage { n, q } = st.usage(&u.state, today, now_us).unwrap_or(Usage { n: 0, q: None });
             st.put_usage(&u.state, today, Usage { n: n + cost as i64, q: quota_used.or(q) });
         }
@@ -266,7 +268,7 @@ impl MemoryStore {
     pub fn give_back(&self, r: &Refund) -> RefundOutcome {
         let now_us = self.clock.now_us();
         let now_ms = now_us / 1000;
-        let today = (now_ms / DAY_MS) as i64;
+        let today = usage_day(r.usage.as_ref().and_then(|u| u.zone), now_ms);
         if now_ms > r.until_ms {
             return RefundOutcome::WindowPassed;
         }
@@ -286,18 +288,18 @@ impl MemoryStore {
                     writes.push(Write { limit, value: Value::Bucket(state), expires_us });
                 }
                 Rule::Quota { quota: q, created_at_ms } => {
-                    let (start, end) = period_bounds_ms(q.period, now_ms);
-                    if r.period_day != Some((start / DAY_MS) as i64) {
+                    let (start_day, start, end) = quota_period(q, now_ms);
+                    if r.period_day != Some(start_day) {
                         return RefundOutcome::PeriodPassed;
                     }
                     let first = (start..end).contains(created_at_ms);
                     let eff = if first { q.limit - q.offset } else { q.limit } as i64;
                     let used = match prev {
-                        Some(Value::Quota { start_ms, used }) if start_ms == start => used,
+                        Some(Value::Quota { start_day: d, used }) if d == start_day => used,
                         _ => 0,
                     } - r.cost as i64;
                     quota = Some((used, (eff - used).max(0) as u64));
-                    writes.push(Write { limit, value: Value::Quota { start_ms: start, used }, expires_us: end * 1000 });
+                    writes.push(Write { limit, value: Value::Quota { start_day, used }, expires_us: end * 1000 });
                 }
             }
         }
@@ -353,13 +355,13 @@ impl LimitStore for MemoryStore {
     ) -> Result<(u64, u64), StoreError> {
         let now_us = self.now_us();
         let now_ms = now_us / 1000;
-        let (start, end) = period_bounds_ms(quota.period, now_ms);
+        let (start_day, start, end) = quota_period(quota, now_ms);
         let first = (start..end).contains(&created_at_ms);
         let eff = if first { quota.limit - quota.offset } else { quota.limit } as i64;
         let used = eff - remaining as i64;
         let mut st = self.lock();
-        st.put(&usage.state, Some(QUOTA_FIELD), Value::Quota { start_ms: start, used }, end * 1000);
-        let today = (now_ms / DAY_MS) as i64;
+        st.put(&usage.state, Some(QUOTA_FIELD), Value::Quota { start_day, used }, end * 1000);
+        let today = usage_day(quota.time_zone, now_ms);
         let n = st.usage(&usage.state, today, now_us).map_or(0, |u| u.n);
         st.put_usage(&usage.state, today, Usage { n, q: Some(used) });
         Ok((remaining, end))

@@ -15,7 +15,8 @@
 //! ([`bucket`]: its level in billionths of a token and the instant of that
 //! level), so that it admits exactly what a bucket of capacity `burst`
 //! refilled at `rate` per second, full at first use, admits. A quota is a
-//! counter per period (calendar periods in UTC, `crate::calendar`). Where
+//! counter per period (calendar periods in UTC, `crate::calendar`, or in a
+//! time zone and from an anchor day, `crate::localtime`). Where
 //! each is kept: [`keys`].
 
 pub mod bucket;
@@ -64,6 +65,10 @@ pub struct Limit {
 pub struct UsageKeys {
     /// The state hash (`Keys::state`).
     pub state: String,
+    /// The time zone of the plan's quota: its usage is counted per local
+    /// date there (docs/semantics.md, "Local-time quotas"); `None`: per UTC
+    /// date.
+    pub zone: Option<crate::localtime::Zone>,
 }
 
 /// Everything one decision needs from the store.

@@ -67,12 +67,21 @@ pub struct CreateArgs {
     /// Requests per key per quota period (with --quota-period).
     #[arg(long, value_name = "Q", requires = "quota_period")]
     pub quota_limit: Option<u64>,
-    /// DAY, WEEK (from Monday) or MONTH, in UTC (with --quota-limit).
+    /// DAY, WEEK (from Monday) or MONTH, in UTC unless --quota-time-zone
+    /// (with --quota-limit).
     #[arg(long, value_name = "DAY|WEEK|MONTH", value_parser = parse_period, requires = "quota_limit")]
     pub quota_period: Option<String>,
     /// Subtracted from the quota limit in the plan's first period.
     #[arg(long, value_name = "O", requires = "quota_limit")]
     pub quota_offset: Option<u64>,
+    /// Periods start at local midnight of this IANA time zone, e.g.
+    /// Asia/Tokyo (with --quota-limit; default UTC).
+    #[arg(long, value_name = "ZONE", requires = "quota_limit")]
+    pub quota_time_zone: Option<String>,
+    /// MONTH only: the day of the month (1-28) periods start on (with
+    /// --quota-limit; default the 1st).
+    #[arg(long, value_name = "DAY", requires = "quota_limit")]
+    pub quota_anchor_day: Option<u32>,
     /// A description.
     #[arg(long, default_value = "", hide_default_value = true)]
     pub description: String,
@@ -121,8 +130,14 @@ pub struct UpdateArgs {
     /// The new quota's offset (default 0).
     #[arg(long, value_name = "O", requires = "quota_limit")]
     pub quota_offset: Option<u64>,
+    /// The new quota's IANA time zone, e.g. Asia/Tokyo (default UTC).
+    #[arg(long, value_name = "ZONE", requires = "quota_limit")]
+    pub quota_time_zone: Option<String>,
+    /// The new MONTH quota's anchor day, 1-28 (default the 1st).
+    #[arg(long, value_name = "DAY", requires = "quota_limit")]
+    pub quota_anchor_day: Option<u32>,
     /// Remove the quota.
-    #[arg(long, conflicts_with_all = ["quota_limit", "quota_period", "quota_offset"])]
+    #[arg(long, conflicts_with_all = ["quota_limit", "quota_period", "quota_offset", "quota_time_zone", "quota_anchor_day"])]
     pub no_quota: bool,
     /// Add a stage, API/STAGE (repeatable).
     #[arg(long, value_name = "S")]
@@ -172,9 +187,21 @@ fn throttle(rate: Option<f64>, burst: Option<u64>) -> Option<pb::Throttle> {
     }
 }
 
-fn quota(limit: Option<u64>, period: Option<String>, offset: Option<u64>) -> Option<pb::Quota> {
+fn quota(
+    limit: Option<u64>,
+    period: Option<String>,
+    offset: Option<u64>,
+    time_zone: Option<String>,
+    anchor_day: Option<u32>,
+) -> Option<pb::Quota> {
     match (limit, period) {
-        (Some(limit), Some(period)) => Some(pb::Quota { limit, period, offset: offset.unwrap_or(0) }),
+        (Some(limit), Some(period)) => Some(pb::Quota {
+            limit,
+            period,
+            offset: offset.unwrap_or(0),
+            time_zone: time_zone.unwrap_or_default(),
+            anchor_day: anchor_day.unwrap_or(0),
+        }),
         _ => None,
     }
 }
@@ -191,7 +218,7 @@ async fn dispatch(opts: &AdminOpts, cmd: PlansCommand) -> Outcome {
                 name: a.name,
                 description: a.description,
                 throttle: throttle(a.rate, a.burst),
-                quota: quota(a.quota_limit, a.quota_period, a.quota_offset),
+                quota: quota(a.quota_limit, a.quota_period, a.quota_offset, a.quota_time_zone, a.quota_anchor_day),
                 api_stages: a.stage.into_iter().map(plan_stage).collect(),
                 id: a.id,
                 admission: a.admission as i32,
@@ -245,7 +272,7 @@ async fn dispatch(opts: &AdminOpts, cmd: PlansCommand) -> Outcome {
                 description: a.description,
                 throttle: throttle(a.rate, a.burst),
                 clear_throttle: a.no_throttle,
-                quota: quota(a.quota_limit, a.quota_period, a.quota_offset),
+                quota: quota(a.quota_limit, a.quota_period, a.quota_offset, a.quota_time_zone, a.quota_anchor_day),
                 clear_quota: a.no_quota,
                 add_stages: a.add_stage.into_iter().map(plan_stage).collect(),
                 remove_stages: a.remove_stage,
@@ -272,11 +299,18 @@ async fn dispatch(opts: &AdminOpts, cmd: PlansCommand) -> Outcome {
 }
 
 fn quota_text(q: Option<&pb::Quota>) -> String {
-    match q {
-        Some(q) if q.offset > 0 => format!("{} per {} (offset {})", q.limit, q.period, q.offset),
-        Some(q) => format!("{} per {}", q.limit, q.period),
-        None => "-".into(),
+    let Some(q) = q else { return "-".into() };
+    let mut out = format!("{} per {}", q.limit, q.period);
+    if q.anchor_day > 1 {
+        out.push_str(&format!(" from day {}", q.anchor_day));
     }
+    if !q.time_zone.is_empty() {
+        out.push_str(&format!(" in {}", q.time_zone));
+    }
+    if q.offset > 0 {
+        out.push_str(&format!(" (offset {})", q.offset));
+    }
+    out
 }
 
 fn print_plan(opts: &AdminOpts, p: &pb::UsagePlan) {

@@ -34,10 +34,11 @@ pub enum UsageCommand {
 pub struct GetArgs {
     /// The plan's id.
     pub plan_id: String,
-    /// The first day, YYYY-MM-DD (UTC).
+    /// The first day, YYYY-MM-DD (UTC, or the plan's quota's time zone).
     #[arg(long, value_name = "YYYY-MM-DD")]
     pub start: String,
-    /// The last day, YYYY-MM-DD (UTC), inclusive.
+    /// The last day, YYYY-MM-DD (UTC, or the plan's quota's time zone),
+    /// inclusive.
     #[arg(long, value_name = "YYYY-MM-DD")]
     pub end: String,
     /// Only this key.
@@ -146,7 +147,8 @@ async fn get(opts: &AdminOpts, a: GetArgs) -> Outcome {
         let bytes = w.into_inner().map_err(|e| Failure::Message(format!("cannot write CSV: {e}")))?;
         crate::cli::emit(&String::from_utf8_lossy(&bytes));
     } else {
-        let mut out = format!("usage plan {}, {} to {} (UTC)\n", u.usage_plan_id, u.start_date, u.end_date);
+        let zone = if u.time_zone.is_empty() { "UTC" } else { u.time_zone.as_str() };
+        let mut out = format!("usage plan {}, {} to {} ({zone})\n", u.usage_plan_id, u.start_date, u.end_date);
         if keys.is_empty() {
             out.push_str("no keys\n");
         } else {

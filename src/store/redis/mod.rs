@@ -410,7 +410,17 @@ impl LimitStore for RedisStore {
         let mut inv = SET_REMAINING.prepare_invoke();
         inv.key(&usage.state);
         inv.arg(self.settings.clock_arg());
-        inv.arg(quota.limit).arg(quota.offset).arg(created_at_ms).arg(quota.period.code()).arg(remaining);
+        inv.arg(quota.limit).arg(quota.offset).arg(created_at_ms);
+        if quota.is_utc_plain() {
+            inv.arg(quota.period.code());
+        } else {
+            let clock = self.settings.clock_arg();
+            inv.arg(quota.calendar().cached_table(replica_now_ms(&clock)).code.as_str());
+        }
+        inv.arg(remaining);
+        if let Some(z) = quota.time_zone {
+            inv.arg(crate::localtime::day_table(z, replica_now_ms(&self.settings.clock_arg()) as u64).code.as_str());
+        }
         let r: Result<(u64, u64), redis::RedisError> = match self.link.conn().await? {
             Conn::Node { mut conn, .. } => inv.invoke_async(&mut conn).await,
             Conn::Cluster(mut conn) => inv.invoke_async(&mut conn).await,
@@ -795,12 +805,15 @@ pub(crate) fn decide_cmd<'a>(subs: &[Sub<'a>], clock: &str) -> redis::Cmd {
             keys.len()
         })
     };
-    // Each rule once: its kind and three numbers.
+    // Each rule once: its kind and three numbers. (A local-time quota's
+    // kind is its period table around this replica's clock.)
+    let now_ms = std::cell::OnceCell::new();
+    let now = || *now_ms.get_or_init(|| replica_now_ms(clock));
     let mut rules: Vec<RuleArgs> = Vec::with_capacity(4);
     let mut rule_index: HashMap<RuleArgs, usize> = HashMap::with_capacity(4);
     let mut rule = |r: &Rule| -> usize {
-        let args = rule_args(r);
-        *rule_index.entry(args).or_insert_with(|| {
+        let args = rule_args(r, now);
+        *rule_index.entry(args.clone()).or_insert_with(|| {
             rules.push(args);
             rules.len()
         })
@@ -822,7 +835,7 @@ pub(crate) fn decide_cmd<'a>(subs: &[Sub<'a>], clock: &str) -> redis::Cmd {
     }
     cmd.arg(clock).arg(subs.len()).arg(rules.len());
     for (kind, a, b, c) in &rules {
-        cmd.arg(*kind).arg(*a).arg(*b).arg(*c);
+        cmd.arg(kind.as_str()).arg(*a).arg(*b).arg(*c);
     }
     for ((c, (limits, usage)), marker) in subs.iter().zip(&named).zip(&markers) {
         let op = match (c.op, usage.is_some()) {
@@ -837,9 +850,17 @@ pub(crate) fn decide_cmd<'a>(subs: &[Sub<'a>], clock: &str) -> redis::Cmd {
             (Op::Dry, _) => "D",
             (Op::Refund, _) => "R",
         };
-        cmd.arg(c.cost).arg(op).arg(c.limits.len());
+        // usage counted by local days: "Z" after the op, and the day table
+        let zone = c.usage.and_then(|u| u.zone).filter(|_| usage.is_some());
+        match zone {
+            Some(_) => cmd.arg(c.cost).arg(format!("{op}Z")).arg(c.limits.len()),
+            None => cmd.arg(c.cost).arg(op).arg(c.limits.len()),
+        };
         if let Some(state) = usage {
             cmd.arg(*state);
+        }
+        if let Some(z) = zone {
+            cmd.arg(crate::localtime::day_table(z, now() as u64).code.as_str());
         }
         match c.op {
             Op::Lease(ask) => {
@@ -865,14 +886,57 @@ pub(crate) fn decide_cmd<'a>(subs: &[Sub<'a>], clock: &str) -> redis::Cmd {
 type Named = (Vec<(usize, usize)>, Option<usize>);
 
 /// A rule as `decide.lua` reads it: its kind and three numbers.
-type RuleArgs = (&'static str, u64, u64, u64);
+type RuleArgs = (RuleKind, u64, u64, u64);
 
-fn rule_args(r: &Rule) -> RuleArgs {
-    match r {
-        Rule::Bucket(t) => ("B", t.rate_milli(), u64::from(t.burst_limit), 0),
-        Rule::Quota { quota, created_at_ms } => (quota.period.code(), quota.limit, quota.offset, *created_at_ms),
+/// A rule's kind: a fixed code, or a local-time quota's period table.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum RuleKind {
+    Code(&'static str),
+    Table(Arc<crate::localtime::PeriodTable>),
+}
+
+impl RuleKind {
+    fn as_str(&self) -> &str {
+        match self {
+            RuleKind::Code(c) => c,
+            RuleKind::Table(t) => &t.code,
+        }
     }
 }
+
+/// `now_ms`: the replica's clock, asked only for a local-time quota.
+fn rule_args(r: &Rule, now_ms: impl FnOnce() -> i64) -> RuleArgs {
+    match r {
+        Rule::Bucket(t) => (RuleKind::Code("B"), t.rate_milli(), u64::from(t.burst_limit), 0),
+        Rule::Quota { quota, created_at_ms } if quota.is_utc_plain() => {
+            (RuleKind::Code(quota.period.code()), quota.limit, quota.offset, *created_at_ms)
+        }
+        Rule::Quota { quota, created_at_ms } => {
+            let table = quota.calendar().cached_table(now_ms());
+            (RuleKind::Table(table), quota.limit, quota.offset, *created_at_ms)
+        }
+    }
+}
+
+/// The replica's clock in ms, around which local-time period tables are
+/// computed: the scripts' test clock when there is one (`clock.lua`), else
+/// the system clock.
+fn replica_now_ms(clock: &str) -> i64 {
+    let now = match clock.parse::<i64>() {
+        Ok(us) => us.div_euclid(1000),
+        Err(_) => crate::model::now_ms().min(i64::MAX as u64) as i64,
+    };
+    #[cfg(feature = "test-clock")]
+    let now = now + REPLICA_SKEW_MS.load(Ordering::Relaxed);
+    now
+}
+
+/// Test-clock builds only: how far this process's replica clock is from the
+/// scripts' clock, in ms, so that tests can show that Redis's clock decides
+/// local-time periods (and what a replica a whole period off gets). One per
+/// process: nextest runs each test in a process of its own.
+#[cfg(feature = "test-clock")]
+pub static REPLICA_SKEW_MS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
 
 /// Decides `checks`: one script call on one node, or the cluster protocol.
 async fn run_batch(
@@ -1047,11 +1111,14 @@ mod tests {
                 Limit {
                     key: "tg:{k:a}:s:p".into(),
                     field: Some("q".into()),
-                    rule: Rule::Quota { quota: Quota { limit: 9, period: Period::Day, offset: 0 }, created_at_ms: 7 },
+                    rule: Rule::Quota {
+                        quota: Quota { limit: 9, period: Period::Day, offset: 0, time_zone: None, anchor_day: 0 },
+                        created_at_ms: 7,
+                    },
                 },
             ],
             cost: 3,
-            usage: Some(UsageKeys { state: "tg:{k:a}:s:p".into() }),
+            usage: Some(UsageKeys { state: "tg:{k:a}:s:p".into(), zone: None }),
             usage_day: 20_001,
             period_day: Some(20_000),
             until_ms: 123,

@@ -31,21 +31,25 @@
 --   [3] number of rules, then four values per rule: its kind and three
 --     numbers: "B" (a bucket): rate in thousandths of a request per second,
 --     burst, 0; "D", "W", "M" (a quota of that period): limit, offset, plan
---     creation time in ms. (A batch's requests share a few rules: each is
---     sent and read once.)
+--     creation time in ms; "Z:..." (a quota in a time zone or with an
+--     anchor day: its period table, calendar.lua): the same three numbers.
+--     (A batch's requests share a few rules: each is sent and read once.)
 --   then per request: cost, what to do: "T" take (check all limits, consume
 --   only if all pass), "L" take and lease (below), "S" settle a lease
 --   (below), "D" dry (check only: Redis Cluster asks this to name the right
 --   reason of a denial), "R" refund (give `cost` back to every bucket, after
 --   a take that a later step undid; quotas are never refunded), each with
---   "U" appended when the request counts usage, then the number of limits,
---   then with "U" the index (in KEYS) of the state hash that counts it, then
+--   "U" appended when the request counts usage (and then "Z" when it counts
+--   it by local days), then the number of limits, then with "U" the index
+--   (in KEYS) of the state hash that counts it, with "Z" its local day table
+--   (calendar.lua, "Local-time periods"), then
 --   for "L" the tokens asked, for "S" the tokens leased and the lease's
 --   slot, then per limit three values: key index, field (in the state hash;
 --   '' for a string key), rule index.
 --   "F" give back (a refund of an earlier decision, docs/semantics.md
---   "Refunds"; below): with "U" when the decision counted usage; after the
---   usage index: the index of the refund's marker key, the refund window's
+--   "Refunds"; below): with "U" when the decision counted usage (and "Z"
+--   by local days, as above); after the usage index (and day table): the
+--   index of the refund's marker key, the refund window's
 --   end (ms), the start day of the decision's quota period (-1: none) and
 --   the day whose usage counted it; then the limits as above.
 -- Returns a flat array of nine values per request:
@@ -163,7 +167,7 @@ local function quota_period(rule)
   local p = period(rule[1])
   local eff = limit
   if created >= p[1] and created < p[2] then eff = limit - offset end
-  return p[1] / DAY_MS, p[2], eff
+  return p[4], p[2], eff
 end
 
 -- A quota's value: used in the current period (with lapsed leases charged)
@@ -178,7 +182,7 @@ end
 
 -- Decides one request; returns its nine values and its writes (none when
 -- denied or `dry`). `ask`: the tokens to lease besides (0: none).
-local function decide(cost, limits, usage, dry, ask)
+local function decide(cost, limits, usage, dry, ask, uday)
   local best, best_limit, best_rem, best_reset = 0, 0, 0, 0
   local writes = {}
   local quota_used = nil
@@ -255,7 +259,7 @@ local function decide(cost, limits, usage, dry, ask)
   for i = 1, #limits do
     keep_slots(writes[i][3], olds[i], grant)
   end
-  if usage then usage_writes(writes, usage, cost, quota_used) end
+  if usage then usage_writes(writes, usage, cost, quota_used, local_day(uday)) end
   local slot = slot_now + 2
   if grant == 0 then valid, slot = 0, 0 end
   return { 1, best, best_limit, best_rem, best_reset, -1, grant, slot, valid }, writes
@@ -265,7 +269,7 @@ end
 -- used: takes it out of its slot and charges the used tokens now. A lease
 -- whose slot has ended lapsed: it was charged in full already (only its use
 -- is counted, in the usage).
-local function settle(used, leased, slot, limits, usage)
+local function settle(used, leased, slot, limits, usage, uday)
   local writes = {}
   local quota_used = nil
   local lapsed = 0
@@ -301,14 +305,16 @@ local function settle(used, leased, slot, limits, usage)
       end
     end
   end
-  if usage then usage_writes(writes, usage, used, quota_used) end
+  if usage then usage_writes(writes, usage, used, quota_used, local_day(uday)) end
   return { 1, 0, 0, 0, 0, -1, 0, lapsed, 0 }, writes
 end
 
 -- The writes that take `cost` off the usage of day `day` of state hash `k`
 -- (never below 0) and, with `q` (the quota used after a refund), record `q`
--- in today's usage, as a change of today.
-local function usage_give(writes, k, day, cost, q)
+-- in today's usage, as a change of today (`t`: today's local date of a plan
+-- in a time zone, else the UTC date, as for usage_writes).
+local function usage_give(writes, k, day, cost, q, t)
+  local today = t or today
   local function less(x) if x > cost then return x - cost end return 0 end
   local u = get(k, 'u')
   local uday, n, oq = nil, 0, nil
@@ -327,7 +333,7 @@ local function usage_give(writes, k, day, cost, q)
   if h then
     writes[#writes + 1] = { k, 'h' .. ymd(day), { less(h[1]), h[2] }, (day + USAGE_DAYS) * DAY_MS }
   end
-  if q ~= nil then usage_writes(writes, k, 0, q) end
+  if q ~= nil then usage_writes(writes, k, 0, q, t) end
 end
 
 -- Gives `cost` back to every limit of an earlier decision, once
@@ -339,7 +345,7 @@ end
 -- bucket's level goes down by the cost (never below full), the quota's
 -- used too, and the decision day's usage. Everything is read before the
 -- marker is set: a malformed value fails the refund before it counts.
-local function give_back(cost, limits, usage, g)
+local function give_back(cost, limits, usage, g, uday)
   if now_ms > g.until_ms then return { 0, 0, 3, 0, 0, -1, 0, 0, 0 }, nil end
   local quota_used, rem, has = nil, 0, 0
   local qwrites = {}
@@ -363,7 +369,7 @@ local function give_back(cost, limits, usage, g)
   end
   local _, writes = refund(cost, limits)
   for _, w in ipairs(qwrites) do writes[#writes + 1] = w end
-  if usage then usage_give(writes, usage, g.day, cost, quota_used) end
+  if usage then usage_give(writes, usage, g.day, cost, quota_used, local_day(uday)) end
   local ttl = string.format('%.0f', g.until_ms - now_ms + 1 + TTL_SLACK_MS)
   if not redis.call('SET', KEYS[g.m], '1', 'NX', 'PX', ttl) then
     return { 0, 0, 2, 0, 0, -1, 0, 0, 0 }, nil
@@ -387,6 +393,11 @@ for r = 1, n_requests do
     wants_field(usage, 'u')
     a = a + 1
   end
+  local uday = nil -- 'Z' third: usage counted by a local day table
+  if usage and string.byte(op, 3) == 90 then
+    uday = ARGV[a]
+    a = a + 1
+  end
   local x, y = 0, 0
   local o = string.sub(op, 1, 1)
   if o == 'L' then
@@ -406,7 +417,7 @@ for r = 1, n_requests do
     if f == '' then wants_string(k) else wants_field(k, f) end
     a = a + 3
   end
-  reqs[r] = { cost, o, limits, usage, x, y }
+  reqs[r] = { cost, o, limits, usage, x, y, uday }
 end
 load_all()
 
@@ -417,11 +428,11 @@ for r = 1, n_requests do
   if q[2] == 'R' then
     ok, res, writes = pcall(refund, q[1], q[3])
   elseif q[2] == 'S' then
-    ok, res, writes = pcall(settle, q[1], q[5], q[6], q[3], q[4])
+    ok, res, writes = pcall(settle, q[1], q[5], q[6], q[3], q[4], q[7])
   elseif q[2] == 'F' then
-    ok, res, writes = pcall(give_back, q[1], q[3], q[4], q[5])
+    ok, res, writes = pcall(give_back, q[1], q[3], q[4], q[5], q[7])
   else
-    ok, res, writes = pcall(decide, q[1], q[3], q[4], q[2] == 'D', q[5])
+    ok, res, writes = pcall(decide, q[1], q[3], q[4], q[2] == 'D', q[5], q[7])
   end
   if ok then
     if writes then apply_all(writes) end

@@ -7,7 +7,8 @@
 --
 -- KEYS[1] the state hash of the key in the plan (state.lua)
 -- ARGV: [1] the clock (clock.lua), limit, offset, plan creation time in ms,
--- period code (D/W/M), remaining
+-- period code (D/W/M, or a local-time period table 'Z:...': calendar.lua),
+-- remaining, and for a plan in a time zone its local day table
 -- Returns {remaining, period end in ms}.
 
 -- @clock (clock.lua is inserted here: now_us, now_ms, today, TTL_SLACK_MS, expire_at)
@@ -19,6 +20,7 @@ local offset = tonumber(ARGV[3])
 local created = tonumber(ARGV[4])
 local p = period(ARGV[5])
 local remaining = tonumber(ARGV[6])
+local uday = local_day(ARGV[7])
 local eff = limit
 if created >= p[1] and created < p[2] then eff = limit - offset end
 local used = eff - remaining
@@ -27,14 +29,15 @@ wants_field(1, 'u')
 load_all()
 -- leases outstanding in this period stay outstanding (their settles charge
 -- what they used on top of the value set here)
-local q = { p[1] / DAY_MS, used }
+local q = { p[4], used }
 local ok_old, old = pcall(get, 1, 'q')
 if ok_old and old and not old[3] and old[1] == q[1] then keep_slots(q, old, 0) end
 local writes = { { 1, 'q', q, p[2] } }
 -- a malformed usage record is replaced rather than failing the update
-local ok = pcall(usage_writes, writes, 1, 0, used)
+local ok = pcall(usage_writes, writes, 1, 0, used, uday)
 if not ok then
-  writes[2] = { 1, 'u', { today, 0, used }, (today + USAGE_DAYS) * DAY_MS }
+  local d = uday or today
+  writes[2] = { 1, 'u', { d, 0, used }, (d + USAGE_DAYS) * DAY_MS }
 end
 apply_all(writes)
 flush()

@@ -184,9 +184,11 @@ local function fmt(v)
 end
 
 -- The writes that count `add` more units (and, when `q` is given, the quota
--- used) in today's usage of state hash `k`. A record of an earlier day moves
+-- used) in today's usage of state hash `k` (`t`: today's local date of a
+-- plan in a time zone, else the UTC date). A record of an earlier day moves
 -- to its own field first.
-local function usage_writes(writes, k, add, q)
+local function usage_writes(writes, k, add, q, t)
+  local today = t or today
   local u = get(k, 'u')
   local day, n, oq = nil, 0, nil
   if u then day, n, oq = u[1], u[2], u[3] end
