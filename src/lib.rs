@@ -26,13 +26,15 @@
 //! - [`store`]: limit storage ([`store::LimitStore`]), with `keys.rs`
 //!   naming every key and `redis/scripts/*.lua`.
 //! - [`calendar`]: UTC quota periods.
-//! - [`audit`]: the audit trail of Admin changes.
+//! - [`audit`]: the audit trail of Admin changes; [`alerts`]: quota alert
+//!   events and their webhook; [`ring`]: the capped, paged log both keep.
 //! - [`api`]: gRPC services; [`server`]: wiring, `run(listener, settings, shutdown)`.
 //! - [`tls`]: TLS and mTLS on every listener, certificates reloaded when
 //!   their files change.
 //! - [`config`]: the settings struct; [`cli`]: the command line; [`telemetry`]:
 //!   logs, traces (OTLP) and metrics.
 
+pub mod alerts;
 pub mod api;
 pub mod audit;
 pub mod calendar;
@@ -41,6 +43,7 @@ pub mod cli;
 pub mod config;
 pub mod limiter;
 pub mod model;
+pub mod ring;
 pub mod server;
 pub mod store;
 pub mod telemetry;
