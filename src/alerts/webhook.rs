@@ -55,8 +55,10 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
 pub const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the task looks for new events when there were none.
 pub const POLL: Duration = Duration::from_millis(250);
-/// Events read at once.
-const BATCH: usize = 16;
+/// Events taken at once: one, so that a replica holds (in the group's
+/// pending list) only the event it is delivering, and the others stay for
+/// the other replicas.
+const BATCH: usize = 1;
 
 type HttpClient = Client<hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>, Full<Bytes>>;
 
@@ -198,8 +200,9 @@ impl Webhook {
     }
 
     /// Delivers `e`, trying again (1 s doubling to 60 s) until it is
-    /// accepted. `still_mine` runs before each retry (Redis: keep the
-    /// event from being taken over while this replica is alive).
+    /// accepted. `still_mine` runs after a failed attempt and every half
+    /// claim-after time while waiting (Redis: keeps the event from being
+    /// taken over while this replica is alive).
     async fn deliver<F, Fut>(&self, e: &AlertEvent, mut still_mine: F)
     where
         F: FnMut() -> Fut,
@@ -218,8 +221,13 @@ impl Webhook {
                     tracing::warn!(event_id = %e.id, error = %why, retry_in = ?wait, "a quota alert webhook delivery failed; trying again");
                 }
             }
-            tokio::time::sleep(wait).await;
             still_mine().await;
+            let until = tokio::time::Instant::now() + wait;
+            while tokio::time::Instant::now() < until {
+                let slice = (self.claim_after / 2).max(Duration::from_millis(100));
+                tokio::time::sleep_until(until.min(tokio::time::Instant::now() + slice)).await;
+                still_mine().await;
+            }
             wait = (wait * 2).min(self.backoff.1);
         }
     }
