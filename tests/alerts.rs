@@ -19,6 +19,7 @@ use tollgate::api::pb;
 use tollgate::model::{Period, Quota};
 use tollgate::store::keys::Keys;
 use tollgate::store::memory::{Clock, ManualClock, MemoryStore};
+use tollgate::store::redis::target::{Mode, Target};
 use tollgate::store::redis::{RedisSettings, RedisStore, TestClock};
 use tollgate::store::{Check, LeaseOp, Limit, LimitStore, Rule, Store};
 
@@ -73,6 +74,12 @@ async fn all_events(store: &Store) -> Vec<AlertEvent> {
 /// 85 %. Exactly one event per key and threshold reached, none for 100 % on
 /// key1 and key2, and every request admitted.
 async fn crossings_under_load(stores: &[Store]) -> Vec<AlertEvent> {
+    crossings_under_load_with(stores, Duration::ZERO).await
+}
+
+/// [`crossings_under_load`], waiting up to `settle` for the events to be
+/// appended (a cluster's replica appends them after the decision).
+async fn crossings_under_load_with(stores: &[Store], settle: Duration) -> Vec<AlertEvent> {
     let limits = [256u64, 300, 300];
     let thresholds = [10, 50, 80, 100];
     let mut tasks = Vec::new();
@@ -97,7 +104,12 @@ async fn crossings_under_load(stores: &[Store]) -> Vec<AlertEvent> {
         allowed += t.await.unwrap();
     }
     assert_eq!(allowed, 768, "every request is within its quota");
-    let events = all_events(&stores[0]).await;
+    let deadline = Instant::now() + settle;
+    let mut events = all_events(&stores[0]).await;
+    while events.len() < 10 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        events = all_events(&stores[0]).await;
+    }
     let mut want = BTreeMap::new();
     for k in 0..3 {
         for t in [10, 50, 80] {
@@ -150,6 +162,31 @@ async fn one_event_per_crossing_with_three_replicas_on_redis() {
     );
 }
 
+/// On a Redis Cluster the stream is in another slot than the keys: the
+/// script marks the bit and answers the crossing, the replica appends the
+/// event right after. Still one per key and threshold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_event_per_crossing_with_three_replicas_on_a_cluster() {
+    let cluster = support::redis::RedisCluster::start(3);
+    let urls = cluster.urls().join(",");
+    let mut stores = Vec::new();
+    for _ in 0..3 {
+        let target = Target::new(Mode::Cluster, &urls, None, None).unwrap();
+        let mut settings = RedisSettings::with_target(target);
+        settings.timeout = Duration::from_secs(2);
+        let s = RedisStore::open(settings).expect("open");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !s.is_ready() {
+            assert!(Instant::now() < deadline, "the cluster never ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        stores.push(Store::Redis(Arc::new(s)));
+    }
+    // (the events are appended on tasks of their own, right after the calls)
+    let events = crossings_under_load_with(&stores, Duration::from_secs(10)).await;
+    assert_eq!(events.len(), 10);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_event_per_crossing_in_memory() {
     let store = Store::Memory(Arc::new(MemoryStore::new()));
@@ -171,6 +208,36 @@ async fn a_plan_without_alerts_records_nothing() {
         }
         assert!(all_events(s).await.is_empty());
     }
+}
+
+/// Leased admission: tokens leased and then used count when the lease is
+/// settled; a crossing at the settle fires like any other.
+#[tokio::test]
+async fn a_crossing_at_a_lease_settle_fires_once() {
+    let server = RedisServer::start();
+    let redis = RedisStore::open(RedisSettings::new(&server.url())).expect("open");
+    ready(&redis, &server).await;
+    let store = Store::Redis(Arc::new(redis));
+    let base = check("k", "p", 40, &[50, 100]);
+    // A take that leases 8 more tokens (a quarter of the 39 left, at most 8).
+    let ask = Check { lease: LeaseOp::Ask(8), ..base.clone() };
+    let v = store.check(ask).await.unwrap();
+    let grant = v.grant.expect("a lease");
+    assert!(all_events(&store).await.is_empty(), "1 of 40 used");
+    // 19 more are charged one by one (20 of 40 would be 50 %, but the
+    // leased tokens are not used yet)...
+    for _ in 0..18 {
+        assert!(store.check(base.clone()).await.unwrap().allowed);
+    }
+    assert!(all_events(&store).await.is_empty(), "19 of 40 used");
+    // ...then the lease is settled with all its tokens used: 27 of 40.
+    let settle = Check { cost: grant.tokens, lease: LeaseOp::Settle { leased: grant.tokens, slot: grant.slot }, ..base.clone() };
+    store.check(settle).await.unwrap();
+    let events = all_events(&store).await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!((events[0].threshold, events[0].used), (50, 19 + grant.tokens));
+    assert!(store.check(base.clone()).await.unwrap().allowed);
+    assert_eq!(all_events(&store).await.len(), 1, "50 % fired once");
 }
 
 /// A clock shared with the test.
