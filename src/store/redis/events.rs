@@ -40,7 +40,7 @@ pub(crate) fn crossed(values: &mut Vec<redis::Value>, n: usize) -> redis::RedisR
     let tail = values.split_off(n);
     let bad =
         |what: String| redis::RedisError::from((redis::ErrorKind::Parse, "decide.lua: a bad alert crossing", what));
-    if tail.len() % 7 != 0 {
+    if !tail.len().is_multiple_of(7) {
         return Err(bad(format!("{} values after the answers", tail.len())));
     }
     let int = |v: &redis::Value| match v {
