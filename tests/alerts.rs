@@ -231,7 +231,8 @@ async fn a_crossing_at_a_lease_settle_fires_once() {
     }
     assert!(all_events(&store).await.is_empty(), "19 of 40 used");
     // ...then the lease is settled with all its tokens used: 27 of 40.
-    let settle = Check { cost: grant.tokens, lease: LeaseOp::Settle { leased: grant.tokens, slot: grant.slot }, ..base.clone() };
+    let settle =
+        Check { cost: grant.tokens, lease: LeaseOp::Settle { leased: grant.tokens, slot: grant.slot }, ..base.clone() };
     store.check(settle).await.unwrap();
     let events = all_events(&store).await;
     assert_eq!(events.len(), 1, "{events:?}");
