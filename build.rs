@@ -51,6 +51,8 @@ const JSON_MESSAGES: &[&str] = &[
     "AuditChange",
     "AuditRecord",
     "ListAuditRecordsResponse",
+    "Event",
+    "ListEventsResponse",
 ];
 
 /// Messages that are query strings (`?page_size=10&page_token=...`).
@@ -62,6 +64,7 @@ const QUERY_MESSAGES: &[&str] = &[
     "GetUsageRequest",
     "ImportApiKeysRequest",
     "ListAuditRecordsRequest",
+    "ListEventsRequest",
 ];
 
 /// Fields the HTTP API takes from the URL path (`PATCH /v1/keys/{id}`) or, for
