@@ -288,6 +288,55 @@ async fn a_new_period_fires_again_on_redis() {
     new_period(&Store::Redis(Arc::new(redis)), &clock).await;
 }
 
+/// In a time zone (Asia/Tokyo, UTC+9): the period, and so the event's
+/// `period_start_ms`, starts at local midnight (15:00 UTC the day before),
+/// and a new local day fires again although the UTC date is the same.
+async fn new_local_period(store: &Store, clock: &ManualClock) {
+    let zone = Some(tollgate::localtime::Zone::parse("Asia/Tokyo").expect("a zone"));
+    let mut c = check("z", "p", 4, &[50]);
+    c.usage.as_mut().unwrap().zone = zone;
+    if let Rule::Quota { quota, .. } = &mut c.limits[0].rule {
+        quota.time_zone = zone;
+    }
+    const HOUR_MS: u64 = 3_600_000;
+    // 01:00 UTC on day 20,000 = 10:00 in Tokyo: the local day began at
+    // 15:00 UTC on day 19,999.
+    clock.set_us(20_000 * DAY_US + 3_600_000_000);
+    for _ in 0..2 {
+        assert!(store.check(c.clone()).await.unwrap().allowed);
+    }
+    let events = all_events(store).await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    let local_midnight = 20_000 * 86_400_000 - 9 * HOUR_MS;
+    assert_eq!((events[0].period_start_ms, events[0].period_end_ms), (local_midnight, local_midnight + 24 * HOUR_MS));
+    // 16:00 UTC on the same UTC date = 01:00 the next day in Tokyo.
+    clock.set_us(20_000 * DAY_US + 16 * 3_600_000_000);
+    for _ in 0..2 {
+        assert!(store.check(c.clone()).await.unwrap().allowed);
+    }
+    let events = all_events(store).await;
+    assert_eq!(events.len(), 2, "a new local day fires again: {events:?}");
+    assert_eq!(events[1].period_start_ms, local_midnight + 24 * HOUR_MS);
+}
+
+#[tokio::test]
+async fn a_new_local_period_fires_again_in_memory() {
+    let clock = Arc::new(ManualClock::new(0));
+    let store = Store::Memory(Arc::new(MemoryStore::with_clock(Shared(clock.clone()))));
+    new_local_period(&store, &clock).await;
+}
+
+#[tokio::test]
+async fn a_new_local_period_fires_again_on_redis() {
+    let server = RedisServer::start();
+    let clock = Arc::new(ManualClock::new(0));
+    let mut s = RedisSettings::new(&server.url());
+    s.clock = Some(TestClock(clock.clone()));
+    let redis = RedisStore::open(s).expect("open");
+    ready(&redis, &server).await;
+    new_local_period(&Store::Redis(Arc::new(redis)), &clock).await;
+}
+
 // ---- through the server: Admin, HTTP, CLI ----
 
 const READ: &str = "read-token-0123456789abcdef";
