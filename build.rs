@@ -53,6 +53,8 @@ const JSON_MESSAGES: &[&str] = &[
     "AuditChange",
     "AuditRecord",
     "ListAuditRecordsResponse",
+    "Event",
+    "ListEventsResponse",
 ];
 
 /// Messages that are query strings (`?page_size=10&page_token=...`).
@@ -64,6 +66,7 @@ const QUERY_MESSAGES: &[&str] = &[
     "GetUsageRequest",
     "ImportApiKeysRequest",
     "ListAuditRecordsRequest",
+    "ListEventsRequest",
 ];
 
 /// Fields the HTTP API takes from the URL path (`PATCH /v1/keys/{id}`) or, for

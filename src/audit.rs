@@ -94,6 +94,18 @@ pub struct AuditRecord {
     pub changes: Vec<FieldChange>,
 }
 
+impl crate::ring::Stamped for AuditRecord {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn set_id(&mut self, id: String) {
+        self.id = id;
+    }
+    fn time_ms(&self) -> u64 {
+        self.time_ms
+    }
+}
+
 impl AuditRecord {
     /// An empty record of `caller` at `now_ms`.
     pub fn of(caller: &Caller, now_ms: u64) -> Self {

@@ -270,6 +270,30 @@ pub struct Settings {
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub audit_max_records: usize,
 
+    /// About how many quota alert events are kept (oldest dropped first):
+    /// in Redis, the stream `{cat}:events` (`XADD MAXLEN ~`); in memory, a
+    /// ring. docs/semantics.md, "Quota alerts".
+    #[arg(long, env = "TOLLGATE_EVENTS_MAX", default_value_t = crate::alerts::DEFAULT_MAX_EVENTS,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub events_max: usize,
+
+    /// Deliver every quota alert event to this URL (http:// or https://) as
+    /// a signed JSON POST, at least once, off the decision's path
+    /// (docs/operations.md, "Webhooks"). Needs --webhook-secret.
+    #[arg(long, env = "TOLLGATE_WEBHOOK_URL", requires = "webhook_secret")]
+    pub webhook_url: Option<String>,
+
+    /// The secret the webhook signs each body with (HMAC-SHA256, header
+    /// `X-Tollgate-Signature: t=UNIX_SECONDS,v1=HEX`).
+    #[arg(long, env = "TOLLGATE_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+
+    /// With Redis: seconds an event may stay undelivered by the replica that
+    /// took it (one that died) before another replica takes it over.
+    #[arg(long, env = "TOLLGATE_WEBHOOK_CLAIM_AFTER_SECS", default_value_t = crate::alerts::webhook::DEFAULT_CLAIM_AFTER_SECS,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub webhook_claim_after_secs: u64,
+
     /// Address of the Admin service (with health and reflection), apart from
     /// the data plane; loopback by default, so the network gateways reach
     /// never serves Admin. The --listen address serves Admin on the
@@ -424,6 +448,10 @@ impl Settings {
             admin_token_file: None,
             admin_tokens_file: None,
             audit_max_records: crate::audit::DEFAULT_MAX_RECORDS,
+            events_max: crate::alerts::DEFAULT_MAX_EVENTS,
+            webhook_url: None,
+            webhook_secret: None,
+            webhook_claim_after_secs: crate::alerts::webhook::DEFAULT_CLAIM_AFTER_SECS,
             admin_listen: AdminListen::Addr(SocketAddr::from(([127, 0, 0, 1], 0))),
             reflection: true,
             max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,

@@ -27,13 +27,15 @@
 //!   naming every key and `redis/scripts/*.lua`.
 //! - [`calendar`]: UTC quota periods; [`localtime`]: periods in a time zone
 //!   or from an anchor day.
-//! - [`audit`]: the audit trail of Admin changes.
+//! - [`audit`]: the audit trail of Admin changes; [`alerts`]: quota alert
+//!   events and their webhook; [`ring`]: the capped, paged log both keep.
 //! - [`api`]: gRPC services; [`server`]: wiring, `run(listener, settings, shutdown)`.
 //! - [`tls`]: TLS and mTLS on every listener, certificates reloaded when
 //!   their files change.
 //! - [`config`]: the settings struct; [`cli`]: the command line; [`telemetry`]:
 //!   logs, traces (OTLP) and metrics.
 
+pub mod alerts;
 pub mod api;
 pub mod audit;
 pub mod calendar;
@@ -43,6 +45,7 @@ pub mod config;
 pub mod limiter;
 pub mod localtime;
 pub mod model;
+pub mod ring;
 pub mod server;
 pub mod store;
 pub mod telemetry;

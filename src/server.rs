@@ -70,13 +70,21 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Builds the store the settings ask for.
 pub fn open_store(settings: &Settings) -> Result<Store, BoxError> {
     Ok(match &settings.redis_url {
-        None => Store::Memory(Arc::new(MemoryStore::new())),
+        None => {
+            let m = MemoryStore::new();
+            m.events.set_max(settings.events_max);
+            Store::Memory(Arc::new(m))
+        }
         Some(_) => {
             let mut rs = RedisSettings::with_target(settings.redis_target()?);
             rs.timeout = settings.store_timeout();
             rs.max_batch = settings.redis_max_batch.max(1);
             rs.max_in_flight = settings.redis_max_in_flight.max(1);
             rs.wait = settings.redis_wait();
+            rs.events = crate::store::redis::EventsAt {
+                stream: Keys::new(&settings.redis_prefix).events(),
+                max: settings.events_max,
+            };
             Store::Redis(Arc::new(RedisStore::open(rs)?))
         }
     })
@@ -198,6 +206,8 @@ struct Services {
     http: HttpApi,
     /// The limiter, to settle its leases at shutdown.
     limiter: Arc<Limiter<Store>>,
+    /// The quota alert webhook's task (`--webhook-url`), stopped on drop.
+    _webhook: Option<crate::alerts::webhook::Running>,
 }
 
 /// Where the Admin service is served, once its listener is bound.
@@ -360,6 +370,9 @@ fn open_services(settings: &Settings) -> Result<Services, BoxError> {
         tracing::warn!("no --config and no Redis: the catalog starts empty; add to it through the Admin service");
     }
     let store = open_store(settings)?;
+    // The webhook's delivery task, stopped with the server (dropped with
+    // its services).
+    let webhook = crate::alerts::webhook::Webhook::from_settings(settings)?.map(|hook| hook.spawn(store.clone()));
     let limiter = Limiter::new(catalog.handle(), store.clone(), keys.clone(), account);
     let limiter = match deny_cache(settings, &store) {
         Some(cache) => limiter.with_deny_cache(cache),
@@ -427,6 +440,7 @@ fn open_services(settings: &Settings) -> Result<Services, BoxError> {
         health,
         admin,
         limiter,
+        _webhook: webhook,
     })
 }
 

@@ -77,6 +77,18 @@ impl UsageService {
         Self { store, keys }
     }
 
+    /// Up to `limit` quota alert events after `after`, or else from
+    /// `since_ms`, oldest first; and the id to continue after, when there
+    /// may be more (`crate::alerts`).
+    pub async fn events(
+        &self,
+        since_ms: u64,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<crate::alerts::AlertEvent>, Option<String>), AdminError> {
+        Ok(self.store.events(since_ms, after, limit).await?)
+    }
+
     /// GetUsage: per key of the plan, `[used, remaining]` per day.
     pub async fn get_usage(&self, catalog: &CatalogService, r: pb::GetUsageRequest) -> Result<pb::Usage, AdminError> {
         let plan = plan(catalog, &r.usage_plan_id)?;

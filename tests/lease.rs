@@ -151,7 +151,7 @@ async fn run(seq: &Sequence, store: &RedisStore, clock: &Arc<ManualClock>) -> Re
         Limit { key: state.clone(), field: Some("b".into()), rule: Rule::Bucket(throttle) },
         Limit { key: state.clone(), field: Some("q".into()), rule: Rule::Quota { quota, created_at_ms: 0 } },
     ];
-    let usage = UsageKeys { state: state.clone(), zone: None };
+    let usage = UsageKeys { state: state.clone(), zone: None, alerts: None };
     let check = |cost: u64| Check { limits: limits.clone(), cost, usage: Some(usage.clone()), lease: LeaseOp::None };
     let new_replica = || Replica { table: LeaseTable::with_clock(1_000, clock.clone()) };
     let mut replicas: Vec<Replica> = (0..3).map(|_| new_replica()).collect();

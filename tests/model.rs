@@ -477,7 +477,7 @@ async fn run(seq: &Sequence, subject: &Subject<'_>, clock: &Arc<ManualClock>) ->
     // of their own (stage and account throttles). The model knows each by
     // one name.
     let usage_bases: Vec<UsageKeys> =
-        (0..3).map(|u| UsageKeys { state: format!("m{case}:{{k:x}}:s{u}"), zone: None }).collect();
+        (0..3).map(|u| UsageKeys { state: format!("m{case}:{{k:x}}:s{u}"), zone: None, alerts: None }).collect();
     let mut quotas = 0;
     let places: Vec<(String, Option<String>)> = (0..seq.specs.len())
         .map(|i| match seq.specs[i] {

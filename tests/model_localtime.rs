@@ -304,7 +304,7 @@ async fn run(seq: &Sequence, subject: &Subject<'_>, clock: &Arc<ManualClock>) ->
         .quotas
         .iter()
         .enumerate()
-        .map(|(i, q)| UsageKeys { state: format!("lt{case}:{{k:x}}:s{i}"), zone: q.quota().time_zone })
+        .map(|(i, q)| UsageKeys { state: format!("lt{case}:{{k:x}}:s{i}"), zone: q.quota().time_zone, alerts: None })
         .collect();
     let mut model = Model::default();
     let mut days: Vec<(usize, i64)> = Vec::new();
@@ -490,7 +490,7 @@ impl Both {
                 rule: Rule::Quota { quota: *quota, created_at_ms: 0 },
             }],
             cost: 1,
-            usage: Some(UsageKeys { state: state.into(), zone: quota.time_zone }),
+            usage: Some(UsageKeys { state: state.into(), zone: quota.time_zone, alerts: None }),
             lease: Default::default(),
         };
         let m = self.memory.decide(&check);
@@ -500,7 +500,7 @@ impl Both {
     }
 
     async fn usage(&self, state: &str, day: &str) -> Option<DayUsage> {
-        let keys = vec![UsageKeys { state: state.into(), zone: None }];
+        let keys = vec![UsageKeys { state: state.into(), zone: None, alerts: None }];
         let d = vec![tollgate::calendar::Date::parse(day).unwrap().days()];
         let m = self.memory.read_usage(keys.clone(), d.clone()).await.unwrap();
         let r = self.redis.read_usage(keys, d).await.unwrap();
@@ -672,7 +672,7 @@ async fn redis_clock_decides_and_a_replica_a_period_off_is_refused() {
             rule: Rule::Quota { quota: q, created_at_ms: 0 },
         }],
         cost: 1,
-        usage: Some(UsageKeys { state: state.into(), zone: q.time_zone }),
+        usage: Some(UsageKeys { state: state.into(), zone: q.time_zone, alerts: None }),
         lease: Default::default(),
     };
     // Redis: 23:30 local on 2026-03-08 (03:30Z on the 9th); the replica is an
@@ -684,7 +684,8 @@ async fn redis_clock_decides_and_a_replica_a_period_off_is_refused() {
     assert_eq!(v.reset_ms, 30 * 60 * 1000, "Redis's day (the 8th) ends in 30 minutes");
     assert!(!redis.check(check("skew")).await.unwrap().allowed, "counted in Redis's day");
     let day8 = tollgate::calendar::Date::parse("2026-03-08").unwrap().days();
-    let read = redis.read_usage(vec![UsageKeys { state: "skew".into(), zone: None }], vec![day8]).await.unwrap();
+    let read =
+        redis.read_usage(vec![UsageKeys { state: "skew".into(), zone: None, alerts: None }], vec![day8]).await.unwrap();
     assert_eq!(read[0].map(|u| u.n), Some(1), "usage on Redis's local date");
 
     // Two days off: no period of the table contains Redis's time.

@@ -202,7 +202,7 @@ async fn run(seq: &Sequence, subject: &Subject<'_>, clock: &Arc<ManualClock>) ->
     let memory = MemoryStore::with_clock(clock.clone());
     let case = CASE.fetch_add(1, Ordering::Relaxed);
     let state = format!("r{case}:{{k:x}}:s");
-    let usage = UsageKeys { state: state.clone(), zone: None };
+    let usage = UsageKeys { state: state.clone(), zone: None, alerts: None };
     let l = seq.limits;
     let bucket =
         |(rate, burst): (u64, u32)| Rule::Bucket(Throttle { rate_limit: rate as f64 / 1000.0, burst_limit: burst });

@@ -82,6 +82,7 @@ async fn call(a: &mut AdminClient, name: &str) -> Result<(), Status> {
             a.update_usage(pb::UpdateUsageRequest { usage_plan_id: id(), key_id: id(), remaining: 1 }).await.map(drop)
         }
         "ListAuditRecords" => a.list_audit_records(pb::ListAuditRecordsRequest::default()).await.map(drop),
+        "ListEvents" => a.list_events(pb::ListEventsRequest::default()).await.map(drop),
         other => panic!("no call for {other}: add it here"),
     }
 }

@@ -247,6 +247,7 @@ fn plan_to(p: &UsagePlan) -> pb::UsagePlan {
         created_at_ms: p.created_at_ms,
         admission: admission_to(p.admission) as i32,
         shadow: p.shadow,
+        alerts: p.alerts.clone(),
         tags: tags_to(&p.tags),
     }
 }
@@ -282,6 +283,15 @@ fn tags_patch(tags: std::collections::HashMap<String, String>, clear: bool) -> R
         (false, true) => Err(Invalid::new("tags", "give either tags or clear_tags, not both")),
         (false, false) => Ok(Some(tags_from(tags))),
         (true, true) => Ok(Some(Tags::new())),
+        (true, false) => Ok(None),
+    }
+}
+
+fn alerts_patch(alerts: Vec<u32>, clear: bool) -> Result<Option<Vec<u32>>, Invalid> {
+    match (alerts.is_empty(), clear) {
+        (false, true) => Err(Invalid::new("alerts", "give either alerts or clear_alerts, not both")),
+        (false, false) => Ok(Some(alerts)),
+        (true, true) => Ok(Some(Vec::new())),
         (true, false) => Ok(None),
     }
 }
@@ -482,6 +492,7 @@ impl pb::admin_server::Admin for AdminService {
                 .collect::<Result<_, _>>()?,
             admission: admission_from(r.admission)?,
             shadow: r.shadow,
+            alerts: r.alerts,
             tags: tags_from(r.tags),
         };
         let plan = self.catalog.update(Want::nothing(), |d, now| ops::create_plan(d, new.clone(), now)).await?;
@@ -576,6 +587,7 @@ impl pb::admin_server::Admin for AdminService {
             remove_method_throttles: r.remove_method_throttles.into_iter().map(|m| (m.stage, m.method)).collect(),
             admission: r.admission.map(admission_from).transpose()?,
             shadow: r.shadow,
+            alerts: alerts_patch(r.alerts, r.clear_alerts)?,
             tags: tags_patch(r.tags, r.clear_tags)?,
         };
         let plan = self.catalog.update(Want::nothing(), |d, _| ops::update_plan(d, &r.id, patch.clone())).await?;
@@ -653,20 +665,51 @@ impl pb::admin_server::Admin for AdminService {
 
     async fn list_audit_records(&self, req: Request<pb::ListAuditRecordsRequest>) -> Res<pb::ListAuditRecordsResponse> {
         let r = req.into_inner();
-        let size = match r.page_size {
-            0 => 100,
-            n @ 1..=1000 => n as usize,
-            n => return Err(Invalid::new("page_size", format!("must be 1 to 1000, got {n}")).into()),
-        };
-        let after = decode_token(&r.page_token)?;
-        if after.as_deref().is_some_and(|a| crate::catalog::memory::parse_audit_id(a).is_none()) {
-            return Err(Invalid::new("page_token", "is not a token from a previous answer").into());
-        }
+        let (size, after) = stream_page(r.page_size, &r.page_token)?;
         let (records, next) = self.catalog.audit_records(r.since_ms, after.as_deref(), size).await?;
         Ok(Response::new(pb::ListAuditRecordsResponse {
             records: records.into_iter().map(audit_to).collect(),
             next_page_token: encode_token(next),
         }))
+    }
+
+    async fn list_events(&self, req: Request<pb::ListEventsRequest>) -> Res<pb::ListEventsResponse> {
+        let r = req.into_inner();
+        let (size, after) = stream_page(r.page_size, &r.page_token)?;
+        let (events, next) = self.usage.events(r.since_ms, after.as_deref(), size).await?;
+        Ok(Response::new(pb::ListEventsResponse {
+            events: events.into_iter().map(event_to).collect(),
+            next_page_token: encode_token(next),
+        }))
+    }
+}
+
+/// A page of a stream read oldest first (the audit trail, alert events):
+/// its size (1–1000, 0 meaning 100) and the id to continue after.
+fn stream_page(page_size: u32, page_token: &str) -> Result<(usize, Option<String>), Invalid> {
+    let size = match page_size {
+        0 => 100,
+        n @ 1..=1000 => n as usize,
+        n => return Err(Invalid::new("page_size", format!("must be 1 to 1000, got {n}"))),
+    };
+    let after = decode_token(page_token)?;
+    if after.as_deref().is_some_and(|a| crate::catalog::memory::parse_audit_id(a).is_none()) {
+        return Err(Invalid::new("page_token", "is not a token from a previous answer"));
+    }
+    Ok((size, after))
+}
+
+fn event_to(e: crate::alerts::AlertEvent) -> pb::Event {
+    pb::Event {
+        id: e.id,
+        time_ms: e.time_ms,
+        key_id: e.key_id,
+        usage_plan_id: e.plan_id,
+        threshold: e.threshold,
+        limit: e.limit,
+        used: e.used,
+        period_start_ms: e.period_start_ms,
+        period_end_ms: e.period_end_ms,
     }
 }
 

@@ -343,8 +343,17 @@ pub struct NewPlan {
     pub admission: crate::model::Admission,
     /// A shadow plan.
     pub shadow: bool,
+    /// Quota alerts (percent of the quota).
+    pub alerts: Vec<u32>,
     /// Tags.
     pub tags: Tags,
+}
+
+/// Alert thresholds in ascending order (as kept; duplicates are left for
+/// validation to name).
+fn sorted(mut alerts: Vec<u32>) -> Vec<u32> {
+    alerts.sort_unstable();
+    alerts
 }
 
 /// Creates a usage plan.
@@ -370,6 +379,7 @@ pub fn create_plan(d: &mut CatalogData, new: NewPlan, now: u64) -> Result<UsageP
         created_at_ms: now,
         admission: new.admission,
         shadow: new.shadow,
+        alerts: sorted(new.alerts),
         tags: new.tags,
     };
     plan.validate()?;
@@ -413,6 +423,9 @@ pub struct PlanPatch {
     pub admission: Option<crate::model::Admission>,
     /// Shadow or not.
     pub shadow: Option<bool>,
+    /// New quota alerts, replacing all of them (`Some` of an empty list
+    /// clears them).
+    pub alerts: Option<Vec<u32>>,
     /// New tags, replacing all of them (`Some` of an empty map clears them).
     pub tags: Option<Tags>,
 }
@@ -438,6 +451,9 @@ pub fn update_plan(d: &mut CatalogData, id: &str, p: PlanPatch) -> Result<UsageP
     }
     if let Some(s) = p.shadow {
         plan.shadow = s;
+    }
+    if let Some(a) = p.alerts {
+        plan.alerts = sorted(a);
     }
     if let Some(t) = p.tags {
         plan.tags = t;

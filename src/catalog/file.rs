@@ -223,6 +223,8 @@ struct FilePlan {
     #[serde(default)]
     shadow: bool,
     #[serde(default)]
+    alerts: Vec<u32>,
+    #[serde(default)]
     tags: Tags,
 }
 
@@ -396,6 +398,11 @@ fn records(file: &str, text: &str, root: FileRoot, now_ms: u64) -> Result<Catalo
             created_at_ms: now_ms,
             admission: p.admission,
             shadow: p.shadow,
+            alerts: {
+                let mut a = p.alerts;
+                a.sort_unstable();
+                a
+            },
             tags: p.tags,
         };
         plan.validate().map_err(|e| err(&p.name, format!("usage_plans: plan {:?}: {e}", p.name)))?;

@@ -3,7 +3,7 @@
 //! a listing cost the same O(1) / O(log n) here as there. Changes are lost
 //! when the process stops (the catalog file is loaded again at start).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::admin::AdminError;
 use super::records::{Change, ChangeSet, KeyRecord, Position};
@@ -35,32 +35,20 @@ pub struct MemoryRecords {
     /// Where the catalog stands.
     pub at: Position,
     /// The audit trail: the last records, with their ids (`MS-SEQ`).
-    audit: VecDeque<AuditRecord>,
+    audit: crate::ring::Ring<AuditRecord>,
 }
 
 impl MemoryRecords {
     /// Appends an audit record, keeping the last `max`. Its id is `MS-SEQ`
     /// like a Redis stream's: its time, and a sequence within that ms.
-    pub fn append_audit(&mut self, mut record: AuditRecord, max: usize) {
-        let (ms, seq) = match self.audit.back().and_then(|r| parse_audit_id(&r.id)) {
-            Some((last, seq)) if last >= record.time_ms => (last, seq + 1),
-            _ => (record.time_ms, 0),
-        };
-        record.id = format!("{ms}-{seq}");
-        self.audit.push_back(record);
-        while self.audit.len() > max {
-            self.audit.pop_front();
-        }
+    pub fn append_audit(&mut self, record: AuditRecord, max: usize) {
+        self.audit.push(record, max);
     }
 
     /// Up to `limit` audit records after the one with id `after`, or else
     /// from `since_ms`, oldest first.
     pub fn audit_records(&self, since_ms: u64, after: Option<&str>, limit: usize) -> Vec<AuditRecord> {
-        let start = match after.and_then(parse_audit_id) {
-            Some(a) => self.audit.partition_point(|r| parse_audit_id(&r.id).is_some_and(|id| id <= a)),
-            None => self.audit.partition_point(|r| parse_audit_id(&r.id).is_some_and(|(ms, _)| ms < since_ms)),
-        };
-        self.audit.iter().skip(start).take(limit).cloned().collect()
+        self.audit.page(since_ms, after, limit)
     }
 
     /// The key ids that own these value hashes.
@@ -219,7 +207,4 @@ impl MemoryRecords {
 }
 
 /// An audit record's id (`MS-SEQ`) as numbers, to order by.
-pub fn parse_audit_id(id: &str) -> Option<(u64, u64)> {
-    let (ms, seq) = id.split_once('-')?;
-    Some((ms.parse().ok()?, seq.parse().ok()?))
-}
+pub use crate::ring::parse_id as parse_audit_id;

@@ -181,6 +181,7 @@ mod tests {
             created_at_ms: 0,
             admission: Default::default(),
             shadow: false,
+            alerts: Vec::new(),
             tags: Default::default(),
         };
         d.plans.insert("p".into(), plan);

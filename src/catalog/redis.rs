@@ -566,18 +566,8 @@ impl RedisRecords {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<AuditRecord>, AdminError> {
-        let start = match after {
-            Some(a) => format!("({a}"),
-            None => format!("{since_ms}-0"),
-        };
         let mut conn = self.conn().await?;
-        let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-            .arg(self.keys.catalog_audit())
-            .arg(start)
-            .arg("+")
-            .arg("COUNT")
-            .arg(limit)
-            .query_async(&mut conn)
+        let reply = crate::ring::xrange(&mut conn, &self.keys.catalog_audit(), since_ms, after, limit)
             .await
             .map_err(|e| self.err(e))?;
         let mut out = Vec::with_capacity(reply.ids.len());

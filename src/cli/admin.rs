@@ -1,4 +1,4 @@
-//! The admin commands (`keys`, `stages`, `plans`, `plan-keys`, `usage`, `audit`):
+//! The admin commands (`keys`, `stages`, `plans`, `plan-keys`, `usage`, `audit`, `events`):
 //! clients of the `tollgate.v1.Admin` service, one file per command group.
 //!
 //! What they share lives here: the options every admin command takes
@@ -11,6 +11,7 @@
 
 pub mod audit;
 pub mod csv_chunks;
+pub mod events;
 pub mod keys;
 pub mod plan_keys;
 pub mod plans;
@@ -392,6 +393,7 @@ pub fn plan_json(p: &pb::UsagePlan) -> Value {
         "api_stages": stages,
         "admission": admission_text(p.admission),
         "shadow": p.shadow,
+        "alerts": p.alerts,
         "created_at_ms": p.created_at_ms,
         "created_at": ts_json(p.created_at_ms),
         "tags": tags_json(&p.tags),

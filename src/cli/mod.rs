@@ -61,6 +61,8 @@ pub enum Command {
     Usage(admin::usage::UsageArgs),
     /// Read the audit trail of Admin changes (Admin service).
     Audit(admin::audit::AuditArgs),
+    /// Read quota alert events (Admin service).
+    Events(admin::events::EventsArgs),
     /// Load-test a server: Authorize throughput and latency, as a ratio to
     /// health checks measured in the same run.
     Bench(bench::BenchArgs),
@@ -146,6 +148,7 @@ pub fn main(cli: Cli) -> ExitCode {
             Command::PlanKeys(args) => admin::plan_keys::run(args).await,
             Command::Usage(args) => admin::usage::run(args).await,
             Command::Audit(args) => admin::audit::run(args).await,
+            Command::Events(args) => admin::events::run(args).await,
         }
     })
 }

@@ -501,7 +501,7 @@ impl<S: LimitStore> Limiter<S> {
                     let rule = Rule::Quota { quota: q, created_at_ms: plan.created_at_ms };
                     add(LimitKind::PlanQuota, keys.state.clone(), Some(QUOTA_FIELD.to_string()), rule);
                 }
-                usage = Some(keys);
+                usage = Some(with_alerts(keys, plan, key_id));
             }
             // d. the stage's method throttle
             if let Some(t) = setting.throttle {
@@ -651,6 +651,23 @@ impl<S: LimitStore> Limiter<S> {
         decision.shadow_denied = Some(would);
         Ok(Verdict { allowed: true, retry_after_ms: None, soft: false, ..verdict })
     }
+}
+
+/// `keys` with the plan's quota alerts (`crate::alerts`), when it has a
+/// quota and alerts: only then does the store get anything more to do.
+fn with_alerts(
+    mut keys: crate::store::UsageKeys,
+    plan: &crate::model::UsagePlan,
+    key_id: &str,
+) -> crate::store::UsageKeys {
+    if !plan.alerts.is_empty() && plan.quota.is_some() {
+        keys.alerts = Some(Arc::new(crate::alerts::AlertSpec {
+            thresholds: plan.alerts.clone(),
+            key_id: key_id.to_string(),
+            plan_id: plan.id.clone(),
+        }));
+    }
+    keys
 }
 
 /// The policy window of a limit, in seconds: burst / rate for a bucket, the

@@ -369,6 +369,11 @@ pub struct UsagePlan {
     /// "Shadow plans").
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub shadow: bool,
+    /// Quota alerts: percentages of the quota whose crossing records an
+    /// event, once per key, threshold and period ([`validate_alerts`];
+    /// docs/semantics.md, "Quota alerts"). Kept sorted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alerts: Vec<u32>,
     /// Tags ([`validate_tags`]).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tags: Tags,
@@ -388,6 +393,7 @@ impl UsagePlan {
             q.validate().map_err(|e| e.within("quota"))?;
         }
         validate_tags(&self.tags)?;
+        validate_alerts(&self.alerts, self.quota.is_some())?;
         let mut seen = std::collections::HashSet::new();
         for (i, s) in self.api_stages.iter().enumerate() {
             if !seen.insert(&s.stage) {
@@ -401,6 +407,33 @@ impl UsagePlan {
         }
         Ok(())
     }
+}
+
+/// The most alert thresholds a plan may list.
+pub const ALERTS_MAX: usize = 10;
+
+/// Checks a plan's quota alerts: each 1–100 (percent of the quota), at most
+/// [`ALERTS_MAX`], no threshold twice, and only on a plan with a quota.
+pub fn validate_alerts(alerts: &[u32], has_quota: bool) -> Result<(), Invalid> {
+    if alerts.is_empty() {
+        return Ok(());
+    }
+    if !has_quota {
+        return Err(Invalid::new("alerts", "need a quota: an alert is a percentage of the plan's quota"));
+    }
+    if alerts.len() > ALERTS_MAX {
+        return Err(Invalid::new("alerts", format!("at most {ALERTS_MAX} thresholds, got {}", alerts.len())));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for &a in alerts {
+        if !(1..=100).contains(&a) {
+            return Err(Invalid::new("alerts", format!("{a} is not a percentage of the quota from 1 to 100")));
+        }
+        if !seen.insert(a) {
+            return Err(Invalid::new("alerts", format!("{a} is listed twice")));
+        }
+    }
+    Ok(())
 }
 
 /// The SHA-256 of an API key value: the only form in which values are kept.

@@ -24,6 +24,7 @@
 //! | `q` | `DAY:USED` | quota used in the period starting on that day (days since 1970-01-01); a value of another period counts as 0 |
 //! | `u` | `DAY:N` or `DAY:N:Q` | today's usage (`N` used, `Q` quota used after the day's last change); the first write of a later day moves it to `hYYYYMMDD` |
 //! | `hYYYYMMDD` | `N` or `N:Q` | the usage of an earlier day, kept 92 days (days older are removed when a day moves) |
+//! | `a` | `DAY:LO:HI` | the quota alerts fired in the period starting on that day: bit `t-1` of `LO` for a threshold `t` of 1–50, bit `t-51` of `HI` for 51–100 (`crate::alerts`) |
 //! | `e` | day | the hash expires at the start of that day: set only when it must live longer (a key used daily: about every third day) |
 //!
 //! Why one hash: a decision of the usual plan (throttle, method throttle,
@@ -50,6 +51,7 @@
 //! | `P{cat}:plan_keys:PLAN` | sorted set of key ids | a plan's keys, in pages (usage reports) |
 //! | `P{cat}:audit` | stream, entry `MS-SEQ` with field `record` (JSON) | the audit trail: one record per Admin change (`crate::audit`), written in the change's transaction; about `--audit-max-records` kept (`MAXLEN ~`) |
 //! | `P{cat}:decision_secret` | string (hex) | the secret that signs decision ids, shared by every replica: created once (`SET NX`) by the first replica to start |
+//! | `P{cat}:events` | stream, entry `MS-SEQ` with fields `key_id`, `plan_id`, `threshold`, `limit`, `used`, `period_start_ms`, `period_end_ms` | quota alert events (`crate::alerts`): appended by the decision that crossed the threshold (on a cluster, by its replica right after); about `--events-max` kept (`MAXLEN ~`); the webhook's consumer group `tollgate-webhook` reads it |
 //! | `P{cat}:file_digests` | hash digest → ms | the catalog files applied (SHA-256 of their bytes, hex) and when; the last 100 |
 //! | `P{cat}:file_records` | hash record → fingerprint | for each record a catalog file applied (`api:ID`, `stage:API/STAGE`, `plan:ID`, `key:ID`, `sub:PLAN/KEY`), a hash of what the file last applied to it |
 //!
@@ -90,7 +92,13 @@ impl Keys {
 
     /// Where one key's usage in one plan is counted.
     pub fn usage(&self, key_id: &str, plan_id: &str) -> UsageKeys {
-        UsageKeys { state: self.state(key_id, plan_id), zone: None }
+        UsageKeys { state: self.state(key_id, plan_id), zone: None, alerts: None }
+    }
+
+    /// The quota alert events, a capped stream beside the catalog
+    /// (`crate::alerts`): appended by the decisions that cross a threshold.
+    pub fn events(&self) -> String {
+        self.catalog("events")
     }
 
     /// The marker of one refunded decision (`nonce` in hex) of key `key_id`.
@@ -162,6 +170,7 @@ mod tests {
         assert_eq!(k.catalog_file_digests(), "tg:{cat}:file_digests");
         assert_eq!(k.catalog_file_records(), "tg:{cat}:file_records");
         assert_eq!(k.catalog_audit(), "tg:{cat}:audit");
+        assert_eq!(k.events(), "tg:{cat}:events");
     }
 
     /// A key's state carries its hash tag (one cluster slot).

@@ -8,12 +8,13 @@
 //! Time comes from a [`Clock`], which tests can control.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use super::bucket::{self, BucketState, Take};
 pub use super::clock::{Clock, ManualClock, SystemClock};
 use super::keys::QUOTA_FIELD;
 use super::{Check, DayUsage, LeaseOp, LimitStore, Refund, RefundOutcome, Rule, StoreError, UsageKeys, Verdict};
+use crate::alerts::{AlertEvent, AlertSpec, Crossing, EventRing};
 use crate::calendar::DAY_MS;
 use crate::localtime::{quota_period, usage_day};
 use crate::model::Quota;
@@ -25,6 +26,9 @@ enum Value {
     /// Quota used in the period starting on local date `start_day` (days
     /// since 1970-01-01), as `decide.lua`'s `STARTDAY`.
     Quota { start_day: i64, used: i64 },
+    /// The quota alerts fired in the period starting at `start_ms`: bit
+    /// `t - 1` for threshold `t` (`crate::alerts`; field `a`, as in Redis).
+    Alerts { start_ms: u64, fired: u128 },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -109,6 +113,9 @@ const USAGE_DAYS: u64 = 93;
 pub struct MemoryStore {
     state: Mutex<State>,
     clock: Box<dyn Clock>,
+    /// The quota alert events (`crate::alerts`): appended under the state's
+    /// lock by the decision that crossed the threshold.
+    pub events: Arc<EventRing>,
 }
 
 impl Default for MemoryStore {
@@ -131,7 +138,7 @@ impl MemoryStore {
 
     /// A store on the given clock.
     pub fn with_clock(clock: impl Clock) -> Self {
-        Self { state: Mutex::new(State::default()), clock: Box::new(clock) }
+        Self { state: Mutex::new(State::default()), clock: Box::new(clock), events: Arc::default() }
     }
 
     /// The current time of this store's clock, µs since the epoch.
@@ -178,6 +185,8 @@ impl MemoryStore {
         let (mut best_limit, mut best_rem, mut best_reset) = (0u64, 0u64, 0u64);
         let mut writes = Vec::with_capacity(check.limits.len());
         let mut quota_used = None;
+        // the quota's limit and period (quota alerts)
+        let mut quota_at: Option<(&super::Limit, i64, u64, u64)> = None;
         for (i, limit) in check.limits.iter().enumerate() {
             match &limit.rule {
                 Rule::Bucket(t) => {
@@ -231,6 +240,7 @@ impl MemoryStore {
                     }
                     let rem = (eff - used - cost as i64) as u64;
                     quota_used = Some(used + cost as i64);
+                    quota_at = Some((limit, eff, start, end));
                     let value = Value::Quota { start_day, used: used + cost as i64 };
                     writes.push(Write { limit, value, expires_us: end * 1000 });
                     if best.is_none() || rem < best_rem {
@@ -247,6 +257,16 @@ impl MemoryStore {
             let today = usage_day(u.zone, now_ms);
             let Usage { n, q } = st.usage(&u.state, today, now_us).unwrap_or(Usage { n: 0, q: None });
             st.put_usage(&u.state, today, Usage { n: n + cost as i64, q: quota_used.or(q) });
+            if let (Some(spec), Some((limit, eff, start, end)), Some(used)) = (&u.alerts, quota_at, quota_used) {
+                let crossing = Crossing {
+                    threshold: 0,
+                    limit: eff.max(0) as u64,
+                    used: used.max(0) as u64,
+                    period_start_ms: start,
+                    period_end_ms: end,
+                };
+                self.alerts_after(&mut st, &limit.key, spec, crossing, now_ms);
+            }
         }
         Verdict {
             allowed: true,
@@ -323,6 +343,38 @@ impl MemoryStore {
         RefundOutcome::Refunded { quota_remaining: quota.map(|(_, rem)| rem) }
     }
 }
+
+impl MemoryStore {
+    /// Quota alerts (`decide.lua`'s `alerts_after`): the thresholds of
+    /// `spec` that `c.used` of `c.limit` reaches and that have not fired in
+    /// the period of `c` get their bit set in the state's field `a` and an
+    /// event each, under the state's lock: once per key, threshold and
+    /// period.
+    fn alerts_after(&self, st: &mut State, state: &str, spec: &AlertSpec, c: Crossing, now_ms: u64) {
+        if c.limit == 0 {
+            return;
+        }
+        let mut fired = match st.get(state, Some(ALERTS_FIELD), now_ms * 1000) {
+            Some(Value::Alerts { start_ms, fired }) if start_ms == c.period_start_ms => fired,
+            _ => 0,
+        };
+        let before = fired;
+        for &t in &spec.thresholds {
+            let bit = 1u128 << (t.clamp(1, 100) - 1);
+            if fired & bit == 0 && crate::alerts::reaches(c.used, c.limit, t) {
+                fired |= bit;
+                self.events.push(AlertEvent::of(spec, &Crossing { threshold: t, ..c }, now_ms));
+            }
+        }
+        if fired != before {
+            let value = Value::Alerts { start_ms: c.period_start_ms, fired };
+            st.put(state, Some(ALERTS_FIELD), value, c.period_end_ms * 1000);
+        }
+    }
+}
+
+/// The field of a state that keeps the quota alerts fired (as in Redis).
+const ALERTS_FIELD: &str = "a";
 
 impl LimitStore for MemoryStore {
     async fn check(&self, check: Check) -> Result<Verdict, StoreError> {

@@ -69,6 +69,9 @@ pub struct UsageKeys {
     /// date there (docs/semantics.md, "Local-time quotas"); `None`: per UTC
     /// date.
     pub zone: Option<crate::localtime::Zone>,
+    /// The plan's quota alerts, when it has any (`crate::alerts`): passed
+    /// to the store only then, so a plan without alerts costs nothing more.
+    pub alerts: Option<Arc<crate::alerts::AlertSpec>>,
 }
 
 /// Everything one decision needs from the store.
@@ -327,6 +330,25 @@ impl LimitStore for Store {
             Store::Memory(m) => m.refund(refund).await,
             Store::Redis(r) => r.refund(refund).await,
         }
+    }
+}
+
+impl Store {
+    /// Up to `limit` quota alert events after `after` (an id from a
+    /// previous page), or else from `since_ms`, oldest first; and the id to
+    /// continue after, when there may be more.
+    pub async fn events(
+        &self,
+        since_ms: u64,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<crate::alerts::AlertEvent>, Option<String>), StoreError> {
+        let events = match self {
+            Store::Memory(m) => m.events.page(since_ms, after, limit),
+            Store::Redis(r) => r.events(since_ms, after, limit).await?,
+        };
+        let next = (events.len() == limit).then(|| events.last().map(|e| e.id.clone())).flatten();
+        Ok((events, next))
     }
 }
 

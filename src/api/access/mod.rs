@@ -35,7 +35,7 @@ use crate::audit::Caller;
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Read: get and list keys, stages, plans and subscriptions, usage,
-    /// stats, the audit trail.
+    /// stats, the audit trail, quota alert events.
     Read,
     /// Read, and manage API keys and their subscriptions: create, update,
     /// delete, rotate and import keys, add and remove plan keys, set a key's
@@ -116,6 +116,8 @@ pub const OPERATIONS: &[Operation] = &[
     op("UpdateUsage", Role::Keys, "PUT", "/v1/plans/{id}/keys/{key_id}/usage", true),
     // The audit trail, and this replica's counts (the console's overview).
     op("ListAuditRecords", Role::Read, "GET", "/v1/audit", false),
+    // Quota alert events.
+    op("ListEvents", Role::Read, "GET", "/v1/events", false),
     Operation { name: "GetStats", role: Role::Read, http: Some(("GET", "/v1/stats")), grpc: false, changes: false },
 ];
 

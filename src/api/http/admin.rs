@@ -54,6 +54,7 @@ pub(super) fn routes() -> OpenApiRouter<HttpApi> {
         .routes(routes!(get_usage))
         .routes(routes!(update_usage))
         .routes(routes!(list_audit))
+        .routes(routes!(list_events))
 }
 
 /// Refuses an Admin call when the Admin service is off (501) or when
@@ -408,4 +409,19 @@ async fn list_audit(
     QueryParams(q): QueryParams<pb::ListAuditRecordsRequest>,
 ) -> Answer<pb::ListAuditRecordsResponse> {
     call(&api, q, |a, r| async move { a.list_audit_records(r).await }).await.map(Json)
+}
+
+// ---- quota alert events ----
+
+/// Quota alert events: one per key, threshold and period crossed, oldest
+/// first, from `since_ms`, a page at a time (docs/semantics.md, "Quota
+/// alerts").
+#[utoipa::path(get, path = "/v1/events", tag = "events", security(("admin_token" = [])),
+    params(pb::ListEventsRequest),
+    responses((status = 200, description = "A page of events; `next_page_token` is empty when there are no more now.", body = pb::ListEventsResponse), AdminErrors))]
+async fn list_events(
+    State(api): State<HttpApi>,
+    QueryParams(q): QueryParams<pb::ListEventsRequest>,
+) -> Answer<pb::ListEventsResponse> {
+    call(&api, q, |a, r| async move { a.list_events(r).await }).await.map(Json)
 }

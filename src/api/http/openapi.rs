@@ -33,6 +33,7 @@ pub const ADMIN_TOKEN_SCHEME: &str = "admin_token";
         (name = "plans", description = "Usage plans and their keys (Admin)."),
         (name = "usage", description = "Usage per key per day (Admin)."),
         (name = "audit", description = "The audit trail of Admin changes (Admin, role read)."),
+        (name = "events", description = "Quota alert events (Admin, role read)."),
         (name = "stats", description = "This replica's decisions since start and its state (Admin): the web console's overview."),
         (name = "health", description = "Liveness, readiness and this document."),
     )

@@ -48,27 +48,46 @@ pub fn parse_since(s: &str, now_ms: u64) -> Result<u64, String> {
     parse_instant(s).map_err(|e| format!("--since: {e}, or a duration such as 90m, 1h or 7d"))
 }
 
+/// The items of a list read oldest first, a page at a time (the audit
+/// trail, quota alert events): at most `limit` (all without one), each page
+/// no larger than what is still wanted (1–1000).
+pub async fn pages_since<T, F, Fut>(limit: Option<usize>, mut fetch: F) -> Result<Vec<T>, Failure>
+where
+    F: FnMut(u32, String) -> Fut,
+    Fut: std::future::Future<Output = Result<(Vec<T>, String), tonic::Status>>,
+{
+    let limit = limit.unwrap_or(usize::MAX);
+    let mut items: Vec<T> = Vec::new();
+    let mut page_token = String::new();
+    while items.len() < limit {
+        let page_size = (limit - items.len()).clamp(1, 1000) as u32;
+        let (page, next) = fetch(page_size, page_token.clone()).await?;
+        items.extend(page);
+        if next.is_empty() {
+            break;
+        }
+        if next == page_token {
+            return Err(Failure::Message("the server repeated a page token; stopping".into()));
+        }
+        page_token = next;
+    }
+    items.truncate(limit);
+    Ok(items)
+}
+
 async fn dispatch(opts: &AdminOpts, cmd: AuditCommand) -> Outcome {
     let AuditCommand::List { since, limit } = cmd;
     let since_ms = since.as_deref().map(|s| parse_since(s, crate::model::now_ms())).transpose()?.unwrap_or(0);
-    let mut c = client(opts).await?;
-    let limit = limit.unwrap_or(usize::MAX);
-    let mut records: Vec<pb::AuditRecord> = Vec::new();
-    let mut page_token = String::new();
-    while records.len() < limit {
-        let page_size = (limit - records.len()).clamp(1, 1000) as u32;
-        let req = pb::ListAuditRecordsRequest { since_ms, page_size, page_token: page_token.clone() };
-        let r = c.list_audit_records(req).await?.into_inner();
-        records.extend(r.records);
-        if r.next_page_token.is_empty() {
-            break;
+    let c = client(opts).await?;
+    let records = pages_since(limit, |page_size, page_token| {
+        let mut c = c.clone();
+        async move {
+            let req = pb::ListAuditRecordsRequest { since_ms, page_size, page_token };
+            let r = c.list_audit_records(req).await?.into_inner();
+            Ok((r.records, r.next_page_token))
         }
-        if r.next_page_token == page_token {
-            return Err(Failure::Message("the server repeated a page token; stopping".into()));
-        }
-        page_token = r.next_page_token;
-    }
-    records.truncate(limit);
+    })
+    .await?;
     if opts.json {
         for r in &records {
             emit_json(&record_json(r));

@@ -96,6 +96,11 @@ pub struct CreateArgs {
     /// own limits; answers say `shadow_denied` (docs/semantics.md).
     #[arg(long)]
     pub shadow: bool,
+    /// A quota alert: a percentage of the quota (1-100, repeatable, at most
+    /// 10; needs a quota). Crossing it records one event per key and
+    /// period (`tollgate events list`; docs/semantics.md, "Quota alerts").
+    #[arg(long = "alert", value_name = "PERCENT", requires = "quota_limit")]
+    pub alerts: Vec<u32>,
     /// A tag, KEY=VALUE (repeatable).
     #[arg(long, value_name = "KEY=VALUE", value_parser = parse_tag)]
     pub tag: Vec<(String, String)>,
@@ -158,6 +163,13 @@ pub struct UpdateArgs {
     /// Make it a shadow plan (true) or an enforcing one (false).
     #[arg(long, value_name = "true|false", action = clap::ArgAction::Set)]
     pub shadow: Option<bool>,
+    /// The plan's quota alerts, percent of the quota (repeatable): they
+    /// replace all its alerts.
+    #[arg(long = "alert", value_name = "PERCENT", conflicts_with = "clear_alerts")]
+    pub alerts: Vec<u32>,
+    /// Remove all the plan's quota alerts.
+    #[arg(long)]
+    pub clear_alerts: bool,
     /// The plan's tags, KEY=VALUE (repeatable): they replace all its tags.
     #[arg(long, value_name = "KEY=VALUE", value_parser = parse_tag, conflicts_with = "clear_tags")]
     pub tag: Vec<(String, String)>,
@@ -223,6 +235,7 @@ async fn dispatch(opts: &AdminOpts, cmd: PlansCommand) -> Outcome {
                 id: a.id,
                 admission: a.admission as i32,
                 shadow: a.shadow,
+                alerts: a.alerts,
                 tags: tags_map(a.tag),
             };
             let p = c.create_usage_plan(req).await?.into_inner();
@@ -280,6 +293,8 @@ async fn dispatch(opts: &AdminOpts, cmd: PlansCommand) -> Outcome {
                 remove_method_throttles: a.remove_method_throttle,
                 admission: a.admission.map(|a| a as i32),
                 shadow: a.shadow,
+                alerts: a.alerts,
+                clear_alerts: a.clear_alerts,
                 tags: tags_map(a.tag),
                 clear_tags: a.clear_tags,
             };
@@ -313,6 +328,15 @@ fn quota_text(q: Option<&pb::Quota>) -> String {
     out
 }
 
+/// Quota alerts as shown: `80%, 100% of the quota`, or `-`.
+fn alerts_text(alerts: &[u32]) -> String {
+    if alerts.is_empty() {
+        return "-".into();
+    }
+    let each: Vec<String> = alerts.iter().map(|a| format!("{a}%")).collect();
+    format!("{} of the quota", each.join(", "))
+}
+
 fn print_plan(opts: &AdminOpts, p: &pb::UsagePlan) {
     if opts.json {
         emit_json(&plan_json(p));
@@ -326,6 +350,7 @@ fn print_plan(opts: &AdminOpts, p: &pb::UsagePlan) {
         ("quota", quota_text(p.quota.as_ref())),
         ("admission", super::admission_text(p.admission).into()),
         ("shadow", if p.shadow { "yes: never denies for its own limits" } else { "no" }.into()),
+        ("alerts", alerts_text(&p.alerts)),
         ("created at", if p.created_at_ms == 0 { "-".into() } else { super::rfc3339_s(p.created_at_ms) }),
         ("tags", tags_text(&p.tags)),
     ]);

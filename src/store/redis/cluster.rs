@@ -35,9 +35,10 @@ use futures::future::join_all;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, SingleNodeRoutingInfo, SlotAddr};
 
+use super::events::Crossed;
 use super::link::Link;
 use super::target::slot_of;
-use super::{answers, classify, decide_cmd, refund_outcome, Op, Sub, WaitReplicas, DECIDE_CODE};
+use super::{answers, classify, decide_cmd, refund_outcome, Answers, Op, Sub, WaitReplicas, DECIDE_CODE};
 use crate::store::{Check, Limit, Refund, RefundOutcome, StoreError, Verdict};
 
 /// One group of a request's limits: those in one slot.
@@ -100,8 +101,9 @@ fn needs_reconnect(e: &redis::RedisError) -> bool {
 }
 
 /// Runs the calls of one step: `asks` grouped by slot, one call per slot, in
-/// parallel. Returns one answer per ask, and whether a call failed in a way
-/// that calls for a new cluster connection.
+/// parallel. Returns one answer per ask, the quota alerts crossed (each
+/// with the index of its check), and whether a call failed in a way that
+/// calls for a new cluster connection.
 #[allow(clippy::too_many_arguments)]
 async fn step(
     conn: &ClusterConnection,
@@ -111,7 +113,7 @@ async fn step(
     asks: &[Ask],
     clock: &str,
     wait: Option<WaitReplicas>,
-) -> (Vec<Result<Verdict, StoreError>>, bool) {
+) -> (Vec<Result<Verdict, StoreError>>, Vec<Crossed>, bool) {
     let mut by_slot: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
     for (i, a) in asks.iter().enumerate() {
         by_slot.entry(plans[a.check].groups[a.group].slot).or_default().push(i);
@@ -142,9 +144,15 @@ async fn step(
     });
     let mut out: Vec<Option<Result<Verdict, StoreError>>> = (0..asks.len()).map(|_| None).collect();
     let mut reconnect = false;
+    let mut crossings = Vec::new();
     for (idx, result) in join_all(calls).await {
         match result {
-            Ok(vs) => {
+            Ok((vs, crossed)) => {
+                for c in crossed {
+                    if let Some(&i) = idx.get(c.request) {
+                        crossings.push(Crossed { request: asks[i].check, ..c });
+                    }
+                }
                 for (i, v) in idx.into_iter().zip(vs) {
                     out[i] = Some(v);
                 }
@@ -158,7 +166,8 @@ async fn step(
             }
         }
     }
-    (out.into_iter().map(|v| v.unwrap_or_else(|| Err(StoreError::Internal("no answer".into())))).collect(), reconnect)
+    let out = out.into_iter().map(|v| v.unwrap_or_else(|| Err(StoreError::Internal("no answer".into())))).collect();
+    (out, crossings, reconnect)
 }
 
 /// One script call on the primary of `slot`, with `WAIT` after it when asked.
@@ -176,9 +185,9 @@ async fn slot_call(
     subs: &[Sub<'_>],
     clock: &str,
     wait: Option<WaitReplicas>,
-) -> redis::RedisResult<Vec<Result<Verdict, StoreError>>> {
+) -> redis::RedisResult<Answers> {
     let mut pipe = redis::pipe();
-    pipe.add_command(decide_cmd(subs, clock));
+    pipe.add_command(decide_cmd(subs, clock, None));
     if let Some(w) = wait {
         pipe.cmd("WAIT").arg(w.replicas).arg(w.timeout.as_millis() as u64);
     }
@@ -237,15 +246,17 @@ const MAX_REDIRECTS: usize = 20;
 /// The pause before sending again after TRYAGAIN or MOVED.
 const REDIRECT_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
 
-/// Decides `checks` on a cluster by the steps of the module docs; also says
-/// whether the cluster connection should be made anew.
+/// Decides `checks` on a cluster by the steps of the module docs; also
+/// answers the quota alerts crossed (by check; the main group's take is the
+/// one that counts the quota) and whether the cluster connection should be
+/// made anew.
 pub(super) async fn run(
     conn: ClusterConnection,
     link: &Link,
     checks: &[&Check],
     clock: &str,
     wait: Option<WaitReplicas>,
-) -> (Vec<Result<Verdict, StoreError>>, bool) {
+) -> (Vec<Result<Verdict, StoreError>>, Vec<Crossed>, bool) {
     let plans: Vec<Plan> = checks.iter().map(|c| plan(c)).collect();
     // 1. take from every group but the main one.
     let first: Vec<Ask> = plans
@@ -255,7 +266,7 @@ pub(super) async fn run(
             (0..p.groups.len()).filter(move |g| *g != p.main).map(move |g| Ask { check: c, group: g, op: Op::Take })
         })
         .collect();
-    let (got_first, r1) = step(&conn, link, checks, &plans, &first, clock, wait).await;
+    let (got_first, _, r1) = step(&conn, link, checks, &plans, &first, clock, wait).await;
     // Per check: its step-1 answers, by group.
     let mut taken: Vec<Vec<(usize, Result<Verdict, StoreError>)>> = (0..checks.len()).map(|_| Vec::new()).collect();
     for (a, v) in first.iter().zip(got_first) {
@@ -270,7 +281,7 @@ pub(super) async fn run(
             Ask { check: c, group: p.main, op: if all_in { Op::Take } else { Op::Dry } }
         })
         .collect();
-    let (got_second, r2) = step(&conn, link, checks, &plans, &second, clock, wait).await;
+    let (got_second, crossings, r2) = step(&conn, link, checks, &plans, &second, clock, wait).await;
     // 3. refunds, and the answers.
     let mut refunds = Vec::new();
     let mut out = Vec::with_capacity(checks.len());
@@ -287,7 +298,7 @@ pub(super) async fn run(
     }
     let mut r3 = false;
     if !refunds.is_empty() {
-        let (got, r) = step(&conn, link, checks, &plans, &refunds, clock, None).await;
+        let (got, _, r) = step(&conn, link, checks, &plans, &refunds, clock, None).await;
         r3 = r;
         for (a, r) in refunds.iter().zip(got) {
             if let Err(e) = r {
@@ -296,7 +307,7 @@ pub(super) async fn run(
             }
         }
     }
-    (out, r1 || r2 || r3)
+    (out, crossings, r1 || r2 || r3)
 }
 
 /// One request's answer from its groups' answers.
@@ -362,7 +373,7 @@ pub(super) async fn refund(
     }
     let sub = Sub::give_back(r, mine);
     let mut out = slot_call(&mut conn.clone(), main, &[sub], clock, wait).await.map_err(classify)?;
-    let outcome = refund_outcome(out.pop().unwrap_or_else(|| Err(StoreError::Internal("no answer".into())))?)?;
+    let outcome = refund_outcome(out.0.pop().unwrap_or_else(|| Err(StoreError::Internal("no answer".into())))?)?;
     if !matches!(outcome, RefundOutcome::Refunded { .. }) {
         return Ok(outcome);
     }

@@ -53,6 +53,7 @@ use super::{
 use link::{Conn, Link};
 
 mod cluster;
+pub mod events;
 pub mod link;
 pub mod target;
 use crate::model::Quota;
@@ -150,6 +151,9 @@ pub struct RedisSettings {
     pub max_in_flight: usize,
     /// Replicas that must acknowledge each batch, if any.
     pub wait: Option<WaitReplicas>,
+    /// Where quota alert events go: the stream (`Keys::events`) and about
+    /// how many it keeps (`--events-max`).
+    pub events: EventsAt,
     /// The scripts' clock instead of Redis's `TIME` (tests only).
     #[cfg(feature = "test-clock")]
     pub clock: Option<TestClock>,
@@ -169,6 +173,7 @@ impl RedisSettings {
             max_batch: 64,
             max_in_flight: 4,
             wait: None,
+            events: EventsAt::default(),
             #[cfg(feature = "test-clock")]
             clock: None,
         }
@@ -181,6 +186,21 @@ impl RedisSettings {
             return c.0.now_us().to_string();
         }
         String::new()
+    }
+}
+
+/// The stream of quota alert events, and about how many events it keeps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventsAt {
+    /// Its key (`Keys::events`).
+    pub stream: String,
+    /// `MAXLEN ~` of its `XADD`s.
+    pub max: usize,
+}
+
+impl Default for EventsAt {
+    fn default() -> Self {
+        Self { stream: super::keys::Keys::default().events(), max: crate::alerts::DEFAULT_MAX_EVENTS }
     }
 }
 
@@ -316,6 +336,27 @@ impl RedisStore {
         Ok(Self { jobs: tx, ready, link, settings })
     }
 
+    /// Up to `limit` quota alert events after `after`, or else from
+    /// `since_ms`, oldest first.
+    pub async fn events(
+        &self,
+        since_ms: u64,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<crate::alerts::AlertEvent>, StoreError> {
+        events::page(&self.link, &self.settings.events.stream, since_ms, after, limit).await
+    }
+
+    /// The connection (the webhook's consumer reads the events stream on it).
+    pub fn link(&self) -> Arc<Link> {
+        self.link.clone()
+    }
+
+    /// Where quota alert events go.
+    pub fn events_at(&self) -> &EventsAt {
+        &self.settings.events
+    }
+
     /// Decides `checks` in ONE script call per slot group, in their order,
     /// outside the batcher: what the batcher does with each batch. One answer
     /// per check; `Err` as a whole when Redis could not be asked. (The
@@ -323,7 +364,7 @@ impl RedisStore {
     /// script call.)
     pub async fn check_batch(&self, checks: &[Check]) -> Result<Vec<Result<Verdict, StoreError>>, StoreError> {
         let refs: Vec<&Check> = checks.iter().collect();
-        run_batch(&self.link, &refs, &self.settings.clock_arg(), self.settings.wait).await
+        run_batch(&self.link, &refs, &self.settings.clock_arg(), self.settings.wait, &self.settings.events).await
     }
 }
 
@@ -433,9 +474,10 @@ impl LimitStore for RedisStore {
         match self.link.conn().await? {
             Conn::Node { mut conn, .. } => {
                 let sub = Sub::give_back(&refund, refund.limits.iter().collect());
-                let mut out =
-                    script_call(&mut conn, &[sub], &clock, self.settings.wait).await.map_err(|e| self.failed(e))?;
-                refund_outcome(out.pop().unwrap_or_else(|| Err(StoreError::Internal("no answer".into())))?)
+                let mut out = script_call(&mut conn, &[sub], &clock, self.settings.wait, None)
+                    .await
+                    .map_err(|e| self.failed(e))?;
+                refund_outcome(out.0.pop().unwrap_or_else(|| Err(StoreError::Internal("no answer".into())))?)
             }
             Conn::Cluster(conn) => cluster::refund(conn, &refund, &clock, self.settings.wait).await,
         }
@@ -680,13 +722,14 @@ async fn batcher(mut rx: mpsc::Receiver<Job>, link: Arc<Link>, s: RedisSettings,
         let link = link.clone();
         let clock = s.clock_arg();
         let wait = s.wait;
+        let events = s.events.clone();
         let look_now = look_now.clone();
         for job in &batch {
             traces::record_batch_size(&job.span, batch.len());
         }
         tokio::spawn(async move {
             let checks: Vec<&Check> = batch.iter().map(|j| &j.check).collect();
-            let result = run_batch(&link, &checks, &clock, wait).await;
+            let result = run_batch(&link, &checks, &clock, wait, &events).await;
             // The slot is held until Redis answered (or the connection gave up).
             drop(permit);
             match result {
@@ -790,12 +833,15 @@ pub(crate) fn refund_outcome(v: Verdict) -> Result<RefundOutcome, StoreError> {
     }
 }
 
-/// Builds the one EVALSHA of `decide.lua` for `subs`. A `Cmd` keeps its
+/// Builds the one EVALSHA of `decide.lua` for `subs`; `events`: the
+/// stream the script appends quota alert events to (`None`: it answers the
+/// crossings only, for the caller to append: a cluster, where the stream is
+/// in another slot). A `Cmd` keeps its
 /// arguments in one buffer, where `Script::prepare_invoke` allocates (and
 /// later copies) every argument on its own; a batch has hundreds of them.
 /// Each key is sent once (the script reads and writes it once), and named
 /// by its index in KEYS.
-pub(crate) fn decide_cmd<'a>(subs: &[Sub<'a>], clock: &str) -> redis::Cmd {
+pub(crate) fn decide_cmd<'a>(subs: &[Sub<'a>], clock: &str, events: Option<&'a EventsAt>) -> redis::Cmd {
     // Each key once, in order of first use; every name refers to its index.
     let mut keys: Vec<&'a str> = Vec::with_capacity(subs.len() * 2);
     let mut key_index: HashMap<&'a str, usize> = HashMap::with_capacity(subs.len() * 2);
@@ -826,7 +872,15 @@ pub(crate) fn decide_cmd<'a>(subs: &[Sub<'a>], clock: &str) -> redis::Cmd {
         let counts = matches!(c.op, Op::Take | Op::Lease(_) | Op::Settle { .. } | Op::GiveBack { .. });
         let usage = c.usage.filter(|_| counts).map(|u: &'a UsageKeys| key(&u.state));
         markers.push(c.marker.map_or(0, &mut key));
-        named.push((limits, usage));
+        // (a quota alert's stream, named only by requests of plans with
+        // alerts that take; a refund fires none)
+        let alerts = c.usage.and_then(|u| u.alerts.as_ref()).filter(|_| !matches!(c.op, Op::GiveBack { .. }));
+        let stream = match (usage, alerts, events) {
+            (Some(_), Some(_), Some(e)) => Some(key(&e.stream)),
+            (Some(_), Some(_), None) => Some(0),
+            _ => None,
+        };
+        named.push((limits, usage, stream));
     }
     let mut cmd = redis::cmd("EVALSHA");
     cmd.arg(DECIDE.get_hash()).arg(keys.len());
@@ -837,20 +891,24 @@ pub(crate) fn decide_cmd<'a>(subs: &[Sub<'a>], clock: &str) -> redis::Cmd {
     for (kind, a, b, c) in &rules {
         cmd.arg(kind.as_str()).arg(*a).arg(*b).arg(*c);
     }
-    for ((c, (limits, usage)), marker) in subs.iter().zip(&named).zip(&markers) {
-        let op = match (c.op, usage.is_some()) {
-            (Op::GiveBack { .. }, true) => "FU",
-            (Op::GiveBack { .. }, false) => "F",
-            (Op::Take, true) => "TU",
-            (Op::Take, false) => "T",
-            (Op::Lease(_), true) => "LU",
-            (Op::Lease(_), false) => "L",
-            (Op::Settle { .. }, true) => "SU",
-            (Op::Settle { .. }, false) => "S",
-            (Op::Dry, _) => "D",
-            (Op::Refund, _) => "R",
+    for ((c, (limits, usage, stream)), marker) in subs.iter().zip(&named).zip(&markers) {
+        let op = match (c.op, usage.is_some(), stream.is_some()) {
+            (Op::GiveBack { .. }, true, _) => "FU",
+            (Op::GiveBack { .. }, false, _) => "F",
+            (Op::Take, true, true) => "TUA",
+            (Op::Take, true, false) => "TU",
+            (Op::Take, false, _) => "T",
+            (Op::Lease(_), true, true) => "LUA",
+            (Op::Lease(_), true, false) => "LU",
+            (Op::Lease(_), false, _) => "L",
+            (Op::Settle { .. }, true, true) => "SUA",
+            (Op::Settle { .. }, true, false) => "SU",
+            (Op::Settle { .. }, false, _) => "S",
+            (Op::Dry, _, _) => "D",
+            (Op::Refund, _, _) => "R",
         };
-        // usage counted by local days: "Z" after the op, and the day table
+        // usage counted by local days: "Z" after the op (and after its "A"),
+        // and the day table before the alerts' arguments
         let zone = c.usage.and_then(|u| u.zone).filter(|_| usage.is_some());
         match zone {
             Some(_) => cmd.arg(c.cost).arg(format!("{op}Z")).arg(c.limits.len()),
@@ -861,6 +919,13 @@ pub(crate) fn decide_cmd<'a>(subs: &[Sub<'a>], clock: &str) -> redis::Cmd {
         }
         if let Some(z) = zone {
             cmd.arg(crate::localtime::day_table(z, now() as u64).code.as_str());
+        }
+        if let (Some(stream), Some(al)) = (stream, c.usage.and_then(|u| u.alerts.as_ref())) {
+            cmd.arg(*stream).arg(events.map_or(0, |e| e.max)).arg(al.thresholds.len());
+            for t in &al.thresholds {
+                cmd.arg(*t);
+            }
+            cmd.arg(&al.key_id).arg(&al.plan_id);
         }
         match c.op {
             Op::Lease(ask) => {
@@ -881,9 +946,10 @@ pub(crate) fn decide_cmd<'a>(subs: &[Sub<'a>], clock: &str) -> redis::Cmd {
     cmd
 }
 
-/// A sub's names in one script call: (key index, rule index) per limit, and
-/// the index of the state hash that counts its usage.
-type Named = (Vec<(usize, usize)>, Option<usize>);
+/// A sub's names in one script call: (key index, rule index) per limit,
+/// the index of the state hash that counts its usage, and with quota alerts
+/// the index of their stream (0: none).
+type Named = (Vec<(usize, usize)>, Option<usize>, Option<usize>);
 
 /// A rule as `decide.lua` reads it: its kind and three numbers.
 type RuleArgs = (RuleKind, u64, u64, u64);
@@ -944,15 +1010,19 @@ async fn run_batch(
     checks: &[&Check],
     clock: &str,
     wait: Option<WaitReplicas>,
+    events: &EventsAt,
 ) -> Result<Vec<Result<Verdict, StoreError>>, StoreError> {
     match link.conn().await? {
         Conn::Node { mut conn, addr } => {
             let subs: Vec<Sub<'_>> = checks.iter().map(|c| Sub::take(c)).collect();
             let started = Instant::now();
-            let out = script_call(&mut conn, &subs, clock, wait).await;
+            let out = script_call(&mut conn, &subs, clock, wait, Some(events)).await;
             metrics::histogram!("tollgate_redis_call_seconds", "node" => addr.clone()).record(started.elapsed());
             match out {
-                Ok(v) => Ok(v),
+                Ok((v, crossings)) => {
+                    events::appended(&crossings);
+                    Ok(v)
+                }
                 Err(e) => {
                     metrics::counter!("tollgate_redis_errors_total", "node" => addr).increment(1);
                     if link.calls_for_relocation(&e) {
@@ -963,7 +1033,8 @@ async fn run_batch(
             }
         }
         Conn::Cluster(conn) => {
-            let (out, reconnect) = cluster::run(conn, link, checks, clock, wait).await;
+            let (out, crossings, reconnect) = cluster::run(conn.clone(), link, checks, clock, wait).await;
+            events::append_after(conn, events, checks, crossings);
             if reconnect {
                 // The cluster connection lost a node it will not find again
                 // by itself (seen after a failover): a new one reads the
@@ -976,15 +1047,17 @@ async fn run_batch(
 }
 
 /// Runs `decide.lua` once for `subs` on `conn` (with `WAIT` after it when
-/// asked): one answer per sub. A NOSCRIPT reply means nothing ran: the
-/// script is loaded and the same call sent again.
+/// asked): one answer per sub, and the quota alerts crossed. A NOSCRIPT
+/// reply means nothing ran: the script is loaded and the same call sent
+/// again.
 pub(crate) async fn script_call<C: redis::aio::ConnectionLike>(
     conn: &mut C,
     subs: &[Sub<'_>],
     clock: &str,
     wait: Option<WaitReplicas>,
-) -> redis::RedisResult<Vec<Result<Verdict, StoreError>>> {
-    let cmd = decide_cmd(subs, clock);
+    events: Option<&EventsAt>,
+) -> redis::RedisResult<Answers> {
+    let cmd = decide_cmd(subs, clock, events);
     let mut pipe = redis::pipe();
     pipe.add_command(cmd);
     if let Some(w) = wait {
@@ -1000,12 +1073,16 @@ pub(crate) async fn script_call<C: redis::aio::ConnectionLike>(
     answers(subs.len(), reply, wait)
 }
 
+/// One answer per request of a script call, and the quota alerts it
+/// crossed.
+pub(crate) type Answers = (Vec<Result<Verdict, StoreError>>, Vec<events::Crossed>);
+
 /// The script's answers, checked against `WAIT`'s count when asked.
 pub(crate) fn answers(
     n: usize,
     mut reply: Vec<redis::Value>,
     wait: Option<WaitReplicas>,
-) -> redis::RedisResult<Vec<Result<Verdict, StoreError>>> {
+) -> redis::RedisResult<Answers> {
     // A cluster pipeline hands back a command's error as a value.
     if let Some(redis::Value::ServerError(e)) = reply.first() {
         return Err(redis::RedisError::from(e.clone()));
@@ -1017,7 +1094,7 @@ pub(crate) fn answers(
         },
         _ => None,
     };
-    let values = match reply.pop() {
+    let mut values = match reply.pop() {
         Some(redis::Value::Array(v)) => v,
         other => {
             return Err(redis::RedisError::from((
@@ -1027,6 +1104,7 @@ pub(crate) fn answers(
             )))
         }
     };
+    let crossed = events::crossed(&mut values, n * VALUES)?;
     if values.len() != n * VALUES {
         return Err(redis::RedisError::from((
             redis::ErrorKind::Parse,
@@ -1047,7 +1125,7 @@ pub(crate) fn answers(
             }
         }
     }
-    Ok(out)
+    Ok((out, crossed))
 }
 
 /// How many values `decide.lua` answers per request.
@@ -1118,13 +1196,13 @@ mod tests {
                 },
             ],
             cost: 3,
-            usage: Some(UsageKeys { state: "tg:{k:a}:s:p".into(), zone: None }),
+            usage: Some(UsageKeys { state: "tg:{k:a}:s:p".into(), zone: None, alerts: None }),
             usage_day: 20_001,
             period_day: Some(20_000),
             until_ms: 123,
             marker: "tg:{k:a}:r:ff".into(),
         };
-        let cmd = decide_cmd(&[Sub::give_back(&r, r.limits.iter().collect())], "");
+        let cmd = decide_cmd(&[Sub::give_back(&r, r.limits.iter().collect())], "", None);
         let args: Vec<String> = cmd
             .args_iter()
             .map(|a| match a {

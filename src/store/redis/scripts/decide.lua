@@ -39,10 +39,14 @@
 --   (below), "D" dry (check only: Redis Cluster asks this to name the right
 --   reason of a denial), "R" refund (give `cost` back to every bucket, after
 --   a take that a later step undid; quotas are never refunded), each with
---   "U" appended when the request counts usage (and then "Z" when it counts
---   it by local days), then the number of limits, then with "U" the index
---   (in KEYS) of the state hash that counts it, with "Z" its local day table
---   (calendar.lua, "Local-time periods"), then
+--   "U" appended when the request counts usage (and then "A" when its plan
+--   has quota alerts, and "Z" when it counts usage by local days), then the
+--   number of limits, then with "U" the index (in KEYS) of the state hash
+--   that counts it, then with "Z" its local day table (calendar.lua,
+--   "Local-time periods"), then with "A" the alerts: the index in KEYS of
+--   the events stream (0: none, answer the crossings only), about how many
+--   events it keeps, the number of thresholds, each threshold (percent), the
+--   key's id, the plan's id; then
 --   for "L" the tokens asked, for "S" the tokens leased and the lease's
 --   slot, then per limit three values: key index, field (in the state hash;
 --   '' for a string key), rule index.
@@ -66,6 +70,21 @@
 --   back, 2 already refunded, 3 the window passed, 4 the quota period is
 --   another), the quota left after (0 without one), 1 when a limit is a
 --   quota (else 0), -1, 0, 0, 0.
+-- After the nine values of every request: seven per quota alert crossed
+-- (below): the request's number (1-based), the threshold, the quota limit
+-- in force, the quota used, the period's start and end (ms), and the id of
+-- the event appended to the stream ('' when none was: no stream named, or
+-- the XADD failed).
+--
+-- Quota alerts (docs/semantics.md, "Quota alerts"; src/alerts/mod.rs). When
+-- a request's quota write makes the period's use reach a threshold not yet
+-- fired (used * 100 >= threshold * limit), its bit is set in the state
+-- hash's field `a`, "STARTDAY:LO:HI" (thresholds 1-50 are bits t-1 of LO,
+-- 51-100 bits t-51 of HI; a value of another period has none fired), and
+-- the event is appended to the stream, all in this call: one event per key,
+-- threshold and period, whatever the concurrency. On a Redis Cluster the
+-- stream is in another slot, so the crossing is only answered, and the
+-- replica appends the event after the call.
 --
 -- Leases (docs/semantics.md, "Leased admission"). An "L" request is a take
 -- that also asks for up to ASK more tokens of every limit, for its replica to
@@ -159,15 +178,15 @@ local function refund(cost, limits)
   return { 1, 0, 0, 0, 0, -1, 0, 0, 0 }, writes
 end
 
--- The current quota period of a rule: its start (days), end (ms) and the
--- limit in force (the offset applies in the one period containing the
--- plan's creation).
+-- The current quota period of a rule: its start (the day number of its
+-- local start date), end (ms), the limit in force (the offset applies in
+-- the one period containing the plan's creation) and its start (ms).
 local function quota_period(rule)
   local limit, offset, created = rule[2], rule[3], rule[4]
   local p = period(rule[1])
   local eff = limit
   if created >= p[1] and created < p[2] then eff = limit - offset end
-  return p[4], p[2], eff
+  return p[4], p[2], eff, p[1]
 end
 
 -- A quota's value: used in the current period (with lapsed leases charged)
@@ -180,9 +199,61 @@ local function quota_state(v, k, start)
   return v[2] + lapsed, live
 end
 
+-- Quota alerts (above): the crossings answered, seven values each.
+local EVENTS = {}
+
+local function has_bit(mask, b)
+  return math.floor(mask / 2 ^ b) % 2 == 1
+end
+
+-- Adds to `writes` the bits of the thresholds of `al` (a request's alerts)
+-- that quota use `used` of `eff` reaches and that have not fired in the
+-- period starting on day `start` (at `start_ms`, ending at `ends` ms) of
+-- state hash `k`,
+-- and notes them on `writes.alerts` for `fire` (once the request passed).
+local function alerts_after(writes, al, k, start, ends, eff, used, start_ms)
+  if eff <= 0 then return end
+  local v = get(k, 'a')
+  local lo, hi = 0, 0
+  if v and v[1] == start then lo, hi = v[2], v[3] or 0 end
+  local crossed = {}
+  for _, t in ipairs(al.t) do
+    if used * 100 >= t * eff then
+      if t <= 50 and not has_bit(lo, t - 1) then
+        lo = lo + 2 ^ (t - 1); crossed[#crossed + 1] = t
+      elseif t > 50 and not has_bit(hi, t - 51) then
+        hi = hi + 2 ^ (t - 51); crossed[#crossed + 1] = t
+      end
+    end
+  end
+  if #crossed > 0 then
+    writes[#writes + 1] = { k, 'a', { start, lo, hi }, ends }
+    writes.alerts = { al = al, t = crossed, eff = eff, used = used, start = start_ms, ends = ends }
+  end
+end
+
+-- Records the crossings of request `r` (`writes.alerts`): appends each
+-- event to the stream when the request names one, and answers it.
+local function fire(r, x)
+  local al = x.al
+  local n = function(v) return string.format('%.0f', v) end
+  for _, t in ipairs(x.t) do
+    local id = ''
+    if al.s > 0 then
+      local ok, res = pcall(redis.call, 'XADD', KEYS[al.s], 'MAXLEN', '~', al.max, '*',
+        'key_id', al.key, 'plan_id', al.plan, 'threshold', n(t), 'limit', n(x.eff), 'used', n(x.used),
+        'period_start_ms', n(x.start), 'period_end_ms', n(x.ends))
+      if ok then id = res end
+    end
+    local e = { r, t, x.eff, x.used, x.start, x.ends, id }
+    for j = 1, 7 do EVENTS[#EVENTS + 1] = e[j] end
+  end
+end
+
 -- Decides one request; returns its nine values and its writes (none when
--- denied or `dry`). `ask`: the tokens to lease besides (0: none).
-local function decide(cost, limits, usage, dry, ask, uday)
+-- denied or `dry`). `ask`: the tokens to lease besides (0: none). `uday`:
+-- the local day table of its usage, if any. `al`: its quota alerts, if any.
+local function decide(cost, limits, usage, dry, ask, uday, al)
   local best, best_limit, best_rem, best_reset = 0, 0, 0, 0
   local writes = {}
   local quota_used = nil
@@ -190,6 +261,7 @@ local function decide(cost, limits, usage, dry, ask, uday)
   -- lease may be used (a quota's must end with its period)
   local spare, valid = nil, LEASE_MS / 2
   local olds = {}
+  local qa = nil -- the quota's state hash, period and limit (alerts)
   for i = 1, #limits do
     local l = limits[i]
     local k, f, rule = l[1], l[2], l[3]
@@ -225,7 +297,7 @@ local function decide(cost, limits, usage, dry, ask, uday)
       end
       if spare == nil or rem < spare then spare = rem end
     else
-      local start, ends, eff = quota_period(rule)
+      local start, ends, eff, start_ms = quota_period(rule)
       local used, live, other = quota_state(v, k, start)
       if other then olds[i] = false end -- another period's leases are gone
       local reset = ends - now_ms
@@ -237,6 +309,7 @@ local function decide(cost, limits, usage, dry, ask, uday)
         return { 0, i, eff, rem, reset, reset, soft, 0, 0 }, nil
       end
       quota_used = used + cost
+      qa = { k, start, ends, eff, start_ms }
       writes[#writes + 1] = { k, f, { start, quota_used }, ends }
       local rem = eff - used - live - cost
       if best == 0 or rem < best_rem then
@@ -260,6 +333,7 @@ local function decide(cost, limits, usage, dry, ask, uday)
     keep_slots(writes[i][3], olds[i], grant)
   end
   if usage then usage_writes(writes, usage, cost, quota_used, local_day(uday)) end
+  if al and qa then alerts_after(writes, al, qa[1], qa[2], qa[3], qa[4], quota_used, qa[5]) end
   local slot = slot_now + 2
   if grant == 0 then valid, slot = 0, 0 end
   return { 1, best, best_limit, best_rem, best_reset, -1, grant, slot, valid }, writes
@@ -269,7 +343,7 @@ end
 -- used: takes it out of its slot and charges the used tokens now. A lease
 -- whose slot has ended lapsed: it was charged in full already (only its use
 -- is counted, in the usage).
-local function settle(used, leased, slot, limits, usage, uday)
+local function settle(used, leased, slot, limits, usage, uday, al)
   local writes = {}
   local quota_used = nil
   local lapsed = 0
@@ -293,7 +367,7 @@ local function settle(used, leased, slot, limits, usage, uday)
       end
       writes[#writes + 1] = { k, f, nv, now_ms + ms_to_drain(nv[1] + live * NANO, rate) + 2 * LEASE_MS + 1 }
     elseif rule[1] ~= 'B' then
-      local start, ends = quota_period(rule)
+      local start, ends, eff, start_ms = quota_period(rule)
       local q, _, other = quota_state(v, k, start)
       if not v or other then
         lapsed = 1
@@ -302,6 +376,7 @@ local function settle(used, leased, slot, limits, usage, uday)
         if keep_slots(nv, v, 0, slot, leased) then nv[2] = q + used else lapsed = 1 end
         quota_used = nv[2]
         writes[#writes + 1] = { k, f, nv, ends }
+        if al then alerts_after(writes, al, k, start, ends, eff, quota_used, start_ms) end
       end
     end
   end
@@ -393,10 +468,18 @@ for r = 1, n_requests do
     wants_field(usage, 'u')
     a = a + 1
   end
-  local uday = nil -- 'Z' third: usage counted by a local day table
-  if usage and string.byte(op, 3) == 90 then
+  local uday = nil -- 'Z': usage counted by a local day table
+  if usage and string.find(op, 'Z', 3, true) then
     uday = ARGV[a]
     a = a + 1
+  end
+  local al = nil
+  if string.find(op, 'A', 3, true) then -- the request's quota alerts
+    local n = tonumber(ARGV[a + 2])
+    al = { s = tonumber(ARGV[a]), max = ARGV[a + 1], t = {}, key = ARGV[a + 3 + n], plan = ARGV[a + 4 + n] }
+    for i = 1, n do al.t[i] = tonumber(ARGV[a + 2 + i]) end
+    wants_field(usage, 'a')
+    a = a + 5 + n
   end
   local x, y = 0, 0
   local o = string.sub(op, 1, 1)
@@ -417,7 +500,7 @@ for r = 1, n_requests do
     if f == '' then wants_string(k) else wants_field(k, f) end
     a = a + 3
   end
-  reqs[r] = { cost, o, limits, usage, x, y, uday }
+  reqs[r] = { cost, o, limits, usage, x, y, uday, al }
 end
 load_all()
 
@@ -428,14 +511,15 @@ for r = 1, n_requests do
   if q[2] == 'R' then
     ok, res, writes = pcall(refund, q[1], q[3])
   elseif q[2] == 'S' then
-    ok, res, writes = pcall(settle, q[1], q[5], q[6], q[3], q[4], q[7])
+    ok, res, writes = pcall(settle, q[1], q[5], q[6], q[3], q[4], q[7], q[8])
   elseif q[2] == 'F' then
     ok, res, writes = pcall(give_back, q[1], q[3], q[4], q[5], q[7])
   else
-    ok, res, writes = pcall(decide, q[1], q[3], q[4], q[2] == 'D', q[5], q[7])
+    ok, res, writes = pcall(decide, q[1], q[3], q[4], q[2] == 'D', q[5], q[7], q[8])
   end
   if ok then
     if writes then apply_all(writes) end
+    if writes and writes.alerts then fire(r, writes.alerts) end
   else
     -- an error raised by redis.call is a table with the message in `err`
     if type(res) == 'table' then res = res.err end
@@ -444,4 +528,5 @@ for r = 1, n_requests do
   for j = 1, 9 do out[#out + 1] = res[j] end
 end
 flush()
+for j = 1, #EVENTS do out[#out + 1] = EVENTS[j] end
 return out
