@@ -136,6 +136,7 @@ on_every_store!(
     a_refund_of_a_plan_gone_is_not_found,
     a_refund_in_another_quota_period_is_refused,
     the_shared_secret_is_created_once,
+    a_local_time_quota_is_refunded_in_its_own_period_and_day,
 );
 
 const SECRET: &[u8] = b"the test's decision secret";
@@ -319,6 +320,30 @@ async fn a_refund_in_another_quota_period_is_refused(b: Backend) {
         other => panic!("{other:?}"),
     }
     assert_eq!(usage_today(&l, "k1", "p1").await, Some(DayUsage { n: 2, q: Some(2) }), "nothing given back");
+}
+
+/// A quota in a time zone with an anchor day (docs/semantics.md,
+/// "Local-time quotas"): the refund finds the decision's local period and
+/// local usage day.
+async fn a_local_time_quota_is_refunded_in_its_own_period_and_day(b: Backend) {
+    let yaml = catalog(4).replace("    throttle: { rate_limit: 0.001, burst_limit: 6 }\n", "").replace(
+        "quota: { limit: 4, period: MONTH }",
+        "quota: { limit: 4, period: MONTH, time_zone: Pacific/Kiritimati, anchor_day: 9 }",
+    );
+    let l = b.limiter(&yaml, SECRET, 3_600_000);
+    let ask = |cost| l.authorize(Request { api_key: Some(K1), stage: "shop/prod", method: "/x/GET", cost });
+    let d = ask(4).await.unwrap();
+    assert!(d.allowed, "{d:?}");
+    assert!(!ask(1).await.unwrap().allowed, "the quota of 4 is used");
+    let r = refund(&l, &d.decision_id.expect("an id")).await.expect("refunded");
+    assert_eq!(r.quota_remaining, Some(4));
+    let zone = tollgate::localtime::Zone::parse("Pacific/Kiritimati").ok();
+    let day = tollgate::localtime::usage_day(zone, tollgate::model::now_ms());
+    let mut keys = l.keys().usage("k1", "p1");
+    keys.zone = zone;
+    let u = l.store().read_usage(vec![keys], vec![day]).await.unwrap()[0];
+    assert_eq!(u, Some(DayUsage { n: 0, q: Some(0) }), "the local day's usage is taken off");
+    assert!(ask(4).await.unwrap().allowed, "the whole quota is back");
 }
 
 /// With Redis (single or cluster), the first replica's secret is the one
