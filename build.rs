@@ -19,6 +19,8 @@ const JSON_MESSAGES: &[&str] = &[
     "RateLimitInfo",
     "OwnUsage",
     "OwnPlanUsage",
+    "RefundRequest",
+    "RefundResponse",
     // Admin: things, as answered and as written.
     "Throttle",
     "Quota",

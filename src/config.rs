@@ -200,6 +200,19 @@ pub struct Settings {
     #[arg(long, env = "TOLLGATE_ON_STORE_ERROR", value_enum, default_value_t = OnStoreError::Unavailable)]
     pub on_store_error: OnStoreError,
 
+    /// How long after a decision it can be refunded (`Refund`,
+    /// docs/semantics.md "Refunds"), e.g. `1h`, `90s`; and only while its
+    /// quota period lasts.
+    #[arg(long, env = "TOLLGATE_REFUND_WINDOW", default_value = "1h", value_parser = parse_refund_window)]
+    pub refund_window: Duration,
+
+    /// The secret that signs decision ids (any string; 32+ random bytes in
+    /// hex is good). Every replica must have the same. Without it: with
+    /// Redis, a secret created once in Redis and shared by all replicas;
+    /// with the memory store, a random one per process. Never logged.
+    #[arg(long, env = "TOLLGATE_DECISION_SECRET", hide_env_values = true)]
+    pub decision_secret: Option<DecisionSecret>,
+
     /// Envoy ext_authz: the request header that carries the API key (RLS
     /// reads the descriptor entry `api_key` instead).
     #[arg(long, env = "TOLLGATE_API_KEY_HEADER", default_value = "x-api-key")]
@@ -424,6 +437,8 @@ impl Settings {
             account_rate: None,
             account_burst: None,
             on_store_error: OnStoreError::Unavailable,
+            refund_window: Duration::from_millis(crate::limiter::refund::DEFAULT_REFUND_WINDOW_MS),
+            decision_secret: None,
             api_key_header: "x-api-key".into(),
             default_stage: None,
             forward_api_key: false,
@@ -558,4 +573,34 @@ impl Settings {
             _ => Ok(None),
         }
     }
+}
+
+/// `--decision-secret`: shown as `***` by `Debug`, so never logged.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DecisionSecret(pub String);
+
+impl fmt::Debug for DecisionSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl FromStr for DecisionSecret {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.len() < 16 {
+            return Err("a decision secret must be at least 16 characters (32+ random bytes in hex is good)".into());
+        }
+        Ok(Self(s.to_string()))
+    }
+}
+
+/// `--refund-window`: a humantime duration from 1 s to 92 days.
+fn parse_refund_window(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e}; write it like 1h, 15m or 90s"))?;
+    if d < Duration::from_secs(1) || d > Duration::from_secs(92 * 86_400) {
+        return Err("must be from 1s to 92 days (usage records are kept 92 days)".into());
+    }
+    Ok(d)
 }

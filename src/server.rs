@@ -55,6 +55,7 @@ use crate::catalog::file::{self, CatalogFile};
 use crate::catalog::store::CatalogService;
 use crate::config::{AdminListen, RedisMode, Settings};
 use crate::limiter::deny::DEFAULT_CAPACITY as DENY_CACHE_CAPACITY;
+use crate::limiter::refund::{DecisionSigner, Refunds};
 use crate::limiter::{DenyCache, LeaseTable, Limiter};
 use crate::store::keys::Keys;
 use crate::store::memory::MemoryStore;
@@ -102,6 +103,39 @@ pub fn deny_cache(settings: &Settings, store: &Store) -> Option<DenyCache> {
     let shared = settings.redis_mode != RedisMode::Cluster;
     tracing::info!(capacity = DENY_CACHE_CAPACITY, shared_throttles = shared, "deny cache on");
     Some(DenyCache::new(DENY_CACHE_CAPACITY).shared_throttles(shared))
+}
+
+/// The signer of decision ids (docs/semantics.md, "Refunds"): the
+/// `--decision-secret`; else with Redis the secret shared by every replica
+/// (created once with SET NX beside the catalog; read by a task that retries
+/// until Redis answers: until then answers carry no decision id); else a
+/// random one for this process.
+fn decision_signer(settings: &Settings, store: &Store, keys: &Keys) -> Arc<DecisionSigner> {
+    if let Some(s) = &settings.decision_secret {
+        return Arc::new(DecisionSigner::with_secret(s.0.as_bytes()));
+    }
+    let Store::Redis(redis) = store else {
+        return Arc::new(DecisionSigner::random());
+    };
+    let signer = Arc::new(DecisionSigner::new());
+    let (redis, key, task_signer) = (redis.clone(), keys.decision_secret(), signer.clone());
+    tokio::spawn(async move {
+        let fresh = hex::encode(rand::random::<[u8; 32]>());
+        let mut pause = Duration::from_millis(50);
+        loop {
+            match redis.shared_secret(&key, &fresh).await {
+                Ok(secret) => {
+                    task_signer.set(secret.as_bytes());
+                    tracing::info!("decision secret read from Redis: decision ids on");
+                    return;
+                }
+                Err(e) => tracing::debug!(error = %e, "cannot read the decision secret from Redis yet; retrying"),
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(2));
+        }
+    });
+    signer
 }
 
 /// How often the settler looks for leases whose use ended, ms: a lease's
@@ -344,10 +378,14 @@ fn open_services(settings: &Settings) -> Result<Services, BoxError> {
         Some(cache) => limiter.with_deny_cache(cache),
         None => limiter,
     };
-    let limiter = Arc::new(match lease_table(settings, &store) {
+    let limiter = match lease_table(settings, &store) {
         Some(table) => limiter.with_leases(table),
         None => limiter,
-    });
+    };
+    let limiter = Arc::new(limiter.with_refunds(Refunds {
+        signer: decision_signer(settings, &store, &keys),
+        window_ms: settings.refund_window.as_millis() as u64,
+    }));
     if limiter.leases().is_some() {
         // The settler: hands the leases whose use ended back to Redis.
         let weak = Arc::downgrade(&limiter);
@@ -384,7 +422,8 @@ fn open_services(settings: &Settings) -> Result<Services, BoxError> {
     tokio::spawn(watch_health(reporter, readiness.clone()));
 
     let max = settings.max_message_bytes;
-    let authorizer = Arc::new(AuthorizerService::new(limiter.clone(), settings.on_store_error));
+    let authorizer =
+        Arc::new(AuthorizerService::new(limiter.clone(), settings.on_store_error).with_catalog(catalog.clone()));
     let http_limits = HttpLimits {
         request_timeout: settings.request_timeout(),
         admin_request_timeout: settings.admin_request_timeout(),

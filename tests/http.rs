@@ -99,6 +99,7 @@ fn authorize_answers_200_for_every_decision_with_the_ratelimit_headers() {
     fields.sort();
     let proto = [
         "allowed",
+        "decision_id",
         "http_status",
         "key_id",
         "message",

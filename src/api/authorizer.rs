@@ -6,6 +6,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use tonic::{Request, Response, Status};
 
 use super::pb;
+use crate::catalog::store::CatalogService;
 use crate::config::OnStoreError;
 use crate::limiter::{AuthorizeError, Decision, LimitKind, Limiter, Reason};
 use crate::localtime::{quota_period, usage_day};
@@ -17,12 +18,44 @@ use crate::store::{Check, DayUsage, LeaseOp, Limit, LimitStore, Rule, Store};
 pub struct AuthorizerService {
     limiter: Arc<Limiter<Store>>,
     on_store_error: OnStoreError,
+    /// The catalog's records: a refund checks that its key still exists
+    /// and is in the plan (the data plane indexes keys by value only).
+    catalog: Option<Arc<CatalogService>>,
 }
 
 impl AuthorizerService {
     /// A service deciding with `limiter`.
     pub fn new(limiter: Arc<Limiter<Store>>, on_store_error: OnStoreError) -> Self {
-        Self { limiter, on_store_error }
+        Self { limiter, on_store_error, catalog: None }
+    }
+
+    /// The same service, checking a refund's key in `catalog`.
+    pub fn with_catalog(mut self, catalog: Arc<CatalogService>) -> Self {
+        self.catalog = Some(catalog);
+        self
+    }
+
+    /// Refund and `POST /v1/refund` (docs/semantics.md, "Refunds"): gives
+    /// back what the decision of `decision_id` consumed, once.
+    pub async fn refund(&self, decision_id: &str) -> Result<pb::RefundResponse, Status> {
+        let ticket = self.limiter.open_decision_id(decision_id.trim())?;
+        if let Some(catalog) = &self.catalog {
+            let key = catalog.key(&ticket.key_id).await.map_err(Status::from)?;
+            if !key.is_some_and(|k| k.plans.contains(&ticket.plan_id)) {
+                return Err(Status::not_found(format!(
+                    "key {} no longer exists or is no longer in usage plan {}: the decision cannot be refunded",
+                    ticket.key_id, ticket.plan_id
+                )));
+            }
+        }
+        let r = self.limiter.refund(&ticket).await?;
+        Ok(pb::RefundResponse {
+            key_id: r.key_id,
+            plan_id: r.plan_id,
+            cost: r.cost,
+            has_quota: r.quota_remaining.is_some(),
+            quota_remaining: r.quota_remaining.unwrap_or(0),
+        })
     }
 
     /// The limiter it decides with.
@@ -75,6 +108,7 @@ impl From<Decision> for pb::AuthorizeResponse {
             retry_after_ms: d.retry_after_ms,
             shadow_denied: d.shadow_denied.is_some(),
             shadow_reason: d.shadow_denied.map_or(pb::Reason::Unspecified, pb::Reason::from) as i32,
+            decision_id: d.decision_id.unwrap_or_default(),
         }
     }
 }
@@ -203,6 +237,10 @@ impl AuthorizerService {
 impl pb::authorizer_server::Authorizer for AuthorizerService {
     async fn get_own_usage(&self, request: Request<pb::GetOwnUsageRequest>) -> Result<Response<pb::OwnUsage>, Status> {
         Ok(Response::new(self.own_usage(&request.get_ref().api_key).await?))
+    }
+
+    async fn refund(&self, request: Request<pb::RefundRequest>) -> Result<Response<pb::RefundResponse>, Status> {
+        Ok(Response::new(AuthorizerService::refund(self, &request.get_ref().decision_id).await?))
     }
 
     async fn authorize(

@@ -54,6 +54,10 @@ pub const PLAN_ID_HEADER: &str = "x-tollgate-plan-id";
 /// would have given (`THROTTLED`, `QUOTA_EXCEEDED`), on the upstream request
 /// and on the response.
 pub const SHADOW_DENIED_HEADER: &str = "x-tollgate-shadow-denied";
+/// Header set on the upstream request of an allowed decision that consumed
+/// a limit: its signed decision id, for a refund (docs/envoy.md, "Refund on
+/// upstream 5xx"); removed otherwise, so that a client cannot send one.
+pub const DECISION_ID_HEADER: &str = "x-tollgate-decision-id";
 
 static WARNED_NO_STAGE: AtomicBool = AtomicBool::new(false);
 static WARNED_BAD_STAGE: AtomicBool = AtomicBool::new(false);
@@ -137,7 +141,8 @@ impl EnvoyAuthzService {
 
     fn allowed(&self, d: &Decision) -> CheckResponse {
         let mut ok = OkHttpResponse::default();
-        for (name, value) in [(KEY_ID_HEADER, &d.key_id), (PLAN_ID_HEADER, &d.plan_id)] {
+        let ids = [(KEY_ID_HEADER, &d.key_id), (PLAN_ID_HEADER, &d.plan_id), (DECISION_ID_HEADER, &d.decision_id)];
+        for (name, value) in ids {
             match value {
                 // OkHttpResponse.headers overwrite (Envoy 1.40 ignores
                 // append_action here; `append` unset means overwrite).

@@ -219,6 +219,11 @@ impl Catalog {
         entry.plans.as_slice().iter().find_map(|p| self.small.plans.get(p).and_then(|cp| cp.stages.get(stage)))
     }
 
+    /// Plan `plan_id` as it applies to `stage`, if it exists and has it.
+    pub fn plan_in_stage(&self, plan_id: &str, stage: &str) -> Option<&Arc<StagePlan>> {
+        self.small.plans.get(plan_id).and_then(|cp| cp.stages.get(stage))
+    }
+
     /// The small tables (APIs, stages, plans).
     pub fn small(&self) -> &Small {
         &self.small

@@ -72,6 +72,7 @@ pub async fn run(args: AuthorizeArgs) -> ExitCode {
             "retry_after_ms": r.retry_after_ms,
             "shadow_denied": r.shadow_denied,
             "shadow_reason": r.shadow_denied.then(|| r.shadow_reason().as_str_name()),
+            "decision_id": (!r.decision_id.is_empty()).then_some(&r.decision_id),
         });
         super::emit(&format!("{v}\n"));
     } else {
@@ -101,6 +102,9 @@ pub async fn run(args: AuthorizeArgs) -> ExitCode {
         }
         if r.shadow_denied {
             let _ = writeln!(s, "  shadow plan: would have been DENIED ({})", r.shadow_reason().as_str_name());
+        }
+        if !r.decision_id.is_empty() {
+            let _ = writeln!(s, "  decision id {} (tollgate refund --decision-id ...)", r.decision_id);
         }
         super::emit(&s);
     }

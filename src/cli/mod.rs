@@ -5,6 +5,7 @@ pub mod admin;
 pub mod authorize;
 pub mod bench;
 pub mod bench_catalog;
+pub mod refund;
 pub mod self_usage;
 
 use std::path::{Path, PathBuf};
@@ -44,6 +45,9 @@ pub enum Command {
     /// token; the key itself authenticates).
     #[command(name = "self")]
     OwnUsage(self_usage::SelfArgs),
+    /// Give back what one allowed decision consumed, by its decision id
+    /// (no admin token; the signed id authenticates).
+    Refund(refund::RefundArgs),
     /// Manage API keys (Admin service).
     Keys(admin::keys::KeysArgs),
     /// Manage APIs, stages and their method settings (Admin service).
@@ -134,6 +138,7 @@ pub fn main(cli: Cli) -> ExitCode {
             Command::Serve(settings) => serve(*settings).await,
             Command::Authorize(args) => authorize::run(args).await,
             Command::OwnUsage(args) => self_usage::run(args).await,
+            Command::Refund(args) => refund::run(args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::BenchCatalog(args) => bench_catalog::run(args).await,
             Command::CheckConfig(args) => check_config(args),

@@ -332,6 +332,21 @@ impl DenyCache {
         self.len.fetch_sub(before - shard.len(), Ordering::Relaxed);
     }
 
+    /// Drops the entries of `limits` (a refund gave them tokens back:
+    /// docs/semantics.md, "Refunds"). A denial learned by a request that was
+    /// in flight during the refund may still come in after; it ends on its
+    /// own, as other replicas' entries do.
+    pub fn forget(&self, limits: &[Limit]) {
+        for l in limits {
+            let id = limit_id(l);
+            let (h, mut shard) = self.slot(&id);
+            if shard.get(&h).is_some_and(|e| e.is(&id)) {
+                shard.remove(&h);
+                self.len.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+
     /// Drops every entry.
     pub fn clear(&self) {
         for s in self.shards.iter() {

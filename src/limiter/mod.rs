@@ -23,6 +23,8 @@ pub mod lease;
 
 pub mod counts;
 
+pub mod refund;
+
 use tracing::{Instrument, Span};
 
 use self::counts::DecisionCounts;
@@ -170,6 +172,9 @@ pub struct Decision {
     /// A shadow plan's limit would have denied with this reason (the
     /// request was allowed; `rate` describes that limit).
     pub shadow_denied: Option<Reason>,
+    /// An allowed decision that consumed a limit: its signed id, for a
+    /// refund (`refund.rs`; docs/semantics.md, "Refunds").
+    pub decision_id: Option<String>,
 }
 
 impl Decision {
@@ -183,6 +188,7 @@ impl Decision {
             rate: None,
             retry_after_ms: None,
             shadow_denied: None,
+            decision_id: None,
         }
     }
 }
@@ -284,6 +290,8 @@ pub struct Limiter<S> {
     account: Option<Throttle>,
     deny: Option<DenyCache>,
     leases: Option<Arc<LeaseTable>>,
+    /// Decision ids and refunds (`refund.rs`), when on.
+    refunds: Option<Arc<refund::Refunds>>,
     /// The answers given, as the metrics count them (`GET /v1/stats`).
     counts: DecisionCounts,
 }
@@ -291,7 +299,16 @@ pub struct Limiter<S> {
 impl<S: LimitStore> Limiter<S> {
     /// A limiter; `account` is the server-wide throttle, if any.
     pub fn new(catalog: CatalogHandle, store: S, keys: Keys, account: Option<Throttle>) -> Self {
-        Self { catalog, store, keys, account, deny: None, leases: None, counts: DecisionCounts::default() }
+        Self {
+            catalog,
+            store,
+            keys,
+            account,
+            deny: None,
+            leases: None,
+            refunds: None,
+            counts: DecisionCounts::default(),
+        }
     }
 
     /// The same limiter, admitting the requests of plans with `admission:
@@ -502,6 +519,9 @@ impl<S: LimitStore> Limiter<S> {
             (Check { limits, cost: req.cost, usage, lease: LeaseOp::None }, kinds, decision, (leased, shadow))
         };
         let mut check = check;
+        // Whether an allow gets a decision id (`refund.rs`): only when
+        // something is consumed, of a key's plan.
+        let refundable = self.refunds.is_some() && !check.limits.is_empty() && check.usage.is_some();
         // A shadow plan's request, denied by one of the plan's own limits,
         // still passes the shared throttles: kept here to ask them alone.
         let shared: Option<Vec<(usize, Limit)>> = shadow.then(|| {
@@ -583,6 +603,15 @@ impl<S: LimitStore> Limiter<S> {
             Reason::Throttled
         };
         decision.retry_after_ms = if verdict.allowed { None } else { verdict.retry_after_ms };
+        if let (true, true, None, Some(key_id), Some(plan_id)) =
+            (refundable, decision.allowed, decision.shadow_denied, &decision.key_id, &decision.plan_id)
+        {
+            let quota = kinds.iter().find_map(|(_, r)| match r {
+                Rule::Quota { quota, .. } => Some(*quota),
+                Rule::Bucket(_) => None,
+            });
+            decision.decision_id = self.decision_id(key_id, plan_id, req.stage, req.method.as_str(), req.cost, quota);
+        }
         if cached.is_some() {
             traces::record_deny_cache_hit(span);
             // (a shadow plan's cached denial is answered as an allow: counted

@@ -85,6 +85,15 @@ pub fn take(prev: Option<BucketState>, rate_milli: u64, burst: u64, cost: u64, n
     Take::Allow { state: BucketState { level, at_us }, remaining: (cap - level) / NANO, reset_ms, ttl_ms: reset_ms + 1 }
 }
 
+/// Gives `cost` tokens back to a bucket in state `prev` at `now_us` (a
+/// refund, docs/semantics.md "Refunds"): its level goes down by the cost,
+/// never below full. Returns the state to store and its lifetime in ms.
+pub fn give(prev: Option<BucketState>, rate_milli: u64, cost: u64, now_us: u64) -> (BucketState, u64) {
+    let level = level_at(prev, rate_milli, now_us).saturating_sub(cost.saturating_mul(NANO));
+    let at_us = prev.map_or(now_us, |p| p.at_us.max(now_us));
+    (BucketState { level, at_us }, ms_to_drain(level, rate_milli) + 1)
+}
+
 /// Milliseconds (rounded up) until `amount` billionths drain at `rate_milli`
 /// per microsecond. A zero rate never drains; only a zero burst has one, and
 /// it never stores a level.

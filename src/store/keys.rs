@@ -12,6 +12,7 @@
 //! | `P{k:KEY}:s:PLAN` | hash (below) | the state of one key in one plan: its throttles, quota and usage |
 //! | `P{s:API/STAGE}:tb:METHOD` | string `LEVEL:TIME` (`bucket.rs`) | stage method throttle, all callers |
 //! | `P{acct}:tb` | string `LEVEL:TIME` (`bucket.rs`) | account throttle |
+//! | `P{k:KEY}:r:NONCE` | string `1` | decision `NONCE` of key `KEY` was refunded (docs/semantics.md, "Refunds"); expires at the end of the refund window; in the slot of the key's state, so the marker and the give-back are one script call on a Redis Cluster |
 //!
 //! The fields of a state hash (`redis/scripts/state.lua` reads and writes
 //! them, each hash once per script call):
@@ -49,6 +50,7 @@
 //! | `P{cat}:key_tags` | sorted set of `TAGKEY\0TAGVALUE\0ID`, one per tag of each key | listing keys by tag, in pages |
 //! | `P{cat}:plan_keys:PLAN` | sorted set of key ids | a plan's keys, in pages (usage reports) |
 //! | `P{cat}:audit` | stream, entry `MS-SEQ` with field `record` (JSON) | the audit trail: one record per Admin change (`crate::audit`), written in the change's transaction; about `--audit-max-records` kept (`MAXLEN ~`) |
+//! | `P{cat}:decision_secret` | string (hex) | the secret that signs decision ids, shared by every replica: created once (`SET NX`) by the first replica to start |
 //! | `P{cat}:events` | stream, entry `MS-SEQ` with fields `key_id`, `plan_id`, `threshold`, `limit`, `used`, `period_start_ms`, `period_end_ms` | quota alert events (`crate::alerts`): appended by the decision that crossed the threshold (on a cluster, by its replica right after); about `--events-max` kept (`MAXLEN ~`); the webhook's consumer group `tollgate-webhook` reads it |
 //! | `P{cat}:file_digests` | hash digest → ms | the catalog files applied (SHA-256 of their bytes, hex) and when; the last 100 |
 //! | `P{cat}:file_records` | hash record → fingerprint | for each record a catalog file applied (`api:ID`, `stage:API/STAGE`, `plan:ID`, `key:ID`, `sub:PLAN/KEY`), a hash of what the file last applied to it |
@@ -97,6 +99,16 @@ impl Keys {
     /// (`crate::alerts`): appended by the decisions that cross a threshold.
     pub fn events(&self) -> String {
         self.catalog("events")
+    }
+
+    /// The marker of one refunded decision (`nonce` in hex) of key `key_id`.
+    pub fn refund_marker(&self, key_id: &str, nonce: &str) -> String {
+        format!("{}{{k:{key_id}}}:r:{nonce}", self.prefix)
+    }
+
+    /// The secret that signs decision ids, beside the catalog.
+    pub fn decision_secret(&self) -> String {
+        self.catalog("decision_secret")
     }
 
     /// Stage method throttle.
@@ -167,5 +179,14 @@ mod tests {
         let k = Keys::default();
         assert_eq!(k.state("K1", "p"), "tg:{k:K1}:s:p");
         assert_eq!(method_field(&StageRef::parse("a/s").unwrap(), "/x/GET"), "m:a/s:/x/GET");
+    }
+
+    /// A refund's marker shares the slot of the key's state (one script
+    /// call on a cluster); the signing secret lives beside the catalog.
+    #[test]
+    fn refund_keys() {
+        let k = Keys::default();
+        assert_eq!(k.refund_marker("K1", "00ff"), "tg:{k:K1}:r:00ff");
+        assert_eq!(k.decision_secret(), "tg:{cat}:decision_secret");
     }
 }

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use super::bucket::{self, BucketState, Take};
 pub use super::clock::{Clock, ManualClock, SystemClock};
 use super::keys::QUOTA_FIELD;
-use super::{Check, DayUsage, LeaseOp, LimitStore, Rule, StoreError, UsageKeys, Verdict};
+use super::{Check, DayUsage, LeaseOp, LimitStore, Refund, RefundOutcome, Rule, StoreError, UsageKeys, Verdict};
 use crate::alerts::{AlertEvent, AlertSpec, Crossing, EventRing};
 use crate::calendar::DAY_MS;
 use crate::localtime::{quota_period, usage_day};
@@ -53,6 +53,8 @@ struct Usage {
 struct State {
     map: HashMap<String, HashMap<String, Entry<Value>>>,
     usage: HashMap<String, HashMap<i64, Entry<Usage>>>,
+    /// Refund markers (`keys::refund_marker`) → expiry instant, µs.
+    refunded: HashMap<String, u64>,
     ops: u64,
 }
 
@@ -100,6 +102,7 @@ impl State {
             d.retain(|_, e| e.expires_us > now_us);
             !d.is_empty()
         });
+        self.refunded.retain(|_, e| *e > now_us);
     }
 }
 
@@ -279,6 +282,69 @@ impl MemoryStore {
 }
 
 impl MemoryStore {
+    /// Gives back what one decision consumed, once, at the clock's current
+    /// time (the same steps as `decide.lua`'s op "F"; docs/semantics.md,
+    /// "Refunds").
+    pub fn give_back(&self, r: &Refund) -> RefundOutcome {
+        let now_us = self.clock.now_us();
+        let now_ms = now_us / 1000;
+        let today = usage_day(r.usage.as_ref().and_then(|u| u.zone), now_ms);
+        if now_ms > r.until_ms {
+            return RefundOutcome::WindowPassed;
+        }
+        let mut st = self.lock();
+        let mut writes = Vec::with_capacity(r.limits.len());
+        let mut quota = None;
+        for limit in &r.limits {
+            let prev = st.get(&limit.key, limit.field.as_deref(), now_us);
+            match &limit.rule {
+                Rule::Bucket(t) => {
+                    let prev = match prev {
+                        Some(Value::Bucket(b)) => Some(b),
+                        _ => None,
+                    };
+                    let (state, ttl_ms) = bucket::give(prev, t.rate_milli(), r.cost, now_us);
+                    let expires_us = now_us.saturating_add(ttl_ms.saturating_mul(1000));
+                    writes.push(Write { limit, value: Value::Bucket(state), expires_us });
+                }
+                Rule::Quota { quota: q, created_at_ms } => {
+                    let (start_day, start, end) = quota_period(q, now_ms);
+                    if r.period_day != Some(start_day) {
+                        return RefundOutcome::PeriodPassed;
+                    }
+                    let first = (start..end).contains(created_at_ms);
+                    let eff = if first { q.limit - q.offset } else { q.limit } as i64;
+                    let used = match prev {
+                        Some(Value::Quota { start_day: d, used }) if d == start_day => used,
+                        _ => 0,
+                    } - r.cost as i64;
+                    quota = Some((used, (eff - used).max(0) as u64));
+                    writes.push(Write { limit, value: Value::Quota { start_day, used }, expires_us: end * 1000 });
+                }
+            }
+        }
+        if st.refunded.get(&r.marker).is_some_and(|&e| e > now_us) {
+            return RefundOutcome::AlreadyRefunded;
+        }
+        st.refunded.insert(r.marker.clone(), (r.until_ms + 1) * 1000);
+        for w in writes {
+            st.put(&w.limit.key, w.limit.field.as_deref(), w.value, w.expires_us);
+        }
+        if let Some(u) = &r.usage {
+            if let Some(Usage { n, q }) = st.usage(&u.state, r.usage_day, now_us) {
+                let q = if r.usage_day == today { quota.map(|(used, _)| used).or(q) } else { q };
+                st.put_usage(&u.state, r.usage_day, Usage { n: (n - r.cost as i64).max(0), q });
+            }
+            if let (Some((used, _)), true) = (quota, r.usage_day < today) {
+                let n = st.usage(&u.state, today, now_us).map_or(0, |u| u.n);
+                st.put_usage(&u.state, today, Usage { n, q: Some(used) });
+            }
+        }
+        RefundOutcome::Refunded { quota_remaining: quota.map(|(_, rem)| rem) }
+    }
+}
+
+impl MemoryStore {
     /// Quota alerts (`decide.lua`'s `alerts_after`): the thresholds of
     /// `spec` that `c.used` of `c.limit` reaches and that have not fired in
     /// the period of `c` get their bit set in the state's field `a` and an
@@ -351,5 +417,9 @@ impl LimitStore for MemoryStore {
         let n = st.usage(&usage.state, today, now_us).map_or(0, |u| u.n);
         st.put_usage(&usage.state, today, Usage { n, q: Some(used) });
         Ok((remaining, end))
+    }
+
+    async fn refund(&self, refund: Refund) -> Result<RefundOutcome, StoreError> {
+        Ok(self.give_back(&refund))
     }
 }

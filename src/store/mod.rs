@@ -163,6 +163,49 @@ impl Verdict {
     };
 }
 
+/// Giving back what one allowed decision consumed (docs/semantics.md,
+/// "Refunds"): the limits are rebuilt from the catalog by the limiter
+/// (`crate::limiter::refund`), so they name the same storage as the
+/// decision's [`Check`]. One atomic step: the refund's marker is created
+/// (it exists only once) and `cost` is given back to every limit, or
+/// nothing happens.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refund {
+    /// The limits the decision consumed.
+    pub limits: Vec<Limit>,
+    /// Units to give back to each.
+    pub cost: u64,
+    /// Where the decision counted its usage, if it did.
+    pub usage: Option<UsageKeys>,
+    /// The day (since 1970-01-01) whose usage counted the decision.
+    pub usage_day: i64,
+    /// The start day of the quota period the decision was charged in, when
+    /// a limit is a quota: a refund in another period is refused.
+    pub period_day: Option<i64>,
+    /// The refund window's end, ms since the epoch (by the store's clock).
+    pub until_ms: u64,
+    /// The key that marks the decision refunded (`Keys::refund_marker`), in
+    /// the slot of the usage's state hash; kept until `until_ms`.
+    pub marker: String,
+}
+
+/// What a [`Refund`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefundOutcome {
+    /// Given back; with a quota, the quota left in the period after.
+    Refunded {
+        /// The quota left, when a limit is a quota.
+        quota_remaining: Option<u64>,
+    },
+    /// The decision was refunded before: nothing given back.
+    AlreadyRefunded,
+    /// The refund window has passed: nothing given back.
+    WindowPassed,
+    /// The quota period the decision was charged in has ended: nothing
+    /// given back.
+    PeriodPassed,
+}
+
 /// Why a store could not answer.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -214,6 +257,11 @@ pub trait LimitStore: Send + Sync + 'static {
         created_at_ms: u64,
         remaining: u64,
     ) -> impl Future<Output = Result<(u64, u64), StoreError>> + Send;
+
+    /// Gives back what one decision consumed, once (docs/semantics.md,
+    /// "Refunds"): in one atomic step, unless its marker exists, the window
+    /// passed or the quota period is another.
+    fn refund(&self, refund: Refund) -> impl Future<Output = Result<RefundOutcome, StoreError>> + Send;
 }
 
 /// One day's usage record of one key in one plan.
@@ -274,6 +322,13 @@ impl LimitStore for Store {
         match self {
             Store::Memory(m) => m.set_remaining(usage, quota, created_at_ms, remaining).await,
             Store::Redis(r) => r.set_remaining(usage, quota, created_at_ms, remaining).await,
+        }
+    }
+
+    async fn refund(&self, refund: Refund) -> Result<RefundOutcome, StoreError> {
+        match self {
+            Store::Memory(m) => m.refund(refund).await,
+            Store::Redis(r) => r.refund(refund).await,
         }
     }
 }

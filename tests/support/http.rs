@@ -210,7 +210,8 @@ impl Seen {
 }
 
 /// An HTTP/1.1 server on `127.0.0.1:0` answering every request `200` with
-/// what it received, as JSON. Runs until the process ends (threads are
+/// what it received, as JSON (or with status NNN when the path has a
+/// segment `status/NNN`). Runs until the process ends (threads are
 /// cheap, and each test process is short-lived).
 pub struct Upstream {
     /// Where it listens.
@@ -278,8 +279,14 @@ fn serve(stream: TcpStream, seen: &Mutex<Vec<Seen>>) -> io::Result<()> {
                 .collect::<serde_json::Map<_, _>>(),
         })
         .to_string();
+        let status: u16 =
+            path.split("/status/").nth(1).and_then(|s| s.get(..3)).and_then(|s| s.parse().ok()).unwrap_or(200);
         seen.lock().unwrap().push(Seen { method, path, headers });
-        write!(w, "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}", body.len())?;
+        write!(
+            w,
+            "HTTP/1.1 {status} Answer\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )?;
         w.flush()?;
     }
 }

@@ -23,7 +23,32 @@ use crate::limiter::Decision;
 
 /// The data-plane route.
 pub(super) fn routes() -> OpenApiRouter<HttpApi> {
-    OpenApiRouter::new().routes(routes!(authorize)).routes(routes!(own_usage))
+    OpenApiRouter::new().routes(routes!(authorize)).routes(routes!(own_usage)).routes(routes!(refund))
+}
+
+/// Give back what one allowed decision consumed, once (docs/semantics.md,
+/// "Refunds"): the body names its `decision_id`. No admin token: a validly
+/// signed id is the authority. 400 for a malformed or forged id, 404 when
+/// its key or plan is gone, 409 when it was refunded before
+/// (`ALREADY_EXISTS`) or is past its window or quota period
+/// (`FAILED_PRECONDITION`).
+#[utoipa::path(
+    post,
+    path = "/v1/refund",
+    tag = "authorize",
+    request_body = pb::RefundRequest,
+    responses(
+        (status = 200, description = "Given back.", body = pb::RefundResponse),
+        (status = 404, description = "The decision's key or plan is gone.", body = super::error::ApiError),
+        (status = 409, description = "Refunded before, or too late.", body = super::error::ApiError),
+        DataPlaneErrors,
+    )
+)]
+async fn refund(
+    State(api): State<HttpApi>,
+    JsonBody(req): JsonBody<pb::RefundRequest>,
+) -> Result<Json<pb::RefundResponse>, HttpError> {
+    Ok(Json(api.authorizer.refund(&req.decision_id).await?))
 }
 
 /// Decide one request: may this API key call this method of this stage now?

@@ -38,8 +38,8 @@ use redis::cluster_routing::{Route, SingleNodeRoutingInfo, SlotAddr};
 use super::events::Crossed;
 use super::link::Link;
 use super::target::slot_of;
-use super::{answers, classify, decide_cmd, Answers, Op, Sub, WaitReplicas, DECIDE_CODE};
-use crate::store::{Check, Limit, StoreError, Verdict};
+use super::{answers, classify, decide_cmd, refund_outcome, Answers, Op, Sub, WaitReplicas, DECIDE_CODE};
+use crate::store::{Check, Limit, Refund, RefundOutcome, StoreError, Verdict};
 
 /// One group of a request's limits: those in one slot.
 struct Group {
@@ -129,7 +129,7 @@ async fn step(
                     let g = &plans[a.check].groups[a.group];
                     let limits: Vec<&Limit> = g.limits.iter().map(|&l| &c.limits[l]).collect();
                     let usage = if g.usage && a.op == Op::Take { c.usage.as_ref() } else { None };
-                    Sub { limits, cost: c.cost, usage, op: a.op }
+                    Sub { limits, cost: c.cost, usage, op: a.op, marker: None }
                 })
                 .collect();
             let started = std::time::Instant::now();
@@ -345,6 +345,52 @@ fn answer(
     let best = all.filter(|v| v.index.is_some()).min_by_key(|v| (v.remaining, v.index));
     let _ = check;
     Ok(best.map(|b| Verdict { allowed: true, retry_after_ms: None, ..b }).unwrap_or(Verdict::UNLIMITED))
+}
+
+/// A refund on a cluster (docs/semantics.md, "Refunds"): the limits in the
+/// slot of the refund's marker (the key's: its plan's throttles, quota and
+/// usage) are given back with the marker in ONE script call, exact and
+/// once; only when that gave back are the other slots' buckets (stage and
+/// account throttles) given the cost back, one call per slot ("R", as a
+/// take undone in step 3 above). Such a call that fails loses those
+/// tokens for the bucket's window (logged, counted in
+/// `tollgate_redis_refunds_lost_total`): never more is given back than was
+/// taken.
+pub(super) async fn refund(
+    conn: ClusterConnection,
+    r: &Refund,
+    clock: &str,
+    wait: Option<WaitReplicas>,
+) -> Result<RefundOutcome, StoreError> {
+    let main = slot_of(&r.marker);
+    let mut others: BTreeMap<u16, Vec<&Limit>> = BTreeMap::new();
+    let mut mine = Vec::new();
+    for l in &r.limits {
+        match slot_of(&l.key) {
+            s if s == main => mine.push(l),
+            s => others.entry(s).or_default().push(l),
+        }
+    }
+    let sub = Sub::give_back(r, mine);
+    let mut out = slot_call(&mut conn.clone(), main, &[sub], clock, wait).await.map_err(classify)?;
+    let outcome = refund_outcome(out.0.pop().unwrap_or_else(|| Err(StoreError::Internal("no answer".into())))?)?;
+    if !matches!(outcome, RefundOutcome::Refunded { .. }) {
+        return Ok(outcome);
+    }
+    let calls = others.into_iter().map(|(slot, limits)| {
+        let mut conn = conn.clone();
+        async move {
+            let sub = Sub { limits, cost: r.cost, usage: None, op: Op::Refund, marker: None };
+            (slot, slot_call(&mut conn, slot, &[sub], clock, None).await)
+        }
+    });
+    for (slot, result) in join_all(calls).await {
+        if let Err(e) = result {
+            metrics::counter!("tollgate_redis_refunds_lost_total").increment(1);
+            tracing::warn!(error = %e, slot, "a refund could not be given back to a shared throttle; those tokens are lost for the bucket's window");
+        }
+    }
+    Ok(outcome)
 }
 
 #[cfg(test)]

@@ -47,7 +47,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 
-use super::{Check, DayUsage, Grant, LeaseOp, Limit, LimitStore, Rule, StoreError, UsageKeys, Verdict};
+use super::{
+    Check, DayUsage, Grant, LeaseOp, Limit, LimitStore, Refund, RefundOutcome, Rule, StoreError, UsageKeys, Verdict,
+};
 use link::{Conn, Link};
 
 mod cluster;
@@ -466,6 +468,39 @@ impl LimitStore for RedisStore {
         };
         r.map_err(|e| self.failed(e))
     }
+
+    async fn refund(&self, refund: Refund) -> Result<RefundOutcome, StoreError> {
+        let clock = self.settings.clock_arg();
+        match self.link.conn().await? {
+            Conn::Node { mut conn, .. } => {
+                let sub = Sub::give_back(&refund, refund.limits.iter().collect());
+                let mut out = script_call(&mut conn, &[sub], &clock, self.settings.wait, None)
+                    .await
+                    .map_err(|e| self.failed(e))?;
+                refund_outcome(out.0.pop().unwrap_or_else(|| Err(StoreError::Internal("no answer".into())))?)
+            }
+            Conn::Cluster(conn) => cluster::refund(conn, &refund, &clock, self.settings.wait).await,
+        }
+    }
+}
+
+impl RedisStore {
+    /// The secret every replica signs decision ids with (docs/semantics.md,
+    /// "Refunds"): `fresh` is stored at `key` unless a secret is there
+    /// already (the first replica to start wins), and the stored one is
+    /// returned. Never logged.
+    pub async fn shared_secret(&self, key: &str, fresh: &str) -> Result<String, StoreError> {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg("redis.call('SET', KEYS[1], ARGV[1], 'NX'); return redis.call('GET', KEYS[1])")
+            .arg(1)
+            .arg(key)
+            .arg(fresh);
+        let r: redis::RedisResult<String> = match self.link.conn().await? {
+            Conn::Node { mut conn, .. } => cmd.query_async(&mut conn).await,
+            Conn::Cluster(mut conn) => cmd.query_async(&mut conn).await,
+        };
+        r.map_err(|e| self.failed(e))
+    }
 }
 
 impl RedisStore {
@@ -744,6 +779,16 @@ pub(crate) enum Op {
         /// Its slot.
         slot: u64,
     },
+    /// Give an earlier decision's cost back, once (a [`Refund`]; the sub's
+    /// `marker` names its marker key).
+    GiveBack {
+        /// The refund window's end, ms.
+        until_ms: u64,
+        /// The start day of the decision's quota period; -1: none.
+        period_day: i64,
+        /// The day whose usage counted the decision.
+        usage_day: i64,
+    },
 }
 
 /// One request as one script call sees it: some or all of a check's limits.
@@ -752,6 +797,8 @@ pub(crate) struct Sub<'a> {
     pub cost: u64,
     pub usage: Option<&'a UsageKeys>,
     pub op: Op,
+    /// With [`Op::GiveBack`]: the refund's marker key.
+    pub marker: Option<&'a str>,
 }
 
 impl<'a> Sub<'a> {
@@ -762,7 +809,27 @@ impl<'a> Sub<'a> {
             LeaseOp::Ask(n) => Op::Lease(n),
             LeaseOp::Settle { leased, slot } => Op::Settle { leased, slot },
         };
-        Sub { limits: c.limits.iter().collect(), cost: c.cost, usage: c.usage.as_ref(), op }
+        Sub { limits: c.limits.iter().collect(), cost: c.cost, usage: c.usage.as_ref(), op, marker: None }
+    }
+
+    /// Some of a refund's limits (those in the marker's slot: all of them
+    /// on one node) given back once, with its usage.
+    pub(crate) fn give_back(r: &'a Refund, limits: Vec<&'a Limit>) -> Self {
+        let op = Op::GiveBack { until_ms: r.until_ms, period_day: r.period_day.unwrap_or(-1), usage_day: r.usage_day };
+        Sub { limits, cost: r.cost, usage: r.usage.as_ref(), op, marker: Some(&r.marker) }
+    }
+}
+
+/// A refund's outcome from the answer of its "F" request (`decide.lua`:
+/// what it did in `limit`, the quota left in `remaining`, whether a limit
+/// is a quota in `reset_ms`).
+pub(crate) fn refund_outcome(v: Verdict) -> Result<RefundOutcome, StoreError> {
+    match v.limit {
+        1 => Ok(RefundOutcome::Refunded { quota_remaining: (v.reset_ms == 1).then_some(v.remaining) }),
+        2 => Ok(RefundOutcome::AlreadyRefunded),
+        3 => Ok(RefundOutcome::WindowPassed),
+        4 => Ok(RefundOutcome::PeriodPassed),
+        other => Err(StoreError::Internal(format!("decide.lua answered a refund with {other}"))),
     }
 }
 
@@ -799,12 +866,16 @@ pub(crate) fn decide_cmd<'a>(subs: &[Sub<'a>], clock: &str, events: Option<&'a E
     };
     // (key and rule index of each limit, and the usage's state hash) per sub
     let mut named: Vec<Named> = Vec::with_capacity(subs.len());
+    let mut markers: Vec<usize> = Vec::new();
     for c in subs {
         let limits = c.limits.iter().map(|&l: &&'a Limit| (key(l.key.as_str()), rule(&l.rule))).collect();
-        let counts = matches!(c.op, Op::Take | Op::Lease(_) | Op::Settle { .. });
+        let counts = matches!(c.op, Op::Take | Op::Lease(_) | Op::Settle { .. } | Op::GiveBack { .. });
         let usage = c.usage.filter(|_| counts).map(|u: &'a UsageKeys| key(&u.state));
-        // (a quota alert's stream, named only by requests of plans with alerts)
-        let stream = match (usage, c.usage.and_then(|u| u.alerts.as_ref()), events) {
+        markers.push(c.marker.map_or(0, &mut key));
+        // (a quota alert's stream, named only by requests of plans with
+        // alerts that take; a refund fires none)
+        let alerts = c.usage.and_then(|u| u.alerts.as_ref()).filter(|_| !matches!(c.op, Op::GiveBack { .. }));
+        let stream = match (usage, alerts, events) {
             (Some(_), Some(_), Some(e)) => Some(key(&e.stream)),
             (Some(_), Some(_), None) => Some(0),
             _ => None,
@@ -820,8 +891,10 @@ pub(crate) fn decide_cmd<'a>(subs: &[Sub<'a>], clock: &str, events: Option<&'a E
     for (kind, a, b, c) in &rules {
         cmd.arg(kind.as_str()).arg(*a).arg(*b).arg(*c);
     }
-    for (c, (limits, usage, stream)) in subs.iter().zip(&named) {
+    for ((c, (limits, usage, stream)), marker) in subs.iter().zip(&named).zip(&markers) {
         let op = match (c.op, usage.is_some(), stream.is_some()) {
+            (Op::GiveBack { .. }, true, _) => "FU",
+            (Op::GiveBack { .. }, false, _) => "F",
             (Op::Take, true, true) => "TUA",
             (Op::Take, true, false) => "TU",
             (Op::Take, false, _) => "T",
@@ -860,6 +933,9 @@ pub(crate) fn decide_cmd<'a>(subs: &[Sub<'a>], clock: &str, events: Option<&'a E
             }
             Op::Settle { leased, slot } => {
                 cmd.arg(leased).arg(slot);
+            }
+            Op::GiveBack { until_ms, period_day, usage_day } => {
+                cmd.arg(*marker).arg(until_ms).arg(period_day).arg(usage_day);
             }
             _ => {}
         }
@@ -1093,6 +1169,79 @@ fn verdict(r: &[redis::Value]) -> Result<Verdict, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::redact_url;
+
+    /// A refund's request in `decide.lua`'s ARGV, exactly as the script's
+    /// header says: cost, "FU", the number of limits, the usage hash's
+    /// index, the marker's index, the window's end, the period's start day,
+    /// the usage day, then the limits.
+    #[test]
+    fn a_refund_call_has_the_documented_layout() {
+        use super::{decide_cmd, Sub};
+        use crate::model::{Period, Quota, Throttle};
+        use crate::store::{Limit, Refund, Rule, UsageKeys};
+        let r = Refund {
+            limits: vec![
+                Limit {
+                    key: "tg:{k:a}:s:p".into(),
+                    field: Some("b".into()),
+                    rule: Rule::Bucket(Throttle { rate_limit: 2.0, burst_limit: 5 }),
+                },
+                Limit {
+                    key: "tg:{k:a}:s:p".into(),
+                    field: Some("q".into()),
+                    rule: Rule::Quota {
+                        quota: Quota { limit: 9, period: Period::Day, offset: 0, time_zone: None, anchor_day: 0 },
+                        created_at_ms: 7,
+                    },
+                },
+            ],
+            cost: 3,
+            usage: Some(UsageKeys { state: "tg:{k:a}:s:p".into(), zone: None, alerts: None }),
+            usage_day: 20_001,
+            period_day: Some(20_000),
+            until_ms: 123,
+            marker: "tg:{k:a}:r:ff".into(),
+        };
+        let cmd = decide_cmd(&[Sub::give_back(&r, r.limits.iter().collect())], "", None);
+        let args: Vec<String> = cmd
+            .args_iter()
+            .map(|a| match a {
+                redis::Arg::Simple(b) => String::from_utf8_lossy(b).into_owned(),
+                _ => "<other>".into(),
+            })
+            .collect();
+        let want = [
+            "2",
+            "tg:{k:a}:s:p",
+            "tg:{k:a}:r:ff",
+            "",
+            "1",
+            "2",
+            "B",
+            "2000",
+            "5",
+            "0",
+            "D",
+            "9",
+            "0",
+            "7",
+            "3",
+            "FU",
+            "2",
+            "1",
+            "2",
+            "123",
+            "20000",
+            "20001",
+            "1",
+            "b",
+            "1",
+            "1",
+            "q",
+            "2",
+        ];
+        assert_eq!(args[2..], want, "{args:?}");
+    }
 
     #[test]
     fn redacts_userinfo_passwords() {

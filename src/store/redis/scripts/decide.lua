@@ -50,6 +50,12 @@
 --   for "L" the tokens asked, for "S" the tokens leased and the lease's
 --   slot, then per limit three values: key index, field (in the state hash;
 --   '' for a string key), rule index.
+--   "F" give back (a refund of an earlier decision, docs/semantics.md
+--   "Refunds"; below): with "U" when the decision counted usage (and "Z"
+--   by local days, as above); after the usage index (and day table): the
+--   index of the refund's marker key, the refund window's
+--   end (ms), the start day of the decision's quota period (-1: none) and
+--   the day whose usage counted it; then the limits as above.
 -- Returns a flat array of nine values per request:
 --   allowed (1/0), index of the limit described (1-based; the failing one on a
 --   denial, the one with the least remaining on an allow; 0 when none),
@@ -59,7 +65,11 @@
 --   when the lease had lapsed, then 0); on a denial 1 when the limit denied only because of
 --   tokens leased out (a "soft" denial, which a settle can lift: the deny
 --   cache must not keep it), else 0, then 0, 0;
---   or, for a request that failed: -1, the error message, 0, 0, 0, 0, 0, 0, 0.
+--   or, for a request that failed: -1, the error message, 0, 0, 0, 0, 0, 0, 0;
+--   "F" answers 1 when it gave back (else 0), 0, then what it did (1 gave
+--   back, 2 already refunded, 3 the window passed, 4 the quota period is
+--   another), the quota left after (0 without one), 1 when a limit is a
+--   quota (else 0), -1, 0, 0, 0.
 -- After the nine values of every request: seven per quota alert crossed
 -- (below): the request's number (1-based), the threshold, the quota limit
 -- in force, the quota used, the period's start and end (ms), and the id of
@@ -374,6 +384,74 @@ local function settle(used, leased, slot, limits, usage, uday, al)
   return { 1, 0, 0, 0, 0, -1, 0, lapsed, 0 }, writes
 end
 
+-- The writes that take `cost` off the usage of day `day` of state hash `k`
+-- (never below 0) and, with `q` (the quota used after a refund), record `q`
+-- in today's usage, as a change of today (`t`: today's local date of a plan
+-- in a time zone, else the UTC date, as for usage_writes).
+local function usage_give(writes, k, day, cost, q, t)
+  local today = t or today
+  local function less(x) if x > cost then return x - cost end return 0 end
+  local u = get(k, 'u')
+  local uday, n, oq = nil, 0, nil
+  if u then uday, n, oq = u[1], u[2], u[3] end
+  if uday == day then
+    if day < today and q ~= nil then
+      writes[#writes + 1] = { k, 'h' .. ymd(day), { less(n), oq }, (day + USAGE_DAYS) * DAY_MS }
+      writes[#writes + 1] = { k, 'u', { today, 0, q }, (today + USAGE_DAYS) * DAY_MS }
+    else
+      if day == today and q ~= nil then oq = q end
+      writes[#writes + 1] = { k, 'u', { uday, less(n), oq }, (uday + USAGE_DAYS) * DAY_MS }
+    end
+    return
+  end
+  local h = get(k, 'h' .. ymd(day))
+  if h then
+    writes[#writes + 1] = { k, 'h' .. ymd(day), { less(h[1]), h[2] }, (day + USAGE_DAYS) * DAY_MS }
+  end
+  if q ~= nil then usage_writes(writes, k, 0, q, t) end
+end
+
+-- Gives `cost` back to every limit of an earlier decision, once
+-- (docs/semantics.md, "Refunds"; `g`: the marker's key index `m`, the
+-- window's end `until_ms`, the quota period's start day `period`, the usage
+-- day `day`). Refused when the window has passed, when the quota's current
+-- period is not the decision's, or when the marker exists; else the marker
+-- is created (SET NX PX, until the window ends) and, in the same step, each
+-- bucket's level goes down by the cost (never below full), the quota's
+-- used too, and the decision day's usage. Everything is read before the
+-- marker is set: a malformed value fails the refund before it counts.
+local function give_back(cost, limits, usage, g, uday)
+  if now_ms > g.until_ms then return { 0, 0, 3, 0, 0, -1, 0, 0, 0 }, nil end
+  local quota_used, rem, has = nil, 0, 0
+  local qwrites = {}
+  for i = 1, #limits do
+    local k, f, rule = limits[i][1], limits[i][2], limits[i][3]
+    if rule[1] ~= 'B' then
+      local start, ends, eff = quota_period(rule)
+      if start ~= g.period then return { 0, 0, 4, 0, 0, -1, 0, 0, 0 }, nil end
+      local v = get(k, f)
+      local used, live, other = quota_state(v, k, start)
+      if other then v = false end
+      used = used - cost
+      local nv = { start, used }
+      keep_slots(nv, v, 0)
+      qwrites[#qwrites + 1] = { k, f, nv, ends }
+      quota_used = used
+      rem = eff - used - live
+      if rem < 0 then rem = 0 end
+      has = 1
+    end
+  end
+  local _, writes = refund(cost, limits)
+  for _, w in ipairs(qwrites) do writes[#writes + 1] = w end
+  if usage then usage_give(writes, usage, g.day, cost, quota_used, local_day(uday)) end
+  local ttl = string.format('%.0f', g.until_ms - now_ms + 1 + TTL_SLACK_MS)
+  if not redis.call('SET', KEYS[g.m], '1', 'NX', 'PX', ttl) then
+    return { 0, 0, 2, 0, 0, -1, 0, 0, 0 }, nil
+  end
+  return { 1, 0, 1, rem, has, -1, 0, 0, 0 }, writes
+end
+
 -- Each request's arguments, and the keys and fields it names (read once,
 -- before anything is decided).
 local n_requests = tonumber(ARGV[2])
@@ -409,6 +487,11 @@ for r = 1, n_requests do
     x = tonumber(ARGV[a]); a = a + 1
   elseif o == 'S' then
     x, y = tonumber(ARGV[a]), tonumber(ARGV[a + 1]); a = a + 2
+  elseif o == 'F' then
+    x = { m = tonumber(ARGV[a]), until_ms = tonumber(ARGV[a + 1]), period = tonumber(ARGV[a + 2]),
+          day = tonumber(ARGV[a + 3]) }
+    a = a + 4
+    if usage then wants_field(usage, 'h' .. ymd(x.day)) end
   end
   local limits = {}
   for i = 1, n_limits do
@@ -429,6 +512,8 @@ for r = 1, n_requests do
     ok, res, writes = pcall(refund, q[1], q[3])
   elseif q[2] == 'S' then
     ok, res, writes = pcall(settle, q[1], q[5], q[6], q[3], q[4], q[7], q[8])
+  elseif q[2] == 'F' then
+    ok, res, writes = pcall(give_back, q[1], q[3], q[4], q[5], q[7])
   else
     ok, res, writes = pcall(decide, q[1], q[3], q[4], q[2] == 'D', q[5], q[7], q[8])
   end
