@@ -385,6 +385,32 @@ async fn console_in_a_browser_signs_in_creates_a_key_charts_its_usage_and_disabl
     page.attr_when("#usage-total", "data-total", |v| v == "4").await;
     page.attr_when("#usage-total", "data-keys", |v| v == "2").await;
     page.screenshot("usage").await;
+    page.attr_when("#usage-total", "data-zone", |v| v == "UTC").await;
+
+    // A plan whose quota has a time zone: its days are local dates there
+    // (the server counts its usage per local date), up to today in that
+    // zone. Kiritimati is UTC+14: its date is not the UTC date from 10:00 UTC.
+    let zone = "Pacific/Kiritimati";
+    let today = || {
+        let tz = jiff::tz::TimeZone::get(zone).unwrap();
+        tz.to_datetime(jiff::Timestamp::now()).date().to_string()
+    };
+    let body = json!({"quota": {"limit": 8, "period": "DAY", "time_zone": zone}}).to_string();
+    let bearer = format!("Bearer {ADMIN_TOKEN}");
+    let headers = [("content-type", "application/json"), ("authorization", bearer.as_str())];
+    let r = tokio::task::block_in_place(|| http::send(addr, "PATCH", "/v1/plans/basic", &headers, body.as_bytes()));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let before = today();
+    page.open("usage?plan=basic&days=7").await;
+    page.attr_when("#usage-total", "data-zone", |v| v == zone).await;
+    let end = page.attr_when("#usage-total", "data-end", |v| !v.is_empty()).await;
+    assert!(end == before || end == today(), "the last day is today in {zone} ({before}), not {end}");
+    let text = page.text_when("#usage-total", |t| t.contains(zone)).await;
+    assert!(text.contains(&format!("to {end}, {zone})")), "{text}");
+    // (back to UTC for the plan checks below)
+    let body = json!({"quota": {"limit": 8, "period": "DAY"}}).to_string();
+    let r = tokio::task::block_in_place(|| http::send(addr, "PATCH", "/v1/plans/basic", &headers, body.as_bytes()));
+    assert_eq!(r.status, 200, "{}", r.text());
 
     // The overview counts the decisions (THROTTLED ones too).
     page.open("overview").await;

@@ -6,10 +6,11 @@ export const COLORS = ["#2563eb", "#d97706", "#059669", "#dc2626", "#7c3aed", "#
 
 /**
  * A chart in `el`: `data` is uPlot's columns ([xs, ys1, ys2, ...], x in
- * seconds since the epoch), `series` one {label, color} per ys. Answers
+ * seconds since the epoch), `series` one {label, color} per ys; `xLabel`
+ * names the x axis in the legend (its dates are drawn in UTC). Answers
  * {update(data), destroy()}.
  */
-export function lineChart(el, { series, data, height = 260, yLabel = "", bars = false }) {
+export function lineChart(el, { series, data, height = 260, xLabel = "UTC", yLabel = "", bars = false }) {
   const width = () => Math.max(320, Math.floor(el.clientWidth || 800));
   const opts = {
     width: width(),
@@ -19,7 +20,7 @@ export function lineChart(el, { series, data, height = 260, yLabel = "", bars = 
     scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(1, max * 1.1)] } },
     axes: [{}, { label: yLabel, size: 60 }],
     series: [
-      { label: "UTC" },
+      { label: xLabel },
       ...series.map((s, i) => ({
         label: s.label,
         stroke: s.color || COLORS[i % COLORS.length],

@@ -1,5 +1,7 @@
 // Usage: requests per day of a plan (all its keys, or one) over the last 7,
-// 30 or 90 days (UTC), as a chart and a table, with CSV export.
+// 30 or 90 days, as a chart and a table, with CSV export. The days are the
+// plan's: local dates of its quota's time zone when it has one (the server
+// counts such a plan's usage per local date), else UTC dates.
 import { all, call, seg } from "./api.js";
 import { lineChart } from "./chart.js";
 import { fmt, h } from "./dom.js";
@@ -11,9 +13,19 @@ const MAX_KEY_SERIES = 8; // more keys: the plan's total and the 8 busiest
 const DAY = 86400;
 const iso = (secs) => new Date(secs * 1000).toISOString().slice(0, 10);
 
-/** The last `n` UTC days, oldest first, as [seconds at midnight]. */
-function lastDays(n) {
-  const today = Math.floor(Date.now() / 1000 / DAY) * DAY;
+/** Today's date, YYYY-MM-DD, in the IANA time zone `zone`. */
+function todayIn(zone) {
+  // (en-CA writes dates as YYYY-MM-DD)
+  return new Intl.DateTimeFormat("en-CA", { timeZone: zone, year: "numeric", month: "2-digit", day: "2-digit" }).format(new Date());
+}
+
+/**
+ * The last `n` dates in `zone`, oldest first, as [seconds at 00:00 UTC of
+ * each date] (the chart draws in UTC, so each point is labelled with its
+ * date).
+ */
+function lastDays(n, zone) {
+  const today = Date.parse(`${todayIn(zone)}T00:00:00Z`) / 1000;
   return Array.from({ length: n }, (_, i) => today - (n - 1 - i) * DAY);
 }
 
@@ -60,7 +72,9 @@ export async function usage(main, params) {
     h("section", { class: "card" }, total, chartEl, tableEl),
   );
 
-  const xs = lastDays(days);
+  const plan = plans.find((p) => p.id === planId);
+  const zone = (plan && plan.quota && plan.quota.time_zone) || "UTC";
+  const xs = lastDays(days, zone);
   const start_date = iso(xs[0]);
   const end_date = iso(xs[xs.length - 1]);
   let chart = null;
@@ -94,7 +108,9 @@ export async function usage(main, params) {
     perKey.sort((a, b) => b.total - a.total || a.id.localeCompare(b.id));
     const sum = perKey.reduce((a, k) => a + k.total, 0);
     const who = keyId ? `key ${keyId}` : `${perKey.length} key${perKey.length === 1 ? "" : "s"}`;
-    total.replaceChildren(h("strong", {}, fmt(sum)), ` requests in the last ${days} days (${start_date} to ${end_date}, UTC), ${who} of plan ${planId}`);
+    total.replaceChildren(h("strong", {}, fmt(sum)), ` requests in the last ${days} days (${start_date} to ${end_date}, ${zone}), ${who} of plan ${planId}`);
+    total.dataset.zone = zone;
+    total.dataset.end = end_date;
     total.dataset.total = String(sum);
     total.dataset.keys = String(perKey.length);
 
@@ -111,7 +127,7 @@ export async function usage(main, params) {
     if (chart) chart.destroy();
     chartEl.dataset.points = String(xs.length);
     chartEl.dataset.series = String(series.length);
-    chart = series.length ? lineChart(chartEl, { series, data, yLabel: "requests/day", bars: days <= 30 && series.length === 1 }) : null;
+    chart = series.length ? lineChart(chartEl, { series, data, xLabel: zone === "UTC" ? "UTC" : `date (${zone})`, yLabel: "requests/day", bars: days <= 30 && series.length === 1 }) : null;
     if (!series.length) chartEl.replaceChildren(h("p", { class: "empty" }, "No keys in this plan."));
 
     rows = perKey.flatMap((k) => xs.map((x, i) => [iso(x), k.id, names.get(k.id) || "", k.used[i], k.remaining[i] ?? ""]));
