@@ -111,3 +111,28 @@ async fn upstream_5xx_gives_the_quota_back_and_2xx_does_not() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(quota_remaining(&p).await, 0);
 }
+
+/// The upstream cannot be reached: Envoy answers 503 itself (no upstream
+/// answer at all), and the Lua filter refunds that call too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoys_own_503_when_the_upstream_is_down_is_refunded() {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    if 86_400_000 - now % 86_400_000 < 60_000 {
+        eprintln!("skipped: within a minute of midnight UTC (the DAY quota would reset mid-test)");
+        return;
+    }
+    let (_dir, path) = write_temp("catalog.yaml", CATALOG);
+    let p = TollgateProcess::start(&["--config", path.to_str().unwrap(), "--http-listen", "127.0.0.1:0"]);
+    p.wait_serving().await;
+    // A port nothing listens on: bound, then closed.
+    let down = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let http_port = format!("port_value: {}", p.http_addr().port());
+    let config =
+        support::envoy::shipped_config("refund_on_5xx.yaml", p.addr, down, &[("port_value: 8081", &http_port)]);
+    let envoy = EnvoyProcess::start(&config);
+    for i in 0..4 {
+        let r = http::get(envoy.addr, "/pets", &[("x-api-key", KEY)]);
+        assert_eq!(r.status, 503, "call {i}: Envoy's own answer: {r:?}\n{}", envoy.log());
+        wait_remaining(&p, 3, &envoy).await;
+    }
+}
