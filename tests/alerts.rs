@@ -20,7 +20,7 @@ use tollgate::model::{Period, Quota};
 use tollgate::store::keys::Keys;
 use tollgate::store::memory::{Clock, ManualClock, MemoryStore};
 use tollgate::store::redis::target::{Mode, Target};
-use tollgate::store::redis::{RedisSettings, RedisStore, TestClock};
+use tollgate::store::redis::{RedisSettings, RedisStore};
 use tollgate::store::{Check, LeaseOp, Limit, LimitStore, Rule, Store};
 
 const DAY_US: u64 = 86_400_000_000;
@@ -130,21 +130,12 @@ async fn crossings_under_load_with(stores: &[Store], settle: Duration) -> Vec<Al
     events
 }
 
-async fn ready(store: &RedisStore, server: &RedisServer) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !store.is_ready() {
-        assert!(Instant::now() < deadline, "Redis never ready: {}", server.log());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_event_per_crossing_with_three_replicas_on_redis() {
     let server = RedisServer::start();
     let mut stores = Vec::new();
     for _ in 0..3 {
-        let s = RedisStore::open(RedisSettings::new(&server.url())).expect("open");
-        ready(&s, &server).await;
+        let s = server.ready_store(None).await;
         stores.push(Store::Redis(Arc::new(s)));
     }
     let events = crossings_under_load(&stores).await;
@@ -197,8 +188,7 @@ async fn one_event_per_crossing_in_memory() {
 async fn a_plan_without_alerts_records_nothing() {
     let store = Store::Memory(Arc::new(MemoryStore::new()));
     let server = RedisServer::start();
-    let redis = RedisStore::open(RedisSettings::new(&server.url())).expect("open");
-    ready(&redis, &server).await;
+    let redis = server.ready_store(None).await;
     let redis = Store::Redis(Arc::new(redis));
     for s in [&store, &redis] {
         let mut c = check("k", "p", 2, &[50]);
@@ -215,8 +205,7 @@ async fn a_plan_without_alerts_records_nothing() {
 #[tokio::test]
 async fn a_crossing_at_a_lease_settle_fires_once() {
     let server = RedisServer::start();
-    let redis = RedisStore::open(RedisSettings::new(&server.url())).expect("open");
-    ready(&redis, &server).await;
+    let redis = server.ready_store(None).await;
     let store = Store::Redis(Arc::new(redis));
     let base = check("k", "p", 40, &[50, 100]);
     // A take that leases 8 more tokens (a quarter of the 39 left, at most 8).
@@ -281,10 +270,7 @@ async fn a_new_period_fires_again_in_memory() {
 async fn a_new_period_fires_again_on_redis() {
     let server = RedisServer::start();
     let clock = Arc::new(ManualClock::new(0));
-    let mut s = RedisSettings::new(&server.url());
-    s.clock = Some(TestClock(clock.clone()));
-    let redis = RedisStore::open(s).expect("open");
-    ready(&redis, &server).await;
+    let redis = server.ready_store(Some(clock.clone())).await;
     new_period(&Store::Redis(Arc::new(redis)), &clock).await;
 }
 
@@ -330,10 +316,7 @@ async fn a_new_local_period_fires_again_in_memory() {
 async fn a_new_local_period_fires_again_on_redis() {
     let server = RedisServer::start();
     let clock = Arc::new(ManualClock::new(0));
-    let mut s = RedisSettings::new(&server.url());
-    s.clock = Some(TestClock(clock.clone()));
-    let redis = RedisStore::open(s).expect("open");
-    ready(&redis, &server).await;
+    let redis = server.ready_store(Some(clock.clone())).await;
     new_local_period(&Store::Redis(Arc::new(redis)), &clock).await;
 }
 

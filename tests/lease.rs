@@ -19,7 +19,7 @@ mod support;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
@@ -31,7 +31,7 @@ use tollgate::limiter::lease::{Admit, LeaseTable, LEASE_MS};
 use tollgate::model::{Period, Quota, Throttle};
 use tollgate::store::bucket::{take, BucketState, Take};
 use tollgate::store::clock::{Clock, ManualClock};
-use tollgate::store::redis::{RedisSettings, RedisStore, TestClock};
+use tollgate::store::redis::RedisStore;
 use tollgate::store::{Check, LeaseOp, Limit, LimitStore, Rule, UsageKeys, Verdict};
 
 // ---------------------------------------------------------------------------
@@ -243,17 +243,7 @@ fn leased_replicas_never_admit_more_than_one_exact_bucket_and_quota() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let server = RedisServer::start();
     let clock = Arc::new(ManualClock::new(0));
-    let store = rt.block_on(async {
-        let mut s = RedisSettings::new(&server.url());
-        s.clock = Some(TestClock(clock.clone()));
-        let store = RedisStore::open(s).expect("open the Redis store");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !store.is_ready() {
-            assert!(Instant::now() < deadline, "Redis never ready: {}", server.log());
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        store
-    });
+    let store = rt.block_on(server.ready_store(Some(clock.clone())));
     let cases = std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(128);
     let mut runner = TestRunner::new(Config { cases, failure_persistence: None, ..Config::default() });
     let result = runner.run(&sequence(), |seq| rt.block_on(run(&seq, &store, &clock)));

@@ -24,7 +24,7 @@ mod support;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
@@ -33,7 +33,7 @@ use tollgate::limiter::DenyCache;
 use tollgate::model::{Period, Quota, Throttle, MAX_BURST};
 use tollgate::store::clock::{Clock, ManualClock};
 use tollgate::store::memory::MemoryStore;
-use tollgate::store::redis::{RedisSettings, RedisStore, TestClock};
+use tollgate::store::redis::RedisStore;
 use tollgate::store::{Check, DayUsage, Limit, LimitStore, Rule, UsageKeys, Verdict, MAX_COST};
 
 // ---------------------------------------------------------------------------
@@ -675,13 +675,7 @@ fn redis_store_matches_the_model() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let server = RedisServer::start();
     let clock = Arc::new(ManualClock::new(0));
-    let store = rt.block_on(async {
-        let mut s = RedisSettings::new(&server.url());
-        s.clock = Some(TestClock(clock.clone()));
-        let store = RedisStore::open(s).expect("open the Redis store");
-        wait_ready(&store, &server).await;
-        store
-    });
+    let store = rt.block_on(server.ready_store(Some(clock.clone())));
     check_against_model(&Subject::Redis(&store), &rt, &clock);
 }
 
@@ -696,25 +690,11 @@ fn redis_store_with_the_deny_cache_matches_the_model() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let server = RedisServer::start();
     let clock = Arc::new(ManualClock::new(0));
-    let store = rt.block_on(async {
-        let mut s = RedisSettings::new(&server.url());
-        s.clock = Some(TestClock(clock.clone()));
-        let store = RedisStore::open(s).expect("open the Redis store");
-        wait_ready(&store, &server).await;
-        store
-    });
+    let store = rt.block_on(server.ready_store(Some(clock.clone())));
     check_against_model(&Subject::RedisDenyCache(&store), &rt, &clock);
     let hits = CACHE_HITS.load(Ordering::Relaxed);
     eprintln!("{hits} requests answered by the deny cache");
     assert!(hits > 0, "the sequences never reached the deny cache");
-}
-
-async fn wait_ready(store: &RedisStore, server: &RedisServer) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !store.is_ready() {
-        assert!(Instant::now() < deadline, "the Redis store never became ready; log:\n{}", server.log());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -725,12 +705,7 @@ async fn wait_ready(store: &RedisStore, server: &RedisServer) {
 async fn replicas(server: &RedisServer, n: usize, clock: Option<Arc<ManualClock>>) -> Vec<Arc<RedisStore>> {
     let mut out = Vec::new();
     for _ in 0..n {
-        let mut s = RedisSettings::new(&server.url());
-        s.timeout = Duration::from_secs(5);
-        s.clock = clock.clone().map(|c| TestClock(c));
-        let store = RedisStore::open(s).expect("open");
-        wait_ready(&store, server).await;
-        out.push(Arc::new(store));
+        out.push(Arc::new(server.ready_store(clock.clone()).await));
     }
     out
 }

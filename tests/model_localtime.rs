@@ -20,7 +20,7 @@ mod support;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use jiff::civil::Date as JDate;
 use jiff::tz::TimeZone;
@@ -32,7 +32,7 @@ use tollgate::localtime::Zone;
 use tollgate::model::{Period, Quota};
 use tollgate::store::clock::{Clock, ManualClock};
 use tollgate::store::memory::MemoryStore;
-use tollgate::store::redis::{RedisSettings, RedisStore, TestClock};
+use tollgate::store::redis::RedisStore;
 use tollgate::store::{Check, DayUsage, Limit, LimitStore, Rule, UsageKeys, Verdict};
 
 // ---------------------------------------------------------------------------
@@ -422,20 +422,8 @@ fn check_against_model(subject: &Subject<'_>, rt: &tokio::runtime::Runtime, cloc
     assert!(denied > 0 && allowed > 0, "the sequences reached both answers");
 }
 
-async fn wait_ready(store: &RedisStore, server: &RedisServer) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !store.is_ready() {
-        assert!(Instant::now() < deadline, "the Redis store never became ready; log:\n{}", server.log());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 async fn redis_store(server: &RedisServer, clock: &Arc<ManualClock>) -> RedisStore {
-    let mut s = RedisSettings::new(&server.url());
-    s.clock = Some(TestClock(clock.clone()));
-    let store = RedisStore::open(s).expect("open the Redis store");
-    wait_ready(&store, server).await;
-    store
+    server.ready_store(Some(clock.clone())).await
 }
 
 #[test]

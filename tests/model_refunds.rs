@@ -16,7 +16,7 @@ mod support;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
@@ -24,7 +24,7 @@ use support::redis::RedisServer;
 use tollgate::model::{Period, Quota, Throttle};
 use tollgate::store::clock::{Clock, ManualClock};
 use tollgate::store::memory::MemoryStore;
-use tollgate::store::redis::{RedisSettings, RedisStore, TestClock};
+use tollgate::store::redis::RedisStore;
 use tollgate::store::{Check, DayUsage, Limit, LimitStore, Refund, RefundOutcome, Rule, UsageKeys};
 
 const NANO: i128 = 1_000_000_000;
@@ -317,16 +317,6 @@ fn redis_store_refunds_as_the_model_says() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let server = RedisServer::start();
     let clock = Arc::new(ManualClock::new(0));
-    let store = rt.block_on(async {
-        let mut s = RedisSettings::new(&server.url());
-        s.clock = Some(TestClock(clock.clone()));
-        let store = RedisStore::open(s).expect("open the Redis store");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !store.is_ready() {
-            assert!(Instant::now() < deadline, "the Redis store never became ready; log:\n{}", server.log());
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        store
-    });
+    let store = rt.block_on(server.ready_store(Some(clock.clone())));
     check_against_model(&Subject::Redis(&store), &rt, &clock);
 }

@@ -27,7 +27,7 @@ mod support;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
@@ -37,7 +37,6 @@ use tollgate::limiter::{Decision, DenyCache, LimitKind, Limiter, Reason, Request
 use tollgate::store::clock::{Clock, ManualClock};
 use tollgate::store::keys::Keys;
 use tollgate::store::memory::MemoryStore;
-use tollgate::store::redis::{RedisSettings, RedisStore, TestClock};
 use tollgate::store::{DayUsage, LimitStore, Store};
 
 const KEY: &str = "shadowmodel0123456789abcdefghijklmnopq";
@@ -173,15 +172,7 @@ fn limiter(l: &Limits, shadow: bool, store: Store, prefix: &str, cache: Option<D
 }
 
 async fn redis_store(server: &RedisServer, clock: &Arc<ManualClock>) -> Store {
-    let mut s = RedisSettings::new(&server.url());
-    s.clock = Some(TestClock(clock.clone()));
-    let store = RedisStore::open(s).expect("open the Redis store");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !store.is_ready() {
-        assert!(Instant::now() < deadline, "the Redis store never became ready; log:\n{}", server.log());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Store::Redis(Arc::new(store))
+    Store::Redis(Arc::new(server.ready_store(Some(clock.clone())).await))
 }
 
 async fn ask(l: &Limiter<Store>, method: &str, cost: u64) -> Decision {

@@ -231,6 +231,27 @@ impl RedisServer {
         self.addr
     }
 
+    /// A Redis store on this server, once it is ready to answer (the store
+    /// connects in the background); decided on `clock` when given (the
+    /// `test-clock` feature), else on Redis's own clock.
+    pub async fn ready_store(
+        &self,
+        clock: Option<Arc<tollgate::store::clock::ManualClock>>,
+    ) -> tollgate::store::redis::RedisStore {
+        use tollgate::store::redis::{RedisSettings, RedisStore, TestClock};
+        use tollgate::store::LimitStore;
+        let mut s = RedisSettings::new(&self.url());
+        s.timeout = Duration::from_secs(5);
+        s.clock = clock.map(|c| TestClock(c));
+        let store = RedisStore::open(s).expect("open the Redis store");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !store.is_ready() {
+            assert!(Instant::now() < deadline, "the Redis store never became ready; log:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        store
+    }
+
     /// Script calls this Redis has run (decisions, settles, UpdateUsage),
     /// from `INFO commandstats`: EVALSHA, and EVAL should a client ever send
     /// the script itself. Counted, never timed.
