@@ -106,7 +106,11 @@ impl DecisionSigner {
 
     /// The id of `ticket`; `None` while the secret is unknown.
     pub fn sign(&self, ticket: &DecisionTicket) -> Option<String> {
-        let mut bytes = ticket.encode();
+        self.sign_payload(ticket.encode())
+    }
+
+    /// The id of an encoded payload ([`encode`]).
+    fn sign_payload(&self, mut bytes: Vec<u8>) -> Option<String> {
         let mut mac = self.mac()?;
         mac.update(&bytes);
         bytes.extend_from_slice(&mac.finalize().into_bytes()[..TAG_LEN]);
@@ -166,21 +170,14 @@ impl DecisionTicket {
     }
 
     fn encode(&self) -> Vec<u8> {
-        let mut b =
-            Vec::with_capacity(48 + self.key_id.len() + self.plan_id.len() + self.stage.len() + self.method.len());
-        b.push(VERSION);
-        b.push(u8::from(self.period_day.is_some()));
-        b.extend_from_slice(&self.at_ms.to_be_bytes());
-        b.extend_from_slice(&self.nonce);
-        b.extend_from_slice(&(self.cost as u32).to_be_bytes());
-        b.extend_from_slice(&(self.period_day.unwrap_or(0) as i32).to_be_bytes());
-        b.extend_from_slice(&(self.usage_day as i32).to_be_bytes());
-        for s in [&self.key_id, &self.plan_id, &self.stage, &self.method] {
-            let s = &s.as_bytes()[..s.len().min(u16::MAX as usize)];
-            b.extend_from_slice(&(s.len() as u16).to_be_bytes());
-            b.extend_from_slice(s);
-        }
-        b
+        encode(
+            self.at_ms,
+            &self.nonce,
+            self.cost,
+            self.period_day,
+            self.usage_day,
+            [&self.key_id, &self.plan_id, &self.stage, &self.method],
+        )
     }
 
     fn decode(b: &[u8]) -> Option<Self> {
@@ -205,6 +202,32 @@ impl DecisionTicket {
         let period_day = has_period.then_some(period);
         Some(Self { at_ms, nonce, cost, period_day, usage_day, key_id, plan_id, stage, method })
     }
+}
+
+/// A ticket's payload from its fields, borrowed: what an allowed decision
+/// signs without making a [`DecisionTicket`] of owned strings first.
+fn encode(
+    at_ms: u64,
+    nonce: &[u8; NONCE_LEN],
+    cost: u64,
+    period_day: Option<i64>,
+    usage_day: i64,
+    ids: [&str; 4],
+) -> Vec<u8> {
+    let mut b = Vec::with_capacity(48 + ids.iter().map(|s| s.len()).sum::<usize>());
+    b.push(VERSION);
+    b.push(u8::from(period_day.is_some()));
+    b.extend_from_slice(&at_ms.to_be_bytes());
+    b.extend_from_slice(nonce);
+    b.extend_from_slice(&(cost as u32).to_be_bytes());
+    b.extend_from_slice(&(period_day.unwrap_or(0) as i32).to_be_bytes());
+    b.extend_from_slice(&(usage_day as i32).to_be_bytes());
+    for s in ids {
+        let s = &s.as_bytes()[..s.len().min(u16::MAX as usize)];
+        b.extend_from_slice(&(s.len() as u16).to_be_bytes());
+        b.extend_from_slice(s);
+    }
+    b
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -340,18 +363,15 @@ impl<S: LimitStore> Limiter<S> {
     ) -> Option<String> {
         let refunds = self.refunds.as_ref()?;
         let now = crate::model::now_ms();
-        let ticket = DecisionTicket {
-            at_ms: now,
-            nonce: rand::random(),
+        let payload = encode(
+            now,
+            &rand::random(),
             cost,
-            period_day: quota.map(|q| quota_period(&q, now).0),
-            usage_day: usage_day(quota.and_then(|q| q.time_zone), now),
-            key_id: key_id.to_string(),
-            plan_id: plan_id.to_string(),
-            stage: stage.to_string(),
-            method: method.to_string(),
-        };
-        refunds.signer.sign(&ticket)
+            quota.map(|q| quota_period(&q, now).0),
+            usage_day(quota.and_then(|q| q.time_zone), now),
+            [key_id, plan_id, stage, method],
+        );
+        refunds.signer.sign_payload(payload)
     }
 
     /// Opens a decision id: its ticket, when it is well formed and signed
