@@ -37,14 +37,10 @@ pub struct AuthorizeArgs {
 
 /// Runs the call.
 pub async fn run(args: AuthorizeArgs) -> ExitCode {
-    let channel = match super::connect(&args.server, &args.tls).await {
+    let mut client = match super::authorizer(&args.server, &args.tls).await {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
-    let mut client = pb::authorizer_client::AuthorizerClient::new(channel);
     let req = pb::AuthorizeRequest { api_key: args.key, stage: args.stage, method: args.method, cost: args.cost };
     let r = match client.authorize(req).await {
         Ok(r) => r.into_inner(),

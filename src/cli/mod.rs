@@ -241,6 +241,22 @@ impl TlsOpts {
     }
 }
 
+/// An Authorizer client of the data plane at `server` for the commands that
+/// call it once (`authorize`, `self`, `refund`); when it cannot connect,
+/// the error is printed and the exit code to end with (2) is returned.
+pub async fn authorizer(
+    server: &str,
+    tls: &TlsOpts,
+) -> Result<crate::api::pb::authorizer_client::AuthorizerClient<tonic::transport::Channel>, ExitCode> {
+    match connect(server, tls).await {
+        Ok(c) => Ok(crate::api::pb::authorizer_client::AuthorizerClient::new(c)),
+        Err(e) => {
+            eprintln!("error: {e}");
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
 /// Connects a gRPC channel to `server` (`http://host:port`, or
 /// `https://host:port` with `tls`), with a clear error when the address is
 /// malformed, nothing listens there, or TLS fails (with a hint at the

@@ -28,14 +28,10 @@ pub struct RefundArgs {
 /// Runs the call: exit 0 when given back, 1 when refused (refunded before,
 /// too late, forged, gone), 2 when the server could not be asked.
 pub async fn run(args: RefundArgs) -> ExitCode {
-    let channel = match super::connect(&args.server, &args.tls).await {
+    let mut client = match super::authorizer(&args.server, &args.tls).await {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
-    let mut client = pb::authorizer_client::AuthorizerClient::new(channel);
     let r = match client.refund(pb::RefundRequest { decision_id: args.decision_id }).await {
         Ok(r) => r.into_inner(),
         Err(s) => {

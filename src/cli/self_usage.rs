@@ -27,14 +27,10 @@ pub struct SelfArgs {
 
 /// Runs the call.
 pub async fn run(args: SelfArgs) -> ExitCode {
-    let channel = match super::connect(&args.server, &args.tls).await {
+    let mut client = match super::authorizer(&args.server, &args.tls).await {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
-    let mut client = pb::authorizer_client::AuthorizerClient::new(channel);
     let r = match client.get_own_usage(pb::GetOwnUsageRequest { api_key: args.key }).await {
         Ok(r) => r.into_inner(),
         Err(s) => {
